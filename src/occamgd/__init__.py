@@ -1,0 +1,32 @@
+"""occamgd: Occam Gradient Descent (Kausik, arXiv:2405.20194) for PyTorch.
+
+Gradient descent on the weights interleaved with adaptive magnitude pruning, so a network
+finds its own size while it trains.
+"""
+
+from .criteria import CRITERIA, global_magnitude, layerwise_magnitude
+from .fit import FitResult, History, NonFiniteLossError, fit
+from .masks import DEFAULT_PRUNABLE_TYPES, Masks, select_prunable
+from .occam import Occam
+from .schedules import GMP, ConstantRate, Never, OccamRate, Schedule
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CRITERIA",
+    "DEFAULT_PRUNABLE_TYPES",
+    "GMP",
+    "ConstantRate",
+    "FitResult",
+    "History",
+    "Masks",
+    "Never",
+    "NonFiniteLossError",
+    "Occam",
+    "OccamRate",
+    "Schedule",
+    "fit",
+    "global_magnitude",
+    "layerwise_magnitude",
+    "select_prunable",
+]

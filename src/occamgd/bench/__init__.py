@@ -1,0 +1,1 @@
+"""Experiments, methods and reports (tables and plots)."""

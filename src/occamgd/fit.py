@@ -1,0 +1,418 @@
+"""A plain epoch loop for users who do not bring their own.
+
+``fit`` splits a hold-back part off the training data (stratified for classification), trains
+one epoch at a time, reads the signal (hold-back loss by default, training loss with
+``signal="train"`` as in the paper's reference), lets :class:`Occam` prune, and keeps the state
+with the lowest hold-back loss. The test split, when given, is only ever reported.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import time
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Union
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
+from tqdm.auto import tqdm
+
+from .criteria import Criterion
+from .io import atomic_save
+from .masks import Selection
+from .occam import Occam
+from .schedules import OccamRate, Schedule
+
+CHECKPOINT_FORMAT = 1
+CHECKPOINT_NAME = "checkpoint.pt"
+
+Data = Union[Dataset, tuple[Any, Any]]
+OptimizerSpec = Union[None, torch.optim.Optimizer, Callable[[Any], torch.optim.Optimizer]]
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Training produced a NaN or infinite loss; the model was restored to its last finite state."""
+
+
+class History(Sequence[dict]):
+    """Per-epoch records of a :func:`fit` run (plain dicts of numbers, JSON-ready)."""
+
+    def __init__(self, records: list[dict] | None = None):
+        self.records: list[dict] = [dict(r) for r in records or []]
+
+    def __getitem__(self, i):
+        return self.records[i]
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def append(self, record: dict) -> None:
+        self.records.append(record)
+
+    def column(self, key: str) -> list:
+        """One field across epochs (``None`` where an epoch lacks it)."""
+        return [r.get(key) for r in self.records]
+
+    def best_epoch(self, key: str = "holdback_loss") -> int | None:
+        """Epoch with the lowest finite ``key`` (first one on ties); ``None`` if there is none."""
+        values = [(v, r["epoch"]) for r in self.records if (v := r.get(key)) is not None and math.isfinite(v)]
+        return min(values)[1] if values else None
+
+    def to_list(self) -> list[dict]:
+        return [dict(r) for r in self.records]
+
+    def __repr__(self) -> str:
+        return f"History({len(self)} epochs)"
+
+
+@dataclass
+class FitResult:
+    """What :func:`fit` returns: the trained model (best state restored), Occam, the history."""
+
+    model: nn.Module
+    occam: Occam
+    history: History
+    best_epoch: int | None
+
+
+# Data ------------------------------------------------------------------------------------
+def _as_dataset(data: Data, name: str) -> Dataset:
+    if isinstance(data, Dataset):
+        return data
+    if isinstance(data, (tuple, list)) and len(data) == 2:
+        x, y = (torch.as_tensor(np.asarray(a)) if not torch.is_tensor(a) else a for a in data)
+        if len(x) != len(y):
+            raise ValueError(f"{name}: X has {len(x)} rows but y has {len(y)}; accepted: equal lengths")
+        # float64 arrays (numpy's default) train as float32; integer inputs (token ids) stay.
+        x, y = (t.float() if t.dtype == torch.float64 else t for t in (x, y))
+        return TensorDataset(x, y)
+    raise TypeError(f"{name} must be a torch Dataset or a tuple (X, y), got {type(data).__name__}")
+
+
+def _labels(dataset: Dataset) -> torch.Tensor:
+    if isinstance(dataset, TensorDataset):
+        return dataset.tensors[1]
+    return torch.as_tensor(np.asarray([dataset[i][1] for i in range(len(dataset))]))
+
+
+def _infer_task(y: torch.Tensor) -> str:
+    return "regression" if torch.is_floating_point(y) else "classification"
+
+
+def _split(dataset: Dataset, fraction: float, task: str, seed: int) -> tuple[Dataset, Dataset | None]:
+    """Train / hold-back subsets; stratified for classification where every class allows it."""
+    n = len(dataset)
+    if fraction == 0.0:
+        return dataset, None
+    n_hold = int(round(fraction * n))
+    if n_hold < 1 or n - n_hold < 1:
+        raise ValueError(
+            f"holdback={fraction} leaves {n_hold} of {n} rows for the hold-back split and "
+            f"{n - n_hold} for training; accepted: a fraction in (0, 1) leaving at least one row "
+            "on each side, or holdback=0 with signal='train'"
+        )
+    from sklearn.model_selection import train_test_split
+
+    idx = np.arange(n)
+    stratify = None
+    if task == "classification":
+        y = _labels(dataset).cpu().numpy()
+        _, counts = np.unique(y, return_counts=True)
+        if counts.min() >= 2 and n_hold >= len(counts) and n - n_hold >= len(counts):
+            stratify = y
+        else:
+            warnings.warn(
+                "hold-back split is not stratified: some class has fewer than 2 rows or a split "
+                "is smaller than the number of classes",
+                stacklevel=3,
+            )
+    train_idx, hold_idx = train_test_split(idx, test_size=n_hold, random_state=seed, stratify=stratify)
+    return Subset(dataset, np.sort(train_idx).tolist()), Subset(dataset, np.sort(hold_idx).tolist())
+
+
+# Loss and evaluation --------------------------------------------------------------------
+def _default_loss(task: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    if task == "classification":
+        return F.cross_entropy
+
+    def mse(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.mse_loss(out.reshape(y.shape), y.to(out.dtype))
+
+    return mse
+
+
+def _to(batch: Sequence[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
+    return [t.to(device, non_blocking=True) for t in batch]
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    data: Dataset,
+    loss_fn: Callable,
+    task: str,
+    batch_size: int = 1024,
+    device: torch.device | None = None,
+) -> tuple[float, float | None]:
+    """Mean loss and (for classification) accuracy of ``model`` on ``data``, in eval mode."""
+    device = device or next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    total_loss, correct, n = 0.0, 0, 0
+    # A DataLoader draws a seed from the global RNG unless given its own generator; evaluating
+    # must not shift the training run's dropout and shuffling.
+    for xb, yb in DataLoader(data, batch_size=batch_size, generator=torch.Generator()):
+        xb, yb = _to((xb, yb), device)
+        out = model(xb)
+        total_loss += float(loss_fn(out, yb)) * len(yb)
+        if task == "classification":
+            correct += int((out.argmax(-1) == yb).sum())
+        n += len(yb)
+    model.train(was_training)
+    return total_loss / n, (correct / n if task == "classification" else None)
+
+
+# State snapshots and checkpoints --------------------------------------------------------
+def _cpu_copy(state: Any) -> Any:
+    if torch.is_tensor(state):
+        return state.detach().to("cpu", copy=True)
+    if isinstance(state, dict):
+        return {k: _cpu_copy(v) for k, v in state.items()}
+    if isinstance(state, (list, tuple)):
+        return type(state)(_cpu_copy(v) for v in state)
+    return copy.deepcopy(state)
+
+
+def _snapshot(model: nn.Module, optimizer: torch.optim.Optimizer, occam: Occam) -> dict:
+    return {
+        "model": _cpu_copy(model.state_dict()),
+        "optimizer": _cpu_copy(optimizer.state_dict()),
+        "occam": _cpu_copy(occam.state_dict()),
+    }
+
+
+def _restore(snapshot: dict, model: nn.Module, optimizer: torch.optim.Optimizer | None, occam: Occam) -> None:
+    model.load_state_dict(snapshot["model"])
+    if optimizer is not None and "optimizer" in snapshot:
+        optimizer.load_state_dict(snapshot["optimizer"])
+    occam.load_state_dict(snapshot["occam"])
+
+
+def _check_same_model(model: nn.Module, saved: dict, path: Path) -> None:
+    ours = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    theirs = {k: tuple(v.shape) for k, v in saved.items()}
+    if ours != theirs:
+        diff = sorted(set(ours.items()) ^ set(theirs.items()))[:4]
+        raise ValueError(
+            f"checkpoint {path} is from a different model: tensors differ in name or shape "
+            f"({diff}); accepted: a checkpoint written by fit() for this same architecture, or a "
+            "fresh checkpoint_dir"
+        )
+
+
+def _rng_state(device: torch.device, generator: torch.Generator) -> dict:
+    state = {"torch": torch.get_rng_state(), "loader": generator.get_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict, device: torch.device, generator: torch.Generator) -> None:
+    torch.set_rng_state(state["torch"])
+    generator.set_state(state["loader"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+# The loop -------------------------------------------------------------------------------
+def _make_optimizer(spec: OptimizerSpec, model: nn.Module, lr: float) -> torch.optim.Optimizer:
+    if spec is None:
+        return torch.optim.Adam(model.parameters(), lr=lr)
+    if isinstance(spec, torch.optim.Optimizer):
+        return spec
+    if callable(spec):
+        opt = spec(model.parameters())
+        if not isinstance(opt, torch.optim.Optimizer):
+            raise TypeError(f"optimizer factory returned {type(opt).__name__}, not a torch.optim.Optimizer")
+        return opt
+    raise TypeError(
+        f"optimizer must be None, a torch.optim.Optimizer or a callable params -> Optimizer, "
+        f"got {type(spec).__name__}"
+    )
+
+
+def _batches(loader: DataLoader, device: torch.device) -> Iterator[list[torch.Tensor]]:
+    for batch in loader:
+        yield _to(batch, device)
+
+
+def fit(
+    model: nn.Module,
+    train: Data,
+    *,
+    test: Data | None = None,
+    epochs: int = 12,
+    batch_size: int = 32,
+    lr: float = 1e-3,
+    optimizer: OptimizerSpec = None,
+    schedule: Schedule | None = None,
+    criterion: str | Criterion = "layerwise",
+    include: Selection | None = None,
+    exclude: Selection | None = None,
+    holdback: float = 0.1,
+    signal: str = "holdback",
+    task: str | None = None,
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    keep_best: bool = True,
+    seed: int = 0,
+    checkpoint_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+    eval_batch_size: int = 1024,
+    on_epoch_end: Callable[[dict], None] | None = None,
+) -> FitResult:
+    """Train ``model`` with Occam Gradient Descent; return the model, Occam and the history.
+
+    - ``train`` / ``test``: a torch ``Dataset`` of ``(x, y)`` or a tuple ``(X, y)`` of arrays.
+    - ``holdback``: fraction of ``train`` held back (stratified for classification); its loss is
+      the signal (``signal="holdback"``) and selects the best epoch. ``signal="train"`` reads the
+      epoch's mean training loss, as the paper's reference does.
+    - ``schedule``: ``OccamRate()`` by default; ``Never()`` gives plain gradient descent.
+    - ``optimizer``: Adam(lr) by default, or a callable ``params -> Optimizer``.
+    - ``checkpoint_dir``: after every epoch the full state is written atomically; calling
+      ``fit`` again with the same arguments resumes exactly where it stopped.
+    - ``on_epoch_end``: called with each epoch's record after its checkpoint is written.
+
+    Pruning happens after every epoch but the last (a prune after the last epoch would yield a
+    model that no epoch trains or evaluates). With ``keep_best`` and a hold-back split, the
+    weights and masks of the epoch with the lowest hold-back loss are restored at the end.
+    """
+    # Validate everything before touching the model or any file.
+    if not (isinstance(epochs, int) and epochs >= 0):
+        raise ValueError(f"epochs must be an integer >= 0, got {epochs!r}")
+    if not (isinstance(batch_size, int) and batch_size >= 1):
+        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    if not (isinstance(holdback, (int, float)) and 0.0 <= holdback < 1.0):
+        raise ValueError(f"holdback must be a fraction in [0, 1), got {holdback!r}")
+    if signal not in ("holdback", "train"):
+        raise ValueError(f"signal must be 'holdback' or 'train', got {signal!r}")
+    if signal == "holdback" and holdback == 0.0:
+        raise ValueError("signal='holdback' needs holdback > 0, got holdback=0; accepted: holdback in (0, 1), or signal='train'")
+    if task not in (None, "classification", "regression"):
+        raise ValueError(f"task must be 'classification', 'regression' or None (inferred), got {task!r}")
+    dataset = _as_dataset(train, "train")
+    if len(dataset) == 0:
+        raise ValueError("train has no rows; accepted: at least 2 rows")
+    test_set = _as_dataset(test, "test") if test is not None else None
+    task = task or _infer_task(_labels(dataset))
+    loss_fn = loss or _default_loss(task)
+    schedule = OccamRate() if schedule is None else schedule
+    device = next(model.parameters()).device
+    train_set, hold_set = _split(dataset, float(holdback), task, seed)
+    opt = _make_optimizer(optimizer, model, lr)
+    occam = Occam(model, opt, criterion, schedule, include=include, exclude=exclude)
+
+    config = {"seed": seed, "batch_size": batch_size, "holdback": float(holdback), "signal": signal,
+              "task": task, "rows": len(dataset), "schedule": type(schedule).__name__}
+    generator = torch.Generator().manual_seed(seed)
+    history = History()
+    best: dict | None = None
+    start = 0
+    ckpt_path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
+    if ckpt_path is not None and ckpt_path.exists():
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        if ckpt.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"checkpoint {ckpt_path} has format {ckpt.get('format')!r}; accepted: {CHECKPOINT_FORMAT}")
+        _check_same_model(model, ckpt["model"], ckpt_path)
+        for key, value in config.items():
+            if ckpt["config"].get(key) != value:
+                raise ValueError(
+                    f"checkpoint {ckpt_path} was written with {key}={ckpt['config'].get(key)!r}, this "
+                    f"call has {key}={value!r}; accepted: the same {key}, or a fresh checkpoint_dir"
+                )
+        _restore(ckpt, model, opt, occam)
+        _set_rng_state(ckpt["rng"], device, generator)
+        history = History(ckpt["history"])
+        best = ckpt["best"]
+        start = ckpt["epoch"] + 1
+    else:
+        torch.manual_seed(seed)
+
+    loader = DataLoader(train_set, batch_size=batch_size, shuffle=True, generator=generator)
+    bar = tqdm(range(start, epochs), initial=start, total=epochs, desc="occamgd fit",
+               unit="epoch", disable=not progress, leave=False)
+    model.train()
+    for epoch in bar:
+        t0 = time.perf_counter()
+        last_finite = _snapshot(model, opt, occam)
+
+        def fail(what: str, value: float) -> None:
+            _restore(last_finite, model, opt, occam)
+            raise NonFiniteLossError(
+                f"{what} is {value} at epoch {epoch}; model, optimizer and masks were restored to "
+                f"their state at the start of epoch {epoch} (the last finite state)"
+            )
+
+        # Sums stay on the device: one synchronisation per epoch, not per batch.
+        total = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device, dtype=torch.long)
+        n = 0
+        for xb, yb in _batches(loader, device):
+            opt.zero_grad(set_to_none=True)
+            out = model(xb)
+            batch_loss = loss_fn(out, yb)
+            batch_loss.backward()
+            opt.step()
+            total += batch_loss.detach() * len(yb)
+            if task == "classification":
+                correct += (out.detach().argmax(-1) == yb).sum()
+            n += len(yb)
+        train_loss = float(total) / n
+        if not math.isfinite(train_loss):
+            fail("training loss", train_loss)
+        train_time = time.perf_counter() - t0
+        record: dict[str, Any] = {
+            "epoch": epoch,
+            "train_loss": train_loss,
+            "train_acc": int(correct) / n if task == "classification" else None,
+            "density": occam.density,
+            "kept": occam.masks.kept,
+        }
+        if hold_set is not None:
+            record["holdback_loss"], record["holdback_acc"] = evaluate(model, hold_set, loss_fn, task, eval_batch_size, device)
+        if test_set is not None:
+            record["test_loss"], record["test_acc"] = evaluate(model, test_set, loss_fn, task, eval_batch_size, device)
+        signal_value = record["holdback_loss"] if signal == "holdback" else record["train_loss"]
+        if not math.isfinite(signal_value):
+            fail(f"{signal} signal loss", signal_value)
+        if hold_set is not None and (best is None or record["holdback_loss"] < best["loss"]):
+            best = {"epoch": epoch, "loss": record["holdback_loss"], "model": _cpu_copy(model.state_dict()),
+                    "occam": _cpu_copy(occam.state_dict())}
+        record["rate"] = occam.step(signal_value) if epoch < epochs - 1 else 0.0
+        record["train_time"] = train_time
+        record["time"] = time.perf_counter() - t0
+        history.append(record)
+        if ckpt_path is not None:
+            atomic_save(
+                {"format": CHECKPOINT_FORMAT, "config": config, "epoch": epoch, **_snapshot(model, opt, occam),
+                 "history": history.to_list(), "best": best, "rng": _rng_state(device, generator)},
+                ckpt_path,
+            )
+        bar.set_postfix(loss=f"{record['train_loss']:.4f}", signal=f"{signal_value:.4f}",
+                        density=f"{record['density']:.3f}", rate=f"{record['rate']:.3f}")
+        if on_epoch_end is not None:
+            on_epoch_end(record)
+    bar.close()
+
+    best_epoch = best["epoch"] if best is not None else None
+    if keep_best and best is not None:
+        model.load_state_dict(best["model"])
+        occam.masks.load_state_dict(best["occam"]["masks"])
+    return FitResult(model=model, occam=occam, history=history, best_epoch=best_epoch)

@@ -1,0 +1,212 @@
+"""Which tensors are prunable, and one boolean mask per prunable tensor.
+
+Masks live beside the model, never inside it: the user's module is not re-parametrised, its
+``state_dict`` keeps its usual keys, and its forward pass costs what it always cost. The mask is
+enforced by multiplying the weight in place (the paper's semantic: re-zero after each update).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Callable, Iterable, Mapping
+from typing import Union
+
+import torch
+from torch import nn
+
+#: Module types whose ``weight`` is prunable when the user makes no selection of their own.
+DEFAULT_PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (
+    nn.Linear,
+    nn.Conv1d,
+    nn.Conv2d,
+    nn.Conv3d,
+    nn.Embedding,
+)
+
+#: A selection of tensors: parameter or module names (``fnmatch`` patterns allowed), module
+#: types (their ``weight``), or a predicate ``(parameter_name, parameter) -> bool``.
+Selection = Union[str, type, Callable[[str, nn.Parameter], bool], Iterable[Union[str, type]]]
+
+
+def _as_items(selection: Selection) -> list:
+    if isinstance(selection, (str, type)) or (callable(selection) and not isinstance(selection, Iterable)):
+        return [selection]
+    return list(selection)
+
+
+def _matcher(selection: Selection, model: nn.Module) -> Callable[[str, nn.Parameter], bool]:
+    """Turn a user's selection into a predicate over ``(parameter_name, parameter)``."""
+    items = _as_items(selection)
+    modules = dict(model.named_modules())
+    by_type: set[str] = set()
+    patterns: list[str] = []
+    predicates: list[Callable[[str, nn.Parameter], bool]] = []
+    for item in items:
+        if isinstance(item, type):
+            if not issubclass(item, nn.Module):
+                raise TypeError(
+                    f"selection type {item.__name__} is not a torch.nn.Module subclass; "
+                    "accepted: module types, parameter/module names or patterns, or a "
+                    "predicate (name, parameter) -> bool"
+                )
+            by_type.update(
+                f"{name}.weight" if name else "weight"
+                for name, module in modules.items()
+                if isinstance(module, item) and isinstance(getattr(module, "weight", None), nn.Parameter)
+            )
+        elif isinstance(item, str):
+            # A module name stands for that module's weight.
+            if item in modules and item != "" and isinstance(getattr(modules[item], "weight", None), nn.Parameter):
+                patterns.append(f"{item}.weight")
+            else:
+                patterns.append(item)
+        elif callable(item):
+            predicates.append(item)
+        else:
+            raise TypeError(
+                f"cannot select tensors with {item!r}; accepted: module types, parameter/module "
+                "names or fnmatch patterns, or a predicate (name, parameter) -> bool"
+            )
+
+    def match(name: str, param: nn.Parameter) -> bool:
+        return (
+            name in by_type
+            or any(fnmatch.fnmatchcase(name, p) for p in patterns)
+            or any(pred(name, param) for pred in predicates)
+        )
+
+    return match
+
+
+def select_prunable(
+    model: nn.Module,
+    include: Selection | None = None,
+    exclude: Selection | None = None,
+) -> dict[str, nn.Parameter]:
+    """The prunable parameters of ``model``, by name, in ``named_parameters`` order.
+
+    By default: the ``weight`` of every Linear, Conv1d/2d/3d and Embedding layer. Biases and
+    normalisation parameters are never selected by default. Tied parameters appear once.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    include_match = _matcher(DEFAULT_PRUNABLE_TYPES if include is None else include, model)
+    exclude_match = _matcher(exclude, model) if exclude is not None else (lambda n, p: False)
+    selected = {
+        name: param
+        for name, param in model.named_parameters()
+        if include_match(name, param) and not exclude_match(name, param)
+    }
+    if not selected:
+        raise ValueError(
+            f"{type(model).__name__} has no prunable tensors for include={include!r}, "
+            f"exclude={exclude!r}; accepted: a model with at least one Linear, Conv1d/2d/3d or "
+            "Embedding weight by default, or an include selection (names, module types or a "
+            "predicate) that matches at least one parameter"
+        )
+    return selected
+
+
+class Masks(Mapping[str, torch.Tensor]):
+    """A mapping ``parameter name -> bool mask`` bound to the parameters it masks.
+
+    ``True`` means kept. Each mask sits on its parameter's device. A multiplier in the
+    parameter's dtype is kept beside each mask so that enforcement is one fused in-place multiply
+    per step (five bytes per prunable weight in all).
+    """
+
+    def __init__(self, params: Mapping[str, nn.Parameter]):
+        self.params: dict[str, nn.Parameter] = dict(params)
+        self._masks: dict[str, torch.Tensor] = {
+            name: torch.ones_like(p, dtype=torch.bool) for name, p in self.params.items()
+        }
+        self._refresh_multipliers()
+
+    # Mapping protocol -------------------------------------------------------------------
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return self._masks[name]
+
+    def __iter__(self):
+        return iter(self._masks)
+
+    def __len__(self) -> int:
+        return len(self._masks)
+
+    # Counting ---------------------------------------------------------------------------
+    @property
+    def total(self) -> int:
+        """Number of prunable weights."""
+        return sum(m.numel() for m in self._masks.values())
+
+    @property
+    def kept(self) -> int:
+        """Number of prunable weights still kept."""
+        return int(sum(int(m.sum()) for m in self._masks.values()))
+
+    @property
+    def density(self) -> float:
+        """Kept fraction of all prunable weights."""
+        return self.kept / self.total
+
+    def densities(self) -> dict[str, float]:
+        """Kept fraction of each prunable tensor."""
+        return {name: float(m.float().mean()) for name, m in self._masks.items()}
+
+    # Changing ---------------------------------------------------------------------------
+    def update(self, new_masks: Mapping[str, torch.Tensor]) -> None:
+        """Replace masks (names and shapes must match); weights are zeroed where pruned."""
+        self.check(new_masks, "new masks")
+        for name, mask in new_masks.items():
+            self._masks[name] = mask.to(device=self.params[name].device, dtype=torch.bool).clone()
+        self._refresh_multipliers()
+        self.apply()
+
+    def _refresh_multipliers(self) -> None:
+        self._mult = [self._masks[n].to(p.dtype) for n, p in self.params.items()]
+
+    # Enforcing --------------------------------------------------------------------------
+    @torch.no_grad()
+    def apply(self) -> None:
+        """Zero every pruned weight in place."""
+        torch._foreach_mul_(list(self.params.values()), self._mult)
+
+    @torch.no_grad()
+    def apply_to_grads(self) -> None:
+        """Zero the gradient of every pruned weight in place (so optimizer state stays zero)."""
+        pairs = [(p.grad, m) for p, m in zip(self.params.values(), self._mult) if p.grad is not None]
+        if pairs:
+            grads, mults = zip(*pairs)
+            torch._foreach_mul_(list(grads), list(mults))
+
+    @torch.no_grad()
+    def apply_to_optimizer_state(self, optimizer: torch.optim.Optimizer) -> None:
+        """Zero the optimizer state (momentum, moments, ...) of every pruned weight in place."""
+        for param, mult in zip(self.params.values(), self._mult):
+            for value in optimizer.state.get(param, {}).values():
+                if torch.is_tensor(value) and value.shape == param.shape:
+                    value.mul_(mult.to(value.dtype))
+
+    # Checkpointing ----------------------------------------------------------------------
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {name: m.clone() for name, m in self._masks.items()}
+
+    def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
+        self.check(state, "checkpoint masks", require_all=True)
+        self.update(state)
+
+    def check(self, masks: Mapping[str, torch.Tensor], what: str = "masks", require_all: bool = False) -> None:
+        """Raise ``ValueError`` unless ``masks`` fit this model's prunable tensors."""
+        unknown = sorted(set(masks) - set(self.params))
+        missing = sorted(set(self.params) - set(masks)) if require_all else []
+        if unknown or missing:
+            raise ValueError(
+                f"{what} do not belong to this model: unknown tensors {unknown}, missing tensors "
+                f"{missing}; accepted: masks for exactly this model's prunable tensors "
+                f"{sorted(self.params)}"
+            )
+        for name, mask in masks.items():
+            if tuple(mask.shape) != tuple(self.params[name].shape):
+                raise ValueError(
+                    f"{what}: mask for {name!r} has shape {tuple(mask.shape)}, but the parameter "
+                    f"has shape {tuple(self.params[name].shape)}; accepted: the parameter's shape"
+                )

@@ -1,0 +1,166 @@
+"""How much to prune: rate controllers whose whole state is a plain dict.
+
+Every schedule answers one question once per epoch: given this epoch's signal loss and the
+current density, what fraction of the *remaining* prunable weights to prune now (a number in
+[0, 1)). Its ``state_dict()`` holds only numbers and lists, so it checkpoints as JSON or with
+``torch.save`` alike.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+
+def _check_signal(signal: float | None) -> None:
+    if signal is not None and not math.isfinite(signal):
+        raise ValueError(f"signal must be a finite number, got {signal!r}")
+
+
+class Schedule:
+    """Base class: subclasses set their configuration in ``__init__`` and keep state in ``_state``."""
+
+    _state: dict[str, Any]
+
+    def step(self, signal: float | None, density: float) -> float:
+        """Record this epoch's signal and return the rate to prune now."""
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, Any]:
+        return {k: (list(v) if isinstance(v, list) else v) for k, v in self._state.items()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if set(state) != set(self._state):
+            raise ValueError(
+                f"{type(self).__name__} state has keys {sorted(state)}; accepted: exactly "
+                f"{sorted(self._state)}"
+            )
+        self._state = {k: (list(v) if isinstance(v, list) else v) for k, v in state.items()}
+
+    @property
+    def epoch(self) -> int:
+        """Number of steps taken so far."""
+        return self._state["epoch"]
+
+    def __repr__(self) -> str:
+        config = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
+        return f"{type(self).__name__}({config})"
+
+
+class OccamRate(Schedule):
+    """The paper's zeta rule.
+
+    After epoch ``i`` (0-based) with signal ``c_i``: if ``i > 1``,
+    ``zeta = (c_i - c_{i-1}) / (c_{i-1} - c_{i-2})`` and ``rate = clip(zeta * rate, floor, r0)``;
+    epochs 0 and 1 prune at ``r0``.
+
+    Defined edge cases: 0/0 (the signal did not move twice) leaves the rate unchanged; x/0 with
+    x != 0 gives zeta = +-inf, so the rate goes to ``r0`` (+inf) or ``floor`` (-inf); a
+    non-finite signal is rejected with ``ValueError`` and changes no state.
+    """
+
+    def __init__(self, r0: float = 0.4, floor: float | None = None):
+        if not (isinstance(r0, (int, float)) and 0.0 < r0 < 1.0):
+            raise ValueError(f"r0 must be a number in (0, 1), got {r0!r}")
+        floor = 0.1 * r0 if floor is None else floor
+        if not (isinstance(floor, (int, float)) and 0.0 <= floor <= r0):
+            raise ValueError(f"floor must be a number in [0, r0] = [0, {r0}], got {floor!r}")
+        self.r0 = float(r0)
+        self.floor = float(floor)
+        self._state = {"epoch": 0, "rate": self.r0, "signals": [], "zeta": None}
+
+    @staticmethod
+    def zeta(c: float, c1: float, c2: float) -> float:
+        """``(c - c1) / (c1 - c2)`` with 0/0 -> nan and x/0 -> +-inf."""
+        num, den = c - c1, c1 - c2
+        if den == 0.0:
+            return math.nan if num == 0.0 else math.copysign(math.inf, num)
+        return num / den
+
+    def step(self, signal: float | None, density: float) -> float:
+        if signal is None:
+            raise ValueError("OccamRate needs a signal loss every epoch, got None")
+        _check_signal(signal)
+        state = self._state
+        signals = state["signals"]
+        rate = state["rate"]
+        zeta = None
+        if len(signals) == 2:
+            zeta = self.zeta(float(signal), signals[1], signals[0])
+            if math.isinf(zeta):
+                rate = self.r0 if zeta > 0 else self.floor
+            elif not math.isnan(zeta):
+                rate = min(max(zeta * rate, self.floor), self.r0)
+        state["signals"] = (signals + [float(signal)])[-2:]
+        state["rate"] = rate
+        state["zeta"] = zeta
+        state["epoch"] += 1
+        return rate
+
+
+class ConstantRate(Schedule):
+    """Prune the same fraction of the remaining weights every epoch."""
+
+    def __init__(self, rate: float):
+        if not (isinstance(rate, (int, float)) and 0.0 <= rate < 1.0):
+            raise ValueError(f"rate must be a number in [0, 1), got {rate!r}")
+        self.rate = float(rate)
+        self._state = {"epoch": 0}
+
+    def step(self, signal: float | None, density: float) -> float:
+        _check_signal(signal)
+        self._state["epoch"] += 1
+        return self.rate
+
+
+class GMP(Schedule):
+    """Gradual magnitude pruning (Zhu & Gupta 2017): a cubic path to ``final_density``.
+
+    The target after epoch ``e`` is ``d_f + (d_s - d_f) * (1 - p)^3`` with
+    ``p = (e - start) / (end - start)`` clipped to [0, 1], where ``d_s`` is the density when the
+    schedule reaches ``start``. Nothing is pruned before ``start``; ``final_density`` is reached
+    after epoch ``end`` and held from then on.
+    """
+
+    def __init__(self, final_density: float, start: int = 0, end: int = 10):
+        if not (isinstance(final_density, (int, float)) and 0.0 < final_density <= 1.0):
+            raise ValueError(f"final_density must be a number in (0, 1], got {final_density!r}")
+        if not (isinstance(start, int) and isinstance(end, int) and 0 <= start <= end):
+            raise ValueError(f"GMP needs integers 0 <= start <= end, got start={start!r}, end={end!r}")
+        self.final_density = float(final_density)
+        self.start = start
+        self.end = end
+        self._state = {"epoch": 0, "start_density": None}
+
+    def target(self, epoch: int) -> float:
+        """Density the schedule aims for after ``epoch``."""
+        d_s = self._state["start_density"]
+        if d_s is None or epoch < self.start:
+            return 1.0 if d_s is None else d_s
+        p = 1.0 if self.end == self.start else min(1.0, (epoch - self.start) / (self.end - self.start))
+        return self.final_density + (d_s - self.final_density) * (1.0 - p) ** 3
+
+    def step(self, signal: float | None, density: float) -> float:
+        _check_signal(signal)
+        state = self._state
+        epoch = state["epoch"]
+        state["epoch"] += 1
+        if epoch < self.start:
+            return 0.0
+        if state["start_density"] is None:
+            state["start_density"] = float(density)
+        rate = 1.0 - self.target(epoch) / density if density > 0 else 0.0
+        # Rounding leaves the density a hair off target; do not prune one weight an epoch for it.
+        return rate if rate > 1e-9 else 0.0
+
+
+class Never(Schedule):
+    """Never prune: plain gradient descent, with the same bookkeeping as the others."""
+
+    def __init__(self):
+        self._state = {"epoch": 0}
+
+    def step(self, signal: float | None, density: float) -> float:
+        _check_signal(signal)
+        self._state["epoch"] += 1
+        return 0.0

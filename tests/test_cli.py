@@ -1,0 +1,48 @@
+"""The command line: `occamgd demo` end to end on bundled data, exit codes, bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from occamgd import __version__
+from occamgd.cli import EXIT_BAD_INPUT, EXIT_OK, main
+
+
+def test_demo_prints_both_methods_and_writes_table_json_and_plot(tmp_path, capsys):
+    out = tmp_path / "demo"
+    code = main(["demo", "--dataset", "iris", "--epochs", "3", "--seeds", "2", "--out", str(out), "--quiet"])
+    assert code == EXIT_OK
+    printed = capsys.readouterr().out
+    for method in ("gd", "occam", "occam-val"):
+        assert f"\n{method} " in printed
+    assert "±" in printed
+    results = json.loads((out / "results.json").read_text())
+    assert {m: len(r) for m, r in results["runs"].items()} == {"gd": 2, "occam": 2, "occam-val": 2}
+    assert all(r["density"] == 1.0 for r in results["runs"]["gd"])
+    assert all(r["density"] < 1.0 for r in results["runs"]["occam"])
+    assert (out / "demo.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| method |" in (out / "demo.md").read_text()
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_demo_bad_seeds_is_a_clear_error_with_exit_code_2(tmp_path, capsys):
+    code = main(["demo", "--seeds", "0", "--out", str(tmp_path / "x"), "--quiet"])
+    assert code == EXIT_BAD_INPUT
+    assert "seeds must be an integer >= 1, got 0" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+def test_unknown_dataset_is_refused_by_the_parser():
+    with pytest.raises(SystemExit) as info:
+        main(["demo", "--dataset", "mnist"])
+    assert info.value.code == 2
+
+
+def test_console_entry_point_reports_its_version():
+    done = subprocess.run([sys.executable, "-m", "occamgd.cli", "--version"], capture_output=True, text=True)
+    assert done.returncode == 0
+    assert done.stdout.strip() == f"occamgd {__version__}"
