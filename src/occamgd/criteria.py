@@ -13,6 +13,7 @@ index first, so ties and tiny tensors give the same masks on every run and devic
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Mapping
 
@@ -26,7 +27,7 @@ def prune_count(n_kept: int, rate: float) -> int:
     _check_rate(rate)
     if n_kept <= 1 or rate == 0.0:
         return 0
-    # Rounding guards against 0.1 * 30 == 3.0000000000000004 adding one entry.
+    # Rounding guards against 0.28 * 25 == 7.000000000000001 adding one entry.
     return math.ceil(round(rate * (n_kept - 1), 9))
 
 
@@ -84,7 +85,9 @@ def global_magnitude(
     _check_rate(rate)
     names = list(weights)
     device = weights[names[0]].device
-    scores = torch.cat([_scores(weights[n], masks[n]).to(device=device, dtype=torch.float32) for n in names])
+    # Compare in the widest dtype present (at least float32), so float64 weights keep their order.
+    dtype = functools.reduce(torch.promote_types, (weights[n].dtype for n in names), torch.float32)
+    scores = torch.cat([_scores(weights[n], masks[n]).to(device=device, dtype=dtype) for n in names])
     kept = sum(int(masks[n].sum()) for n in names)
     pruned = smallest_k(scores, prune_count(kept, rate))
     new = {}

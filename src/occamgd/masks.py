@@ -29,7 +29,7 @@ Selection = Union[str, type, Callable[[str, nn.Parameter], bool], Iterable[Union
 
 
 def _as_items(selection: Selection) -> list:
-    if isinstance(selection, (str, type)) or (callable(selection) and not isinstance(selection, Iterable)):
+    if isinstance(selection, (str, type)) or not isinstance(selection, Iterable):
         return [selection]
     return list(selection)
 
@@ -117,6 +117,7 @@ class Masks(Mapping[str, torch.Tensor]):
 
     def __init__(self, params: Mapping[str, nn.Parameter]):
         self.params: dict[str, nn.Parameter] = dict(params)
+        self._param_list = list(self.params.values())
         self._masks: dict[str, torch.Tensor] = {
             name: torch.ones_like(p, dtype=torch.bool) for name, p in self.params.items()
         }
@@ -162,29 +163,30 @@ class Masks(Mapping[str, torch.Tensor]):
         self.apply()
 
     def _refresh_multipliers(self) -> None:
+        # Enforcement multiplies by these: the cheapest in-place op, one pass over each weight.
         self._mult = [self._masks[n].to(p.dtype) for n, p in self.params.items()]
 
     # Enforcing --------------------------------------------------------------------------
     @torch.no_grad()
     def apply(self) -> None:
-        """Zero every pruned weight in place."""
-        torch._foreach_mul_(list(self.params.values()), self._mult)
-
-    @torch.no_grad()
-    def apply_to_grads(self) -> None:
-        """Zero the gradient of every pruned weight in place (so optimizer state stays zero)."""
-        pairs = [(p.grad, m) for p, m in zip(self.params.values(), self._mult) if p.grad is not None]
-        if pairs:
-            grads, mults = zip(*pairs)
-            torch._foreach_mul_(list(grads), list(mults))
+        """Zero every pruned weight in place (one fused multiply over all prunable tensors)."""
+        torch._foreach_mul_(self._param_list, self._mult)
 
     @torch.no_grad()
     def apply_to_optimizer_state(self, optimizer: torch.optim.Optimizer) -> None:
-        """Zero the optimizer state (momentum, moments, ...) of every pruned weight in place."""
-        for param, mult in zip(self.params.values(), self._mult):
+        """Zero the optimizer state (momentum, moments, ...) of every pruned weight in place.
+
+        Every state tensor shaped like its parameter is masked, in one fused multiply; scalar
+        state such as Adam's step count is left alone.
+        """
+        tensors, mults = [], []
+        for param, mult in zip(self._param_list, self._mult):
             for value in optimizer.state.get(param, {}).values():
                 if torch.is_tensor(value) and value.shape == param.shape:
-                    value.mul_(mult.to(value.dtype))
+                    tensors.append(value)
+                    mults.append(mult if value.dtype == mult.dtype else mult.to(value.dtype))
+        if tensors:
+            torch._foreach_mul_(tensors, mults)
 
     # Checkpointing ----------------------------------------------------------------------
     def state_dict(self) -> dict[str, torch.Tensor]:

@@ -1,10 +1,15 @@
 """Occam: binds a model, its optimizer, a criterion and a schedule.
 
 Once per epoch the user calls ``occam.step(signal)``: the schedule turns the signal into a rate,
-the criterion turns the rate into new masks, and the pruned weights (and their optimizer state)
-are zeroed. Between epochs two hooks on the optimizer keep the masks: before each step the
-gradients of pruned weights are zeroed, so momentum and Adam moments stay exactly zero there;
-after each step the pruned weights are re-zeroed, whatever the optimizer did.
+the criterion turns the rate into new masks, and the pruned weights and their optimizer state
+(momentum, Adam moments) are zeroed. Between epochs a hook on the optimizer re-zeroes the pruned
+weights after every step (the paper's semantic), whatever the optimizer did.
+
+Between prunes the optimizer state of a pruned weight refills from its gradient, but it cannot
+pull the weight back: the weight is zero again after every step, so no forward pass ever sees it,
+and the kept weights follow exactly the same trajectory as when that state is zeroed after every
+step too. ``zero_state="step"`` does the latter (one more pass per state tensor per step) for
+optimizers whose update couples entries (LAMB-style trust ratios, factored second moments).
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ from .masks import Masks, Selection, select_prunable
 from .schedules import OccamRate, Schedule, _check_signal
 
 STATE_FORMAT = 1
+#: When the optimizer state of pruned weights is zeroed: at each prune, or after every step too.
+ZERO_STATE = ("prune", "step")
 
 
 class Occam:
@@ -42,7 +49,11 @@ class Occam:
         *,
         include: Selection | None = None,
         exclude: Selection | None = None,
+        zero_state: str = "prune",
     ):
+        if zero_state not in ZERO_STATE:
+            raise ValueError(f"zero_state must be one of {ZERO_STATE}, got {zero_state!r}")
+        self.zero_state = zero_state
         self.model = model
         self.criterion = get_criterion(criterion)
         self.schedule = OccamRate() if schedule is None else schedule
@@ -65,10 +76,8 @@ class Occam:
             raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
         self.detach()
         self.optimizer = optimizer
-        self._handles = [
-            optimizer.register_step_pre_hook(lambda opt, args, kwargs: self.masks.apply_to_grads()),
-            optimizer.register_step_post_hook(lambda opt, args, kwargs: self.masks.apply()),
-        ]
+        keep = self.enforce if self.zero_state == "step" else self.masks.apply
+        self._handles = [optimizer.register_step_post_hook(lambda opt, args, kwargs: keep())]
 
     def detach(self) -> None:
         """Remove the optimizer hooks; the masks stop being enforced."""
@@ -105,7 +114,13 @@ class Occam:
             signal = float(signal)
         _check_signal(signal)
         density_before = self.masks.density
+        schedule_state = self.schedule.state_dict()
         rate = float(self.schedule.step(signal, density_before))
+        if not 0.0 <= rate < 1.0:
+            self.schedule.load_state_dict(schedule_state)
+            raise ValueError(
+                f"schedule {self.schedule!r} returned rate {rate!r}; accepted: a rate in [0, 1)"
+            )
         if rate > 0.0:
             weights = {name: p.detach() for name, p in self.masks.params.items()}
             new = self.criterion(weights, self.masks, rate)
@@ -135,6 +150,9 @@ class Occam:
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore masks, schedule state and history; zero the pruned weights."""
+        missing = {"format", "masks", "schedule", "history"} - set(state)
+        if missing:
+            raise ValueError(f"Occam state lacks {sorted(missing)}; accepted: a dict from Occam.state_dict()")
         if state.get("format") != STATE_FORMAT:
             raise ValueError(
                 f"Occam state format {state.get('format')!r} is not supported; accepted: {STATE_FORMAT}"

@@ -93,7 +93,8 @@ class OccamRate(Schedule):
                 rate = min(max(zeta * rate, self.floor), self.r0)
         state["signals"] = (signals + [float(signal)])[-2:]
         state["rate"] = rate
-        state["zeta"] = zeta
+        # Only finite zetas are kept: the state stays valid JSON and compares equal after a reload.
+        state["zeta"] = zeta if zeta is not None and math.isfinite(zeta) else None
         state["epoch"] += 1
         return rate
 

@@ -1,0 +1,437 @@
+"""occam.py: Occam binds model, optimizer, criterion and schedule; prunes once per epoch; resumes."""
+
+from __future__ import annotations
+
+import io
+import math
+
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from occamgd import GMP, ConstantRate, Never, Occam, OccamRate
+from occamgd.criteria import prune_count
+
+
+def train(model, opt, x, y, steps=3):
+    """A few full-batch steps; returns the last loss (the 'signal')."""
+    for _ in range(steps):
+        opt.zero_grad()
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        return float(F.cross_entropy(model(x), y))
+
+
+def snapshot(occam):
+    """Everything Occam.step or load_state_dict may change, as comparable plain values."""
+    return {
+        "masks": {n: m.clone() for n, m in occam.masks.items()},
+        "schedule": occam.schedule.state_dict(),
+        "history": [dict(r) for r in occam.history],
+        "weights": {k: v.clone() for k, v in occam.model.state_dict().items()},
+    }
+
+
+def assert_snapshot_equal(a, b):
+    assert a["masks"].keys() == b["masks"].keys()
+    assert all(torch.equal(a["masks"][n], b["masks"][n]) for n in a["masks"])
+    assert a["schedule"] == b["schedule"]
+    assert a["history"] == b["history"]
+    assert a["weights"].keys() == b["weights"].keys()
+    assert all(torch.equal(a["weights"][k], b["weights"][k]) for k in a["weights"])
+
+
+def assert_pruned_zero(occam, opt=None):
+    for name, p in occam.masks.params.items():
+        pruned = ~occam.masks[name]
+        assert bool((p.detach()[pruned] == 0).all()), name
+        if opt is not None:
+            for key, value in opt.state[p].items():
+                if torch.is_tensor(value) and value.shape == p.shape:
+                    assert bool((value[pruned] == 0).all()), (name, key)
+
+
+@pytest.fixture
+def setup(tiny_mlp):
+    def make(seed=0, schedule=None, criterion="layerwise", **kwargs):
+        model = tiny_mlp(seed=seed)
+        opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+        occam = Occam(model, opt, criterion, schedule, **kwargs)
+        return model, opt, occam
+
+    return make
+
+
+# End to end ------------------------------------------------------------------------------------
+def test_end_to_end_density_falls_per_schedule_and_history_records_each_epoch(setup, tiny_data):
+    model, opt, occam = setup()
+    x, y = tiny_data()
+    assert isinstance(occam.schedule, OccamRate) and occam.density == 1.0
+    reference = OccamRate()
+    for epoch in range(6):
+        signal = train(model, opt, x, y)
+        assert_pruned_zero(occam)  # the optimizer hook kept the pruned weights at zero
+        kept_before = {n: int(m.sum()) for n, m in occam.masks.items()}
+        density_before = occam.density
+        rate = occam.step(signal)
+        assert rate == reference.step(signal, density_before)
+        assert reference.floor <= rate <= reference.r0
+        for name, mask in occam.masks.items():  # the paper's per-tensor count, tensor by tensor
+            assert int(mask.sum()) == kept_before[name] - prune_count(kept_before[name], rate)
+        assert occam.density < density_before
+        assert_pruned_zero(occam, opt)
+        record = occam.history[-1]
+        assert record == {
+            "epoch": epoch,
+            "signal": signal,
+            "rate": rate,
+            "density_before": density_before,
+            "density": occam.density,
+        }
+    assert [r["epoch"] for r in occam.history] == list(range(6))
+    assert occam.densities == occam.masks.densities()
+    assert occam.history[0]["rate"] == occam.history[1]["rate"] == 0.4
+    assert occam.density < 0.6**2  # two epochs at r0 alone remove ~64% of each tensor
+
+
+def test_signal_is_stored_as_a_plain_float(setup):
+    _, _, occam = setup()
+    occam.step(torch.tensor(0.75))
+    assert type(occam.history[0]["signal"]) is float and occam.history[0]["signal"] == 0.75
+
+
+def test_never_schedule_leaves_masks_full(setup, tiny_data):
+    model, opt, occam = setup(schedule=Never())
+    x, y = tiny_data()
+    for _ in range(3):
+        assert occam.step(train(model, opt, x, y, 1)) == 0.0
+    assert occam.density == 1.0 and [r["density"] for r in occam.history] == [1.0] * 3
+
+
+def test_gmp_schedule_prunes_toward_its_target(setup):
+    _, _, occam = setup(schedule=GMP(0.25, start=0, end=3))
+    for _ in range(5):
+        occam.step(None)
+    assert occam.density == pytest.approx(0.25, abs=0.03)
+
+
+def test_detach_stops_enforcement_and_attach_restores_it(setup, tiny_data):
+    model, opt, occam = setup(schedule=ConstantRate(0.5))
+    x, y = tiny_data()
+    train(model, opt, x, y, 2)
+    occam.step(1.0)
+    occam.detach()
+    assert occam.optimizer is None
+    train(model, opt, x, y, 3)
+    revived = sum(int((p.detach()[~occam.masks[n]] != 0).sum()) for n, p in occam.masks.params.items())
+    assert revived > 0, "without hooks Adam must move pruned weights"
+    occam.attach(opt)
+    assert occam.optimizer is opt
+    train(model, opt, x, y, 1)
+    assert_pruned_zero(occam)  # the post-step hook re-zeroes them
+
+
+def test_attaching_a_new_optimizer_removes_the_old_hooks(setup, tiny_data):
+    model, old, occam = setup(schedule=ConstantRate(0.5))
+    x, y = tiny_data()
+    occam.step(1.0)
+    new = torch.optim.SGD(model.parameters(), lr=0.1)
+    occam.attach(new)
+    train(model, old, x, y, 2)  # the old optimizer no longer enforces anything
+    assert any(bool((p.detach()[~occam.masks[n]] != 0).any()) for n, p in occam.masks.params.items())
+    train(model, new, x, y, 1)
+    assert_pruned_zero(occam)
+
+
+def test_enforce_without_an_optimizer_zeroes_pruned_weights(tiny_mlp, tiny_data):
+    model = tiny_mlp()
+    x, y = tiny_data()
+    occam = Occam(model, schedule=ConstantRate(0.5))
+    assert occam.optimizer is None
+    occam.step(1.0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)  # not attached
+    train(model, opt, x, y, 2)
+    occam.enforce()
+    assert_pruned_zero(occam)
+
+
+def test_a_criterion_can_never_revive_a_pruned_entry(setup):
+    calls = []
+
+    def revive_everything(weights, masks, rate):
+        calls.append(rate)
+        return {n: torch.ones_like(m) for n, m in masks.items()}
+
+    _, _, occam = setup(schedule=ConstantRate(0.5))
+    occam.step(1.0)
+    density = occam.density
+    occam.criterion = revive_everything
+    occam.step(1.0)
+    assert calls == [0.5] and occam.density == density
+
+
+def test_include_and_exclude_pass_through(setup):
+    _, _, occam = setup(include="0")
+    assert list(occam.masks) == ["0.weight"]
+    _, _, occam = setup(exclude=nn.Linear, include="*")
+    assert list(occam.masks) == ["0.bias", "2.bias"]
+
+
+# Bad signals -------------------------------------------------------------------------------------
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf, torch.tensor(float("nan")), None])
+def test_non_finite_or_missing_signal_raises_value_error_and_changes_nothing(bad, setup, tiny_data):
+    model, opt, occam = setup()
+    x, y = tiny_data()
+    for _ in range(3):
+        occam.step(train(model, opt, x, y, 1))
+    before = snapshot(occam)
+    with pytest.raises(ValueError, match="signal"):
+        occam.step(bad)
+    assert_snapshot_equal(snapshot(occam), before)
+
+
+class Lenient(ConstantRate):
+    """A user schedule that does not check its signal itself."""
+
+    def step(self, signal, density):
+        self._state["epoch"] += 1
+        return self.rate
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+def test_occam_rejects_non_finite_signals_even_if_the_schedule_would_not(bad, setup):
+    _, _, occam = setup(schedule=Lenient(0.3))
+    occam.step(1.0)
+    before = snapshot(occam)
+    with pytest.raises(ValueError, match="signal"):
+        occam.step(bad)
+    assert_snapshot_equal(snapshot(occam), before)
+
+
+# Checkpointing -----------------------------------------------------------------------------------
+def test_state_dict_round_trip_resumes_exactly(setup, tiny_data):
+    model, opt, occam = setup()
+    x, y = tiny_data()
+    for _ in range(4):
+        occam.step(train(model, opt, x, y, 2))
+    buffer = io.BytesIO()
+    torch.save(occam.state_dict(), buffer)
+    buffer.seek(0)
+    state = torch.load(buffer, weights_only=True)  # plain tensors, numbers and lists only
+
+    model2, opt2, occam2 = setup(seed=1)
+    model2.load_state_dict(model.state_dict())
+    occam2.load_state_dict(state)
+    assert_snapshot_equal(snapshot(occam2), snapshot(occam))
+    assert occam2.density == occam.density
+
+    rate, rate2 = occam.step(0.123), occam2.step(0.123)
+    assert rate == rate2
+    assert_snapshot_equal(snapshot(occam2), snapshot(occam))
+
+
+def test_loaded_state_is_independent_of_the_source(setup):
+    _, _, occam = setup(schedule=ConstantRate(0.3))
+    occam.step(1.0)
+    state = occam.state_dict()
+    _, _, occam2 = setup(schedule=ConstantRate(0.3))
+    occam2.load_state_dict(state)
+    before = snapshot(occam2)
+    occam.step(1.0)
+    state["history"].append({"epoch": 99})
+    state["masks"]["0.weight"].fill_(False)
+    assert_snapshot_equal(snapshot(occam2), before)
+
+
+def test_load_state_dict_zeroes_pruned_weights_of_the_target(setup):
+    _, _, occam = setup(schedule=ConstantRate(0.5))
+    occam.step(1.0)
+    model2, _, occam2 = setup(seed=3, schedule=ConstantRate(0.5))
+    occam2.load_state_dict(occam.state_dict())
+    assert_pruned_zero(occam2)
+
+
+class Renamed(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.inp = nn.Linear(6, 8)
+        self.out = nn.Linear(8, 3)
+
+
+@pytest.mark.parametrize(
+    "other",
+    [
+        lambda: nn.Sequential(nn.Linear(6, 9), nn.ReLU(), nn.Linear(9, 3)),  # other shapes
+        lambda: Renamed(),  # same shapes, other names
+        lambda: nn.Sequential(nn.Linear(6, 8)),  # a subset of the tensors
+        lambda: nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3), nn.Linear(3, 3)),  # a superset
+    ],
+)
+def test_loading_state_from_a_different_model_raises_and_changes_nothing(other, setup, tiny_data):
+    model, opt, occam = setup(schedule=ConstantRate(0.4))
+    x, y = tiny_data()
+    occam.step(train(model, opt, x, y, 1))
+    foreign_model = other()
+    foreign = Occam(foreign_model, schedule=ConstantRate(0.4))
+    for _ in range(3):  # so that its schedule state and history differ from the target's
+        foreign.step(1.0)
+    before = snapshot(occam)
+    with pytest.raises(ValueError, match="checkpoint masks"):
+        occam.load_state_dict(foreign.state_dict())
+    assert_snapshot_equal(snapshot(occam), before)
+
+
+def test_loading_state_of_another_schedule_type_raises_and_changes_nothing(setup):
+    _, _, occam = setup(schedule=OccamRate())
+    occam.step(1.0)
+    before = snapshot(occam)
+    _, _, other = setup(schedule=ConstantRate(0.2))
+    other.step(1.0)
+    with pytest.raises(ValueError, match="ConstantRate.*OccamRate"):
+        occam.load_state_dict(other.state_dict())
+    assert_snapshot_equal(snapshot(occam), before)
+
+
+@pytest.mark.parametrize("fmt", [None, 0, 2, "1"])
+def test_loading_state_of_an_unknown_format_raises_and_changes_nothing(fmt, setup):
+    _, _, occam = setup()
+    occam.step(1.0)
+    state = occam.state_dict()
+    state["format"] = fmt
+    _, _, target = setup()
+    before = snapshot(target)
+    with pytest.raises(ValueError, match="format"):
+        target.load_state_dict(state)
+    assert_snapshot_equal(snapshot(target), before)
+
+
+def test_loading_schedule_state_with_wrong_keys_raises_and_changes_nothing(setup):
+    _, _, occam = setup()
+    occam.step(1.0)
+    state = occam.state_dict()
+    state["schedule"]["state"] = {"epoch": 1}
+    _, _, target = setup()
+    before = snapshot(target)
+    with pytest.raises(ValueError, match="accepted"):
+        target.load_state_dict(state)
+    assert_snapshot_equal(snapshot(target), before)
+
+
+# Configuration -----------------------------------------------------------------------------------
+def test_global_criterion_prunes_across_tensors(setup, tiny_data):
+    model, opt, occam = setup(criterion="global", schedule=ConstantRate(0.5))
+    x, y = tiny_data()
+    for _ in range(3):
+        kept = occam.masks.kept
+        occam.step(train(model, opt, x, y, 1))
+        assert occam.masks.kept == kept - prune_count(kept, 0.5)
+        assert_pruned_zero(occam, opt)
+    pruned = torch.cat([p.detach()[~occam.masks[n]].abs() for n, p in occam.masks.params.items()])
+    assert pruned.numel() > 0
+
+
+@pytest.mark.parametrize("criterion", ["global_magnitude", "Layerwise", "random"])
+def test_unknown_criterion_raises_value_error_listing_accepted(criterion, tiny_mlp):
+    with pytest.raises(ValueError, match="layerwise"):
+        Occam(tiny_mlp(), criterion=criterion)
+
+
+@pytest.mark.parametrize("schedule", ["occam", 0.4, OccamRate, lambda signal, density: 0.1])
+def test_non_schedule_raises_type_error(schedule, tiny_mlp):
+    with pytest.raises(TypeError, match="Schedule"):
+        Occam(tiny_mlp(), schedule=schedule)
+
+
+@pytest.mark.parametrize("bad", ["adam", 0.1, lambda p: torch.optim.Adam(p)])
+def test_non_optimizer_raises_type_error(bad, tiny_mlp):
+    model = tiny_mlp()
+    with pytest.raises(TypeError, match="Optimizer"):
+        Occam(model, bad)
+    with pytest.raises(TypeError, match="Optimizer"):
+        Occam(model).attach(list(model.parameters()))
+
+
+def test_model_without_prunable_tensors_raises_value_error():
+    with pytest.raises(ValueError, match="LayerNorm"):
+        Occam(nn.LayerNorm(4))
+
+
+# The user's module is left alone ------------------------------------------------------------------
+def _hook_counts(model):
+    counts = []
+    for name, module in model.named_modules():
+        for attr in ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks",
+                     "_state_dict_hooks", "_state_dict_pre_hooks", "_load_state_dict_pre_hooks",
+                     "_load_state_dict_post_hooks"):
+            counts.append((name, attr, len(getattr(module, attr, {}) or {})))
+    for name, p in model.named_parameters():
+        counts.append((name, "_backward_hooks", len(p._backward_hooks or {})))
+        counts.append((name, "_post_accumulate_grad_hooks", len(getattr(p, "_post_accumulate_grad_hooks", None) or {})))
+    return counts
+
+
+def test_constructing_occam_does_not_change_the_users_module(tiny_mlp):
+    model = tiny_mlp()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    params = dict(model.named_parameters())
+    modules = dict(model.named_modules())
+    buffers = dict(model.named_buffers())
+    hooks = _hook_counts(model)
+    opt = torch.optim.Adam(model.parameters())
+    occam = Occam(model, opt)
+    assert list(model.state_dict()) == list(state)
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+    assert dict(model.named_parameters()) == params  # the very same Parameter objects
+    assert all(occam.masks.params[n] is params[n] for n in occam.masks)
+    assert dict(model.named_modules()) == modules
+    assert dict(model.named_buffers()) == buffers
+    assert _hook_counts(model) == hooks
+    assert all(type(m) in (nn.Sequential, nn.Linear, nn.ReLU) for m in model.modules())
+
+
+def test_pruning_changes_only_weight_values_not_the_module_structure(setup, tiny_data):
+    model, opt, occam = setup()
+    keys = list(model.state_dict())
+    hooks = _hook_counts(model)
+    occam.step(1.0)
+    assert list(model.state_dict()) == keys
+    assert _hook_counts(model) == hooks
+    x, _ = tiny_data()
+    assert model(x).shape == (32, 3)
+
+
+def test_repr_mentions_size_and_schedule(setup):
+    _, _, occam = setup()
+    text = repr(occam)
+    assert "Occam(" in text and "OccamRate" in text and "layerwise" in text
+
+
+class _BadRate(ConstantRate):
+    """A user schedule that returns an impossible rate after advancing its state."""
+
+    def step(self, signal, density):
+        super().step(signal, density)
+        return 1.5
+
+
+def test_a_schedule_returning_an_impossible_rate_is_refused_and_changes_nothing(tiny_mlp):
+    occam = Occam(tiny_mlp(), schedule=_BadRate(0.1))
+    before = snapshot(occam)
+    with pytest.raises(ValueError, match="returned rate 1.5; accepted: a rate in \\[0, 1\\)"):
+        occam.step(1.0)
+    assert_snapshot_equal(before, snapshot(occam))
+
+
+def test_loading_a_state_without_history_is_refused_before_anything_changes(setup):
+    _, _, source = setup(schedule=ConstantRate(0.5))
+    source.step(1.0)
+    _, _, target = setup(schedule=ConstantRate(0.5))
+    before = snapshot(target)
+    state = source.state_dict()
+    del state["history"]
+    with pytest.raises(ValueError, match="lacks \\['history'\\]"):
+        target.load_state_dict(state)
+    assert_snapshot_equal(before, snapshot(target))

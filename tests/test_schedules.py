@@ -1,0 +1,333 @@
+"""schedules.py: the paper's zeta rule, its edge cases, the baselines, and exact resume."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from occamgd.schedules import GMP, ConstantRate, Never, OccamRate, Schedule
+
+PROPERTY = settings(max_examples=200, deadline=None, derandomize=True, database=None)
+
+# Finite signals; small integers make repeated values (0/0 and x/0) common.
+SIGNALS = st.lists(
+    st.one_of(st.integers(-3, 3).map(float), st.floats(-1e3, 1e3, allow_nan=False, allow_infinity=False)),
+    max_size=12,
+)
+R0 = st.floats(0.001, 0.999)
+FLOOR_FRACTION = st.one_of(st.none(), st.floats(0.0, 1.0))
+
+
+def reference_rates(signals, r0, floor):
+    """The paper's rule written out plainly, with the documented edge cases."""
+    rate, rates = r0, []
+    for i, c in enumerate(signals):
+        if i > 1:
+            num = c - signals[i - 1]
+            den = signals[i - 1] - signals[i - 2]
+            if den != 0:
+                rate = min(r0, max(floor, (num / den) * rate))
+            elif num > 0:
+                rate = r0
+            elif num < 0:
+                rate = floor
+            # 0/0: the rate stays as it was
+        rates.append(rate)
+    return rates
+
+
+def run(schedule, signals, density=1.0):
+    return [schedule.step(c, density) for c in signals]
+
+
+# OccamRate -----------------------------------------------------------------------------------
+def test_occam_rate_defaults_are_the_papers():
+    s = OccamRate()
+    assert s.r0 == 0.4 and s.floor == pytest.approx(0.04)
+    assert s.epoch == 0
+
+
+@given(c0=st.floats(-1e3, 1e3), c1=st.floats(-1e3, 1e3), r0=R0)
+@PROPERTY
+def test_occam_rate_epochs_zero_and_one_prune_at_r0(c0, c1, r0):
+    s = OccamRate(r0)
+    assert run(s, [c0, c1]) == [r0, r0]
+    assert s.epoch == 2
+
+
+@given(signals=SIGNALS, r0=R0, fraction=FLOOR_FRACTION)
+@PROPERTY
+def test_occam_rate_matches_a_plain_reimplementation_and_stays_in_floor_r0(signals, r0, fraction):
+    floor = None if fraction is None else fraction * r0
+    s = OccamRate(r0, floor)
+    expected_floor = 0.1 * r0 if floor is None else floor
+    rates = run(s, signals)
+    assert rates == reference_rates(signals, r0, expected_floor)
+    assert all(expected_floor <= r <= r0 for r in rates)
+    assert s.epoch == len(signals)
+
+
+def test_occam_rate_follows_zeta_on_a_worked_example():
+    s = OccamRate(0.4)  # floor 0.04
+    # zeta = (0.6-0.8)/(0.8-1.0) = 1 -> 0.4; (0.5-0.6)/(0.6-0.8) = 0.5 -> 0.2;
+    # (0.45-0.5)/(0.5-0.6) = 0.5 -> 0.1; (0.5-0.45)/(...) < 0 -> floor; then 2x growth from floor.
+    rates = run(s, [1.0, 0.8, 0.6, 0.5, 0.45, 0.5, 0.6])
+    assert rates == pytest.approx([0.4, 0.4, 0.4, 0.2, 0.1, 0.04, 0.08])
+    assert s.state_dict()["zeta"] == pytest.approx(2.0)
+
+
+def test_occam_rate_is_capped_at_r0_when_loss_falls_faster():
+    s = OccamRate(0.4)
+    assert run(s, [10.0, 9.0, 5.0]) == [0.4, 0.4, 0.4]  # zeta = 4, clipped
+
+
+def test_zero_over_zero_keeps_the_rate():
+    s = OccamRate(0.4)
+    rates = run(s, [1.0, 0.8, 0.7, 0.7, 0.7, 0.7])  # zeta 0.5 -> 0.2, then 0 (floor), then 0/0
+    assert rates == pytest.approx([0.4, 0.4, 0.2, 0.04, 0.04, 0.04])
+    s = OccamRate(0.4)
+    assert run(s, [2.0, 2.0, 2.0, 2.0]) == [0.4, 0.4, 0.4, 0.4]  # 0/0 from the start keeps r0
+    assert math.isnan(OccamRate.zeta(1.0, 1.0, 1.0))
+
+
+def test_rising_after_a_flat_step_goes_to_r0_and_falling_goes_to_floor():
+    s = OccamRate(0.4)
+    assert run(s, [1.0, 0.8, 0.7, 0.7, 0.9]) == pytest.approx([0.4, 0.4, 0.2, 0.04, 0.4])  # x/0, x > 0
+    s = OccamRate(0.4)
+    assert run(s, [1.0, 0.8, 0.8, 0.6]) == pytest.approx([0.4, 0.4, 0.04, 0.04])  # 0 then x/0, x < 0
+    s = OccamRate(0.4, floor=0.1)
+    assert run(s, [1.0, 1.0, 0.5]) == [0.4, 0.4, 0.1]
+    assert OccamRate.zeta(2.0, 1.0, 1.0) == math.inf
+    assert OccamRate.zeta(0.0, 1.0, 1.0) == -math.inf
+
+
+def test_loss_turning_up_sends_the_rate_to_the_floor():
+    s = OccamRate(0.4, floor=0.05)
+    assert run(s, [1.0, 0.8, 0.9]) == [0.4, 0.4, 0.05]
+
+
+ALL_SCHEDULES = [
+    lambda: OccamRate(),
+    lambda: ConstantRate(0.3),
+    lambda: GMP(0.2, start=1, end=4),
+    lambda: Never(),
+]
+
+
+@pytest.mark.parametrize("make", ALL_SCHEDULES)
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_non_finite_signal_raises_value_error_and_changes_no_state(make, bad):
+    s = make()
+    run(s, [1.0, 0.9, 0.85], density=0.8)
+    before = s.state_dict()
+    with pytest.raises(ValueError, match="signal"):
+        s.step(bad, 0.8)
+    assert s.state_dict() == before
+
+
+def test_occam_rate_needs_a_signal():
+    s = OccamRate()
+    s.step(1.0, 1.0)
+    before = s.state_dict()
+    with pytest.raises(ValueError, match="signal"):
+        s.step(None, 1.0)
+    assert s.state_dict() == before
+
+
+@pytest.mark.parametrize("make", ALL_SCHEDULES[1:])
+def test_other_schedules_accept_no_signal(make):
+    s = make()
+    assert all(0.0 <= r < 1.0 for r in run(s, [None] * 6, density=1.0))
+
+
+@pytest.mark.parametrize(
+    "kwargs, value",
+    [
+        ({"r0": 0.0}, "0.0"),
+        ({"r0": -0.2}, "-0.2"),
+        ({"r0": 1.0}, "1.0"),
+        ({"r0": 1.5}, "1.5"),
+        ({"r0": math.nan}, "nan"),
+        ({"r0": "0.4"}, "'0.4'"),
+        ({"r0": 0.4, "floor": 0.5}, "0.5"),  # floor above r0
+        ({"r0": 0.4, "floor": -0.01}, "-0.01"),
+        ({"r0": 0.4, "floor": math.nan}, "nan"),
+    ],
+)
+def test_occam_rate_bad_config_raises_value_error_naming_the_value(kwargs, value):
+    with pytest.raises(ValueError, match=re.escape(value)):
+        OccamRate(**kwargs)
+
+
+def test_occam_rate_accepts_floor_zero_and_floor_equal_to_r0():
+    assert run(OccamRate(0.3, floor=0.3), [1.0, 0.5, 0.9, 0.1]) == [0.3] * 4
+    assert run(OccamRate(0.3, floor=0.0), [1.0, 0.5, 0.9])[-1] == 0.0
+
+
+# ConstantRate and Never ------------------------------------------------------------------------------
+@pytest.mark.parametrize("rate", [0.0, 0.1, 0.5, 0.99])
+def test_constant_rate_returns_its_rate_every_epoch(rate):
+    s = ConstantRate(rate)
+    assert run(s, [1.0, 0.5, 2.0, None, 0.1], density=0.3) == [rate] * 5
+    assert s.epoch == 5
+
+
+@pytest.mark.parametrize("rate", [-0.1, 1.0, 2.0, math.nan, None])
+def test_constant_rate_outside_zero_one_raises_value_error(rate):
+    with pytest.raises(ValueError, match=re.escape(repr(rate))):
+        ConstantRate(rate)
+
+
+def test_never_always_returns_zero():
+    s = Never()
+    assert run(s, [1.0, 0.5, 0.2, 0.9, None], density=0.5) == [0.0] * 5
+    assert s.epoch == 5
+
+
+# GMP -------------------------------------------------------------------------------------------
+def cubic_target(epoch, final, start, end, d_start):
+    if epoch < start:
+        return d_start
+    p = 1.0 if end == start else min(1.0, max(0.0, (epoch - start) / (end - start)))
+    return final + (d_start - final) * (1.0 - p) ** 3
+
+
+@given(
+    final=st.floats(0.01, 1.0),
+    d0=st.floats(0.05, 1.0),
+    start=st.integers(0, 5),
+    span=st.integers(0, 8),
+)
+@PROPERTY
+def test_gmp_density_path_follows_the_cubic_and_holds_final_density(final, d0, start, span):
+    final = min(final, d0)
+    end = start + span
+    s = GMP(final, start=start, end=end)
+    density = d0
+    for epoch in range(end + 4):
+        rate = s.step(None, density)
+        assert 0.0 <= rate < 1.0
+        if epoch < start:
+            assert rate == 0.0, "GMP pruned before start"
+        density *= 1.0 - rate
+        assert density == pytest.approx(cubic_target(epoch, final, start, end, d0), rel=1e-9, abs=1e-12)
+        if epoch >= end:
+            assert density == pytest.approx(final, rel=1e-9)
+
+
+def test_gmp_worked_example():
+    s = GMP(0.1, start=2, end=5)
+    density, path = 1.0, []
+    for _ in range(8):
+        density *= 1.0 - s.step(0.5, density)
+        path.append(density)
+    # p = 0, 1/3, 2/3, 1 at epochs 2..5: 1, 0.1 + 0.9 * (2/3)^3, 0.1 + 0.9 / 27, 0.1
+    assert path == pytest.approx([1.0, 1.0, 1.0, 0.1 + 0.9 * 8 / 27, 0.1 + 0.9 / 27, 0.1, 0.1, 0.1])
+
+
+def test_gmp_does_not_prune_when_already_below_final_density():
+    s = GMP(0.5, start=0, end=3)
+    assert run(s, [None] * 5, density=0.3) == [0.0] * 5
+
+
+def test_gmp_start_density_is_the_density_at_start():
+    s = GMP(0.2, start=2, end=4)
+    assert s.step(None, 1.0) == 0.0 and s.step(None, 0.9) == 0.0  # someone else pruned meanwhile
+    assert s.step(None, 0.6) == 0.0
+    density = 0.6 * (1.0 - s.step(None, 0.6))
+    assert density == pytest.approx(0.2 + 0.4 * 0.5**3)
+
+
+@pytest.mark.parametrize(
+    "kwargs, value",
+    [
+        ({"final_density": 0.0}, "0.0"),
+        ({"final_density": -0.1}, "-0.1"),
+        ({"final_density": 1.5}, "1.5"),
+        ({"final_density": math.nan}, "nan"),
+        ({"final_density": 0.1, "start": -1}, "start=-1"),
+        ({"final_density": 0.1, "start": 5, "end": 4}, "start=5, end=4"),
+        ({"final_density": 0.1, "start": 1.5}, "start=1.5"),
+        ({"final_density": 0.1, "end": "10"}, "end='10'"),
+    ],
+)
+def test_gmp_bad_config_raises_value_error_naming_the_value(kwargs, value):
+    with pytest.raises(ValueError, match=re.escape(value)):
+        GMP(**kwargs)
+
+
+# Checkpointing -------------------------------------------------------------------------------------
+def _same_state(a, b):
+    """Equal state dicts, where NaN equals NaN (OccamRate records zeta = nan after a 0/0)."""
+    def norm(v):
+        if isinstance(v, float) and math.isnan(v):
+            return "nan"
+        return [norm(x) for x in v] if isinstance(v, list) else v
+
+    return a.keys() == b.keys() and all(norm(a[k]) == norm(b[k]) for k in a)
+
+
+RESUMABLE = [
+    lambda: OccamRate(0.4),
+    lambda: OccamRate(0.3, floor=0.0),
+    lambda: ConstantRate(0.2),
+    lambda: GMP(0.1, start=1, end=6),
+    lambda: Never(),
+]
+
+
+@pytest.mark.parametrize("make", RESUMABLE)
+@given(signals=SIGNALS, split=st.integers(0, 12))
+@PROPERTY
+def test_state_dict_round_trip_gives_exactly_the_same_subsequent_rates(make, signals, split):
+    split = min(split, len(signals))
+    original = make()
+    densities = [0.9**i for i in range(len(signals))]
+    for c, d in zip(signals[:split], densities):
+        original.step(c, d)
+    state = json.loads(json.dumps(original.state_dict()))  # plain numbers and lists only
+    copy = make()
+    copy.load_state_dict(state)
+    assert _same_state(copy.state_dict(), original.state_dict())
+    assert copy.epoch == original.epoch == split
+    rest = list(zip(signals[split:], densities[split:]))
+    assert [copy.step(c, d) for c, d in rest] == [original.step(c, d) for c, d in rest]
+
+
+def test_loaded_state_is_not_shared_with_the_source():
+    a = OccamRate()
+    run(a, [1.0, 0.9])
+    state = a.state_dict()
+    b = OccamRate()
+    b.load_state_dict(state)
+    state["signals"].append(123.0)
+    a.step(0.5, 1.0)
+    assert b.state_dict()["signals"] == [1.0, 0.9]
+
+
+@pytest.mark.parametrize("make", RESUMABLE)
+def test_loading_state_with_wrong_keys_raises_value_error_and_changes_nothing(make):
+    s = make()
+    s.step(1.0, 1.0)
+    before = s.state_dict()
+    for bad in ({}, {**before, "extra": 1}, {k: v for k, v in list(before.items())[1:]} or {"x": 0}):
+        with pytest.raises(ValueError, match="accepted"):
+            s.load_state_dict(bad)
+        assert s.state_dict() == before
+
+
+def test_loading_another_schedules_state_raises_value_error():
+    with pytest.raises(ValueError, match="OccamRate"):
+        OccamRate().load_state_dict(GMP(0.1).state_dict())
+
+
+def test_base_schedule_step_is_abstract_and_repr_shows_config():
+    with pytest.raises(NotImplementedError):
+        Schedule().step(1.0, 1.0)
+    assert repr(OccamRate(0.3, floor=0.05)) == "OccamRate(r0=0.3, floor=0.05)"
+    assert repr(GMP(0.2, start=1, end=3)) == "GMP(final_density=0.2, start=1, end=3)"
