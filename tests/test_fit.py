@@ -229,3 +229,13 @@ def test_mismatched_lengths_are_refused():
     X, y = blobs()
     with pytest.raises(ValueError, match="X has 240 rows but y has 239"):
         occamgd.fit(mlp(), (X, y[:-1]), epochs=1, progress=False)
+
+
+def test_a_failed_fit_leaves_no_hook_on_the_callers_optimizer(tmp_path):
+    X, y = blobs()
+    occamgd.fit(mlp(), (X, y), epochs=1, seed=0, checkpoint_dir=tmp_path, progress=False)
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match="seed=0"):
+        occamgd.fit(model, (X, y), epochs=1, seed=1, optimizer=opt, checkpoint_dir=tmp_path, progress=False)
+    assert len(opt._optimizer_step_post_hooks) == 0

@@ -389,3 +389,16 @@ def test_loading_masks_that_do_not_fit_raises_naming_the_tensor_and_changes_noth
         masks.load_state_dict(bad)
     assert named in str(info.value)
     _assert_unchanged(masks, current, model, weights)
+
+
+def test_enforcement_skips_untouched_tensors_and_still_keeps_pruned_ones(tiny_mlp, tiny_data):
+    model = tiny_mlp()
+    x, y = tiny_data()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    masks = Masks(select_prunable(model))
+    partial = torch.ones_like(masks["2.weight"])
+    partial[0] = False
+    masks.update({"2.weight": partial})
+    _train(model, opt, x, y, 5, masks=masks)
+    assert bool((model[2].weight.detach()[0] == 0).all())
+    assert bool((model[0].weight.detach() != 0).all())

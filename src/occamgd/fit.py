@@ -314,105 +314,109 @@ def fit(
     task = task or _infer_task(_labels(dataset))
     loss_fn = loss or _default_loss(task)
     schedule = OccamRate() if schedule is None else schedule
+    # Occam first: it refuses a model without prunable tensors before anything else happens.
+    occam = Occam(model, None, criterion, schedule, include=include, exclude=exclude)
     device = next(model.parameters()).device
     train_set, hold_set = _split(dataset, float(holdback), task, seed)
     opt = _make_optimizer(optimizer, model, lr)
-    occam = Occam(model, opt, criterion, schedule, include=include, exclude=exclude)
-
+    occam.attach(opt)
     config = {"seed": seed, "batch_size": batch_size, "holdback": float(holdback), "signal": signal,
               "task": task, "rows": len(dataset), "schedule": type(schedule).__name__}
     generator = torch.Generator().manual_seed(seed)
-    history = History()
-    best: dict | None = None
-    start = 0
     ckpt_path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
-    if ckpt_path is not None and ckpt_path.exists():
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        if ckpt.get("format") != CHECKPOINT_FORMAT:
-            raise ValueError(f"checkpoint {ckpt_path} has format {ckpt.get('format')!r}; accepted: {CHECKPOINT_FORMAT}")
-        _check_same_model(model, ckpt["model"], ckpt_path)
-        for key, value in config.items():
-            if ckpt["config"].get(key) != value:
-                raise ValueError(
-                    f"checkpoint {ckpt_path} was written with {key}={ckpt['config'].get(key)!r}, this "
-                    f"call has {key}={value!r}; accepted: the same {key}, or a fresh checkpoint_dir"
+    try:
+        if ckpt_path is not None and ckpt_path.exists():
+            history, best, start = _resume(ckpt_path, config, model, opt, occam, device, generator)
+        else:
+            history, best, start = History(), None, 0
+            torch.manual_seed(seed)
+        loader = DataLoader(train_set, batch_size=batch_size, shuffle=True, generator=generator)
+        bar = tqdm(range(start, epochs), initial=start, total=epochs, desc="occamgd fit",
+                   unit="epoch", disable=not progress, leave=False)
+        for epoch in bar:
+            t0 = time.perf_counter()
+            last_finite = _snapshot(model, opt, occam)
+
+            def fail(what: str, value: float) -> None:
+                _restore(last_finite, model, opt, occam)
+                raise NonFiniteLossError(
+                    f"{what} is {value} at epoch {epoch}; model, optimizer and masks were restored to "
+                    f"their state at the start of epoch {epoch} (the last finite state)"
                 )
-        _restore(ckpt, model, opt, occam)
-        _set_rng_state(ckpt["rng"], device, generator)
-        history = History(ckpt["history"])
-        best = ckpt["best"]
-        start = ckpt["epoch"] + 1
-    else:
-        torch.manual_seed(seed)
 
-    loader = DataLoader(train_set, batch_size=batch_size, shuffle=True, generator=generator)
-    bar = tqdm(range(start, epochs), initial=start, total=epochs, desc="occamgd fit",
-               unit="epoch", disable=not progress, leave=False)
-    model.train()
-    for epoch in bar:
-        t0 = time.perf_counter()
-        last_finite = _snapshot(model, opt, occam)
+            record: dict[str, Any] = {"epoch": epoch, "density": occam.density, "kept": occam.masks.kept}
+            record["train_loss"], record["train_acc"] = _train_epoch(model, opt, loader, loss_fn, task, device)
+            if not math.isfinite(record["train_loss"]):
+                fail("training loss", record["train_loss"])
+            record["train_time"] = time.perf_counter() - t0
+            if hold_set is not None:
+                record["holdback_loss"], record["holdback_acc"] = evaluate(model, hold_set, loss_fn, task,
+                                                                           eval_batch_size, device)
+            if test_set is not None:
+                record["test_loss"], record["test_acc"] = evaluate(model, test_set, loss_fn, task,
+                                                                   eval_batch_size, device)
+            signal_value = record["holdback_loss"] if signal == "holdback" else record["train_loss"]
+            if not math.isfinite(signal_value):
+                fail(f"{signal} signal loss", signal_value)
+            if hold_set is not None and (best is None or record["holdback_loss"] < best["loss"]):
+                best = {"epoch": epoch, "loss": record["holdback_loss"], "model": _cpu_copy(model.state_dict()),
+                        "occam": _cpu_copy(occam.state_dict())}
+            record["rate"] = occam.step(signal_value) if epoch < epochs - 1 else 0.0
+            record["time"] = time.perf_counter() - t0
+            history.append(record)
+            if ckpt_path is not None:
+                atomic_save({"format": CHECKPOINT_FORMAT, "config": config, "epoch": epoch,
+                             **_snapshot(model, opt, occam), "history": history.to_list(), "best": best,
+                             "rng": _rng_state(device, generator)}, ckpt_path)
+            bar.set_postfix(loss=f"{record['train_loss']:.4f}", signal=f"{signal_value:.4f}",
+                            density=f"{record['density']:.3f}", rate=f"{record['rate']:.3f}")
+            if on_epoch_end is not None:
+                on_epoch_end(record)
+        bar.close()
+    except BaseException:
+        occam.detach()  # leave no hook behind on an optimizer the caller may have passed in
+        raise
 
-        def fail(what: str, value: float) -> None:
-            _restore(last_finite, model, opt, occam)
-            raise NonFiniteLossError(
-                f"{what} is {value} at epoch {epoch}; model, optimizer and masks were restored to "
-                f"their state at the start of epoch {epoch} (the last finite state)"
-            )
-
-        # Sums stay on the device: one synchronisation per epoch, not per batch.
-        total = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device, dtype=torch.long)
-        n = 0
-        for xb, yb in _batches(loader, device):
-            opt.zero_grad(set_to_none=True)
-            out = model(xb)
-            batch_loss = loss_fn(out, yb)
-            batch_loss.backward()
-            opt.step()
-            total += batch_loss.detach() * len(yb)
-            if task == "classification":
-                correct += (out.detach().argmax(-1) == yb).sum()
-            n += len(yb)
-        train_loss = float(total) / n
-        if not math.isfinite(train_loss):
-            fail("training loss", train_loss)
-        train_time = time.perf_counter() - t0
-        record: dict[str, Any] = {
-            "epoch": epoch,
-            "train_loss": train_loss,
-            "train_acc": int(correct) / n if task == "classification" else None,
-            "density": occam.density,
-            "kept": occam.masks.kept,
-        }
-        if hold_set is not None:
-            record["holdback_loss"], record["holdback_acc"] = evaluate(model, hold_set, loss_fn, task, eval_batch_size, device)
-        if test_set is not None:
-            record["test_loss"], record["test_acc"] = evaluate(model, test_set, loss_fn, task, eval_batch_size, device)
-        signal_value = record["holdback_loss"] if signal == "holdback" else record["train_loss"]
-        if not math.isfinite(signal_value):
-            fail(f"{signal} signal loss", signal_value)
-        if hold_set is not None and (best is None or record["holdback_loss"] < best["loss"]):
-            best = {"epoch": epoch, "loss": record["holdback_loss"], "model": _cpu_copy(model.state_dict()),
-                    "occam": _cpu_copy(occam.state_dict())}
-        record["rate"] = occam.step(signal_value) if epoch < epochs - 1 else 0.0
-        record["train_time"] = train_time
-        record["time"] = time.perf_counter() - t0
-        history.append(record)
-        if ckpt_path is not None:
-            atomic_save(
-                {"format": CHECKPOINT_FORMAT, "config": config, "epoch": epoch, **_snapshot(model, opt, occam),
-                 "history": history.to_list(), "best": best, "rng": _rng_state(device, generator)},
-                ckpt_path,
-            )
-        bar.set_postfix(loss=f"{record['train_loss']:.4f}", signal=f"{signal_value:.4f}",
-                        density=f"{record['density']:.3f}", rate=f"{record['rate']:.3f}")
-        if on_epoch_end is not None:
-            on_epoch_end(record)
-    bar.close()
-
-    best_epoch = best["epoch"] if best is not None else None
     if keep_best and best is not None:
         model.load_state_dict(best["model"])
         occam.masks.load_state_dict(best["occam"]["masks"])
-    return FitResult(model=model, occam=occam, history=history, best_epoch=best_epoch)
+    return FitResult(model=model, occam=occam, history=history, best_epoch=best["epoch"] if best else None)
+
+
+def _resume(path: Path, config: dict, model: nn.Module, opt: torch.optim.Optimizer, occam: Occam,
+            device: torch.device, generator: torch.Generator) -> tuple[History, dict | None, int]:
+    """Load a fit() checkpoint after checking it belongs to this model and these settings."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    if ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"checkpoint {path} has format {ckpt.get('format')!r}; accepted: {CHECKPOINT_FORMAT}")
+    _check_same_model(model, ckpt["model"], path)
+    for key, value in config.items():
+        if ckpt["config"].get(key) != value:
+            raise ValueError(
+                f"checkpoint {path} was written with {key}={ckpt['config'].get(key)!r}, this call has "
+                f"{key}={value!r}; accepted: the same {key}, or a fresh checkpoint_dir"
+            )
+    _restore(ckpt, model, opt, occam)
+    _set_rng_state(ckpt["rng"], device, generator)
+    return History(ckpt["history"]), ckpt["best"], ckpt["epoch"] + 1
+
+
+def _train_epoch(model: nn.Module, opt: torch.optim.Optimizer, loader: DataLoader, loss_fn: Callable,
+                 task: str, device: torch.device) -> tuple[float, float | None]:
+    """One epoch of gradient descent; mean training loss and accuracy (in train mode, as Keras)."""
+    model.train()
+    # Sums stay on the device: one synchronisation per epoch, not per batch.
+    total = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    n = 0
+    for xb, yb in _batches(loader, device):
+        opt.zero_grad(set_to_none=True)
+        out = model(xb)
+        batch_loss = loss_fn(out, yb)
+        batch_loss.backward()
+        opt.step()
+        total += batch_loss.detach() * len(yb)
+        if task == "classification":
+            correct += (out.detach().argmax(-1) == yb).sum()
+        n += len(yb)
+    return float(total) / n, (int(correct) / n if task == "classification" else None)

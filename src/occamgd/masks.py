@@ -117,7 +117,6 @@ class Masks(Mapping[str, torch.Tensor]):
 
     def __init__(self, params: Mapping[str, nn.Parameter]):
         self.params: dict[str, nn.Parameter] = dict(params)
-        self._param_list = list(self.params.values())
         self._masks: dict[str, torch.Tensor] = {
             name: torch.ones_like(p, dtype=torch.bool) for name, p in self.params.items()
         }
@@ -164,13 +163,17 @@ class Masks(Mapping[str, torch.Tensor]):
 
     def _refresh_multipliers(self) -> None:
         # Enforcement multiplies by these: the cheapest in-place op, one pass over each weight.
-        self._mult = [self._masks[n].to(p.dtype) for n, p in self.params.items()]
+        # Tensors with nothing pruned are skipped: before the first prune enforcement is free.
+        pruned = [n for n, m in self._masks.items() if not bool(m.all())]
+        self._param_list = [self.params[n] for n in pruned]
+        self._mult = [self._masks[n].to(self.params[n].dtype) for n in pruned]
 
     # Enforcing --------------------------------------------------------------------------
     @torch.no_grad()
     def apply(self) -> None:
         """Zero every pruned weight in place (one fused multiply over all prunable tensors)."""
-        torch._foreach_mul_(self._param_list, self._mult)
+        if self._param_list:
+            torch._foreach_mul_(self._param_list, self._mult)
 
     @torch.no_grad()
     def apply_to_optimizer_state(self, optimizer: torch.optim.Optimizer) -> None:
