@@ -146,7 +146,7 @@ def test_model_without_prunable_tensors_raises_value_error_naming_model_and_acce
 
 
 def test_include_matching_nothing_raises_value_error():
-    with pytest.raises(ValueError, match="Zoo.*no_such_layer"):
+    with pytest.raises(ValueError, match="no_such_layer.*matches no parameter of Zoo"):
         select_prunable(Zoo(), include="no_such_layer")
 
 
@@ -402,3 +402,10 @@ def test_enforcement_skips_untouched_tensors_and_still_keeps_pruned_ones(tiny_ml
     _train(model, opt, x, y, 5, masks=masks)
     assert bool((model[2].weight.detach()[0] == 0).all())
     assert bool((model[0].weight.detach() != 0).all())
+
+
+def test_a_selection_name_that_matches_nothing_is_refused(tiny_mlp):
+    with pytest.raises(ValueError, match="selection 'fc3' matches no parameter of Sequential"):
+        select_prunable(tiny_mlp(), include=["0", "fc3"])
+    with pytest.raises(ValueError, match="selection 'head.\\*' matches no parameter"):
+        select_prunable(tiny_mlp(), exclude="head.*")

@@ -68,6 +68,15 @@ def _matcher(selection: Selection, model: nn.Module) -> Callable[[str, nn.Parame
                 "names or fnmatch patterns, or a predicate (name, parameter) -> bool"
             )
 
+    # A name that matches nothing is almost always a typo: say so rather than prune less.
+    names = [name for name, _ in model.named_parameters()]
+    for pattern in patterns:
+        if not any(fnmatch.fnmatchcase(name, pattern) for name in names):
+            raise ValueError(
+                f"selection {pattern!r} matches no parameter of {type(model).__name__}; accepted: a "
+                f"parameter or module name or fnmatch pattern, such as {names[:4]}"
+            )
+
     def match(name: str, param: nn.Parameter) -> bool:
         return (
             name in by_type
