@@ -1,0 +1,35 @@
+"""Data loaders: image benchmarks (MNIST, Fashion-MNIST, CIFAR-10) and tabular tables.
+
+Images come back as torch tensors ``((X_train, y_train), (X_test, y_test))``; tables as a
+:class:`Table` of numpy arrays. Both plug straight into ``occamgd.fit(model, train, test=test)``.
+"""
+
+from .images import ChecksumError, cache_dir, data_dirs, load_cifar10, load_fashion_mnist, load_mnist, read_idx
+from .tabular import (
+    Table,
+    TableSpec,
+    default_manifest,
+    load_openml,
+    load_table,
+    read_csv,
+    read_manifest,
+    table_from_frame,
+)
+
+__all__ = [
+    "ChecksumError",
+    "Table",
+    "TableSpec",
+    "cache_dir",
+    "data_dirs",
+    "default_manifest",
+    "load_cifar10",
+    "load_fashion_mnist",
+    "load_mnist",
+    "load_openml",
+    "load_table",
+    "read_csv",
+    "read_idx",
+    "read_manifest",
+    "table_from_frame",
+]

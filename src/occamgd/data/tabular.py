@@ -1,0 +1,288 @@
+"""Tabular classification data: CSV files described by a manifest, OpenML, or a DataFrame.
+
+A manifest (``manifest.json``) names each table's CSV ``file``, its ``target`` column, the
+columns to ``drop`` and, optionally, the expected ``rows`` and ``classes``; in the CSV the first
+row is the header and an empty cell is a missing value. Every loader returns a :class:`Table`:
+a stratified train/test split (and, on request, a hold-out split carved from the training
+part), preprocessed by a scikit-learn pipeline fitted on the training rows only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import numpy as np
+
+PathLike = Union[str, os.PathLike]
+MANIFEST_NAME = "manifest.json"
+
+
+# Manifest -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TableSpec:
+    """One manifest entry; ``path`` is the CSV file, resolved against the manifest's directory."""
+
+    name: str
+    path: Path
+    target: str
+    drop: tuple[str, ...] = ()
+    rows: Optional[int] = None
+    classes: Optional[int] = None
+
+
+def default_manifest() -> Path:
+    """``$OCCAMGD_TABULAR`` if set, else ``../shared/data/tabular`` from the working directory."""
+    if os.environ.get("OCCAMGD_TABULAR"):
+        return Path(os.environ["OCCAMGD_TABULAR"]).expanduser()
+    shared = Path.cwd().parent / "shared" / "data" / "tabular"
+    if shared.is_dir():
+        return shared
+    raise FileNotFoundError(
+        f"no tabular manifest: OCCAMGD_TABULAR is not set and {shared} does not exist; set "
+        "OCCAMGD_TABULAR to a directory holding manifest.json, or pass manifest=PATH"
+    )
+
+
+def read_manifest(path: PathLike | None = None) -> dict[str, TableSpec]:
+    """Read a manifest (the JSON file or its directory; :func:`default_manifest` when ``None``)."""
+    path = Path(path).expanduser() if path is not None else default_manifest()
+    if path.is_dir():
+        path = path / MANIFEST_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"manifest {path} does not exist; accepted: a {MANIFEST_NAME} file or its directory")
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"manifest {path} is not valid JSON: {e}") from e
+    if not (isinstance(doc, dict) and isinstance(doc.get("datasets"), dict)):
+        raise ValueError(f'manifest {path}: expected an object with "datasets": {{name: {{"file", "target", ...}}}}')
+    if doc.get("task", "classification") != "classification":
+        raise ValueError(f"manifest {path}: task {doc['task']!r} is not supported; accepted: 'classification'")
+    specs = {}
+    for name, entry in doc["datasets"].items():
+        drop = entry.get("drop", []) if isinstance(entry, dict) else None
+        if not (isinstance(entry, dict) and isinstance(entry.get("file"), str) and isinstance(entry.get("target"), str)
+                and isinstance(drop, list) and all(isinstance(c, str) for c in drop)):
+            raise ValueError(f'manifest {path}: dataset {name!r} needs "file" and "target" strings and an '
+                             f'optional "drop" list of column names, got {entry!r}')
+        specs[name] = TableSpec(name=name, path=path.parent / entry["file"], target=entry["target"],
+                                drop=tuple(drop), rows=entry.get("rows"), classes=entry.get("classes"))
+    return specs
+
+
+# The result ---------------------------------------------------------------------------------
+@dataclass
+class Table:
+    """A preprocessed split. ``X_*`` are float32 numpy arrays, ``y_*`` int64 numpy arrays of
+    indices into ``classes`` (the original labels, sorted). ``preprocessor`` is the fitted
+    scikit-learn ``ColumnTransformer``; :meth:`transform` applies it to new rows."""
+
+    name: str
+    X_train: np.ndarray
+    y_train: np.ndarray
+    X_test: np.ndarray
+    y_test: np.ndarray
+    classes: list
+    feature_names: list[str]
+    preprocessor: Any = field(repr=False)
+    X_holdout: Optional[np.ndarray] = None
+    y_holdout: Optional[np.ndarray] = None
+
+    @property
+    def train(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.X_train, self.y_train
+
+    @property
+    def test(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.X_test, self.y_test
+
+    @property
+    def holdout(self) -> tuple[np.ndarray, np.ndarray] | None:
+        return None if self.X_holdout is None else (self.X_holdout, self.y_holdout)
+
+    def transform(self, frame) -> np.ndarray:
+        """Preprocess new rows (a DataFrame with the original feature columns) as float32."""
+        return self.preprocessor.transform(frame).astype(np.float32)
+
+
+# Preprocessing ------------------------------------------------------------------------------
+def _check_fraction(name: str, value, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if not (isinstance(value, float) and 0.0 < value < 1.0):
+        raise ValueError(f"{name} must be a float in (0, 1){' or None' if allow_none else ''}, got {value!r}")
+
+
+def _preprocessor(numeric: list[str], categorical: list[str]):
+    from sklearn.compose import ColumnTransformer
+    from sklearn.impute import SimpleImputer
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+    return ColumnTransformer(
+        [
+            ("numeric", make_pipeline(SimpleImputer(strategy="median"), StandardScaler()), numeric),
+            # Categories unseen in training become all zeros rather than an error at test time.
+            ("categorical", make_pipeline(SimpleImputer(strategy="most_frequent"),
+                                          OneHotEncoder(handle_unknown="ignore", sparse_output=False)), categorical),
+        ],
+        sparse_threshold=0.0,
+        verbose_feature_names_out=False,
+    )
+
+
+def table_from_frame(
+    frame,
+    target: str,
+    *,
+    drop: Sequence[str] = (),
+    name: str = "frame",
+    test_size: float = 0.3,
+    seed: int = 0,
+    holdout: float | None = None,
+    source: str = "the frame",
+) -> Table:
+    """Split and preprocess a pandas DataFrame holding the features and the ``target`` column.
+
+    Dropped columns and the target are removed; numeric features are median-imputed and
+    standardised, the others most-frequent-imputed and one-hot encoded — all fitted on the
+    training rows only. The split is stratified on the target with ``random_state=seed``;
+    ``holdout`` (a fraction of the training split, stratified too) is kept apart from the
+    fitting as well. ``source`` names the data in error messages.
+    """
+    import pandas as pd
+    from sklearn.model_selection import train_test_split
+
+    # Validate everything before fitting anything.
+    _check_fraction("test_size", test_size)
+    _check_fraction("holdout", holdout, allow_none=True)
+    present = [str(c) for c in frame.columns]
+    for column in [target, *drop]:
+        if column not in frame.columns:
+            raise ValueError(f"column {column!r} is not in {source}; columns present: {', '.join(present)}")
+    if len(frame) == 0:
+        raise ValueError(f"{source} has no rows")
+    features = frame.drop(columns=list(dict.fromkeys([target, *drop])))
+    if features.shape[1] == 0:
+        raise ValueError(f"{source}: no feature columns left after removing the target {target!r} "
+                         f"and drop {list(drop)}")
+    labels = frame[target]
+    if labels.isna().any():
+        rows = np.flatnonzero(labels.isna().to_numpy())[:10].tolist()
+        raise ValueError(f"{source}: target {target!r} is missing in {int(labels.isna().sum())} rows "
+                         f"(first data rows, 0-based: {rows}); accepted: a label in every row")
+    classes, y = np.unique(labels.to_numpy(dtype=object), return_inverse=True)
+    counts = np.bincount(y)
+    if len(classes) < 2:
+        raise ValueError(f"{source}: target {target!r} has one class ({classes[0]!r}); accepted: at least two")
+    if counts.min() < 2:
+        rare = [c for c, n in zip(classes, counts) if n < 2]
+        raise ValueError(f"{source}: classes {rare} of target {target!r} have a single row; a stratified "
+                         "split needs at least two rows per class")
+
+    idx = np.arange(len(frame))
+    train_idx, test_idx = train_test_split(idx, test_size=test_size, stratify=y, random_state=seed)
+    hold_idx = None
+    if holdout is not None:
+        train_idx, hold_idx = train_test_split(train_idx, test_size=holdout, stratify=y[train_idx],
+                                               random_state=seed)
+
+    numeric = [c for c in features.columns if pd.api.types.is_numeric_dtype(features[c])]
+    categorical = [c for c in features.columns if c not in numeric]
+    # Plain float64 / object columns with NaN for missing: what SimpleImputer and OneHotEncoder
+    # accept, whatever dtype the reader produced (bool, nullable Int64, string, category).
+    features = features.astype({**{c: np.float64 for c in numeric}, **{c: object for c in categorical}})
+    features = features.where(features.notna(), np.nan)
+    pre = _preprocessor(numeric, categorical).fit(features.iloc[train_idx])
+
+    def part(rows):
+        return pre.transform(features.iloc[rows]).astype(np.float32), y[rows].astype(np.int64)
+
+    (X_train, y_train), (X_test, y_test) = part(train_idx), part(test_idx)
+    X_hold, y_hold = part(hold_idx) if hold_idx is not None else (None, None)
+    return Table(name=name, X_train=X_train, y_train=y_train, X_test=X_test, y_test=y_test,
+                 classes=[c.item() if isinstance(c, np.generic) else c for c in classes],
+                 feature_names=[str(f) for f in pre.get_feature_names_out()], preprocessor=pre,
+                 X_holdout=X_hold, y_holdout=y_hold)
+
+
+# Loaders ------------------------------------------------------------------------------------
+def read_csv(path: PathLike):
+    """Read a CSV as a DataFrame: first row the header, an empty cell (and only that) missing."""
+    import pandas as pd
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"CSV file {path} does not exist")
+    try:
+        # keep_default_na=False: a category spelled "NA" or "None" is a value, not a gap.
+        return pd.read_csv(path, keep_default_na=False, na_values=[""])
+    except pd.errors.EmptyDataError as e:
+        raise ValueError(f"CSV file {path} is empty (no header, no rows)") from e
+    except (pd.errors.ParserError, UnicodeDecodeError) as e:
+        raise ValueError(f"CSV file {path} cannot be parsed: {e}") from e
+
+
+def load_table(
+    name: str,
+    manifest: PathLike | None = None,
+    *,
+    test_size: float = 0.3,
+    seed: int = 0,
+    holdout: float | None = None,
+) -> Table:
+    """Load table ``name`` of ``manifest`` (file or directory; :func:`default_manifest` when
+    ``None``) as a preprocessed :class:`Table`; see :func:`table_from_frame` for the splits."""
+    specs = read_manifest(manifest)
+    if name not in specs:
+        raise ValueError(f"unknown dataset {name!r}; known: {', '.join(sorted(specs))}")
+    spec = specs[name]
+    frame = read_csv(spec.path)
+    # The manifest's counts guard against a truncated or swapped file.
+    if spec.rows is not None and len(frame) != spec.rows:
+        raise ValueError(f"{spec.path} has {len(frame)} rows but the manifest says {spec.rows}")
+    if spec.classes is not None and spec.target in frame.columns:
+        found = frame[spec.target].nunique()
+        if found != spec.classes:
+            raise ValueError(f"{spec.path}: target {spec.target!r} has {found} classes but the manifest "
+                             f"says {spec.classes}")
+    return table_from_frame(frame, spec.target, drop=spec.drop, name=name, test_size=test_size, seed=seed,
+                            holdout=holdout, source=f"CSV file {spec.path}")
+
+
+def load_openml(
+    name_or_id: str | int,
+    *,
+    version: str | int = "active",
+    target: str | None = None,
+    drop: Sequence[str] = (),
+    test_size: float = 0.3,
+    seed: int = 0,
+    holdout: float | None = None,
+    data_home: PathLike | None = None,
+) -> Table:
+    """Fetch an OpenML classification dataset (by name or id; needs a network the first time,
+    then scikit-learn's cache in ``data_home``) and preprocess it like :func:`load_table`.
+
+    ``target`` overrides the dataset's default target column.
+    """
+    from sklearn.datasets import fetch_openml
+
+    by = {"data_id": name_or_id} if isinstance(name_or_id, int) else {"name": name_or_id, "version": version}
+    bunch = fetch_openml(**by, as_frame=True, target_column=target or "default-target",
+                         data_home=None if data_home is None else str(data_home))
+    source = f"OpenML dataset {name_or_id!r}"
+    y = bunch.target
+    if y is None or getattr(y, "ndim", 1) != 1:
+        raise ValueError(f"{source}: expected one target column, got "
+                         f"{None if y is None else list(y.columns)}; pass target=COLUMN")
+    frame = bunch.data.copy()
+    label = str(y.name) if y.name is not None else "target"
+    frame[label] = y.to_numpy()
+    return table_from_frame(frame, label, drop=drop, name=str(name_or_id), test_size=test_size, seed=seed,
+                            holdout=holdout, source=source)

@@ -1,0 +1,268 @@
+"""Tabular loaders: manifest + CSV, preprocessing fitted on training rows only, splits, errors."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from sklearn.utils import Bunch
+
+import occamgd
+from occamgd.data import Table, default_manifest, load_openml, load_table, read_manifest, table_from_frame
+
+COLORS = ["red", "green", "blue"]
+
+
+def frame(n=30, seed=0) -> pd.DataFrame:
+    """20 'yes' and 10 'no' rows; ``key`` is unique so a row can be found after preprocessing."""
+    rng = np.random.default_rng(seed)
+    df = pd.DataFrame({
+        "id": np.arange(1000, 1000 + n),
+        "key": np.arange(n, dtype=float),
+        "size": rng.normal(10, 3, n).round(2),
+        "color": [COLORS[i % 3] for i in range(n)],
+        "label": ["yes" if i % 3 else "no" for i in range(n)],
+    })
+    df.loc[[1, 4, 7, 11], "size"] = np.nan
+    df.loc[[2, 9], "color"] = None
+    return df
+
+
+def write(tmp_path: Path, df: pd.DataFrame, entry=None, name="toy") -> Path:
+    df.to_csv(tmp_path / f"{name}.csv", index=False)  # NaN / None are written as empty cells
+    entry = {"target": "label", "drop": ["id"], "file": f"{name}.csv", **(entry or {})}
+    (tmp_path / "manifest.json").write_text(json.dumps({"task": "classification", "datasets": {name: entry}}))
+    return tmp_path
+
+
+def keys(table: Table, X: np.ndarray) -> np.ndarray:
+    """The original ``key`` of each preprocessed row (undoing the fitted standardisation)."""
+    scaler = table.preprocessor.named_transformers_["numeric"][-1]
+    j = table.feature_names.index("key")
+    return np.rint(X[:, j] * scaler.scale_[0] + scaler.mean_[0]).astype(int)
+
+
+def test_table_is_encoded_with_the_manifest_columns(tmp_path):
+    t = load_table("toy", write(tmp_path, frame()))
+    assert t.feature_names == ["key", "size", "color_blue", "color_green", "color_red"]  # id dropped
+    assert t.X_train.dtype == np.float32 and t.y_train.dtype == np.int64
+    assert t.X_train.shape == (21, 5) and t.X_test.shape == (9, 5)
+    assert t.classes == ["no", "yes"]
+    assert not np.isnan(t.X_train).any() and not np.isnan(t.X_test).any()
+    one_hot = np.concatenate([t.X_train, t.X_test])[:, 2:]
+    assert set(np.unique(one_hot)) == {0.0, 1.0} and (one_hot.sum(1) == 1).all()
+    # Labels map back to the original strings.
+    df = frame()
+    for X, y in (t.train, t.test):
+        assert (df.label.to_numpy()[keys(t, X)] == np.array(t.classes)[y]).all()
+
+
+def test_statistics_come_from_the_training_rows_only(tmp_path):
+    df = frame()
+    t = load_table("toy", write(tmp_path, df))
+    train_rows, test_rows = keys(t, t.X_train), keys(t, t.X_test)
+    train = df.iloc[train_rows]
+    scaler = t.preprocessor.named_transformers_["numeric"][-1]
+    imputed = train["size"].fillna(train["size"].median())
+    assert scaler.mean_[1] == pytest.approx(imputed.mean())
+    assert scaler.scale_[1] == pytest.approx(imputed.std(ddof=0))
+    assert np.abs(t.X_train[:, :2].mean(0)).max() < 1e-5
+    # Missing sizes take the training median; missing colors the training mode.
+    j = t.feature_names.index("size")
+    for X, rows in ((t.X_train, train_rows), (t.X_test, test_rows)):
+        gaps = df["size"].isna().to_numpy()[rows]
+        assert np.allclose(X[gaps, j], (train["size"].median() - scaler.mean_[1]) / scaler.scale_[1])
+    mode = train["color"].mode()[0]
+    for X, rows in ((t.X_train, train_rows), (t.X_test, test_rows)):
+        gaps = df["color"].isna().to_numpy()[rows]
+        assert (X[gaps, t.feature_names.index(f"color_{mode}")] == 1).all()
+
+    # Extreme values and a new category in the test rows change nothing learned from training.
+    wild = df.copy()
+    wild["size"] = wild["size"].astype(float)
+    wild.loc[test_rows, "size"] = 1e6
+    wild.loc[test_rows, "color"] = "purple"
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*unknown categories")
+        w = load_table("toy", write(tmp_path, wild))
+    np.testing.assert_array_equal(w.X_train, t.X_train)
+    assert w.preprocessor.named_transformers_["numeric"][-1].mean_.tolist() == scaler.mean_.tolist()
+    assert w.feature_names == t.feature_names  # no column for 'purple'
+    assert (w.X_test[:, 2:] == 0).all()  # unknown category -> all zeros
+    assert (w.X_test[:, 1] > 1e4).all()
+
+
+def test_split_is_stratified_and_deterministic_per_seed(tmp_path):
+    root = write(tmp_path, frame())
+    for seed in range(5):
+        t = load_table("toy", root, seed=seed)
+        assert np.bincount(t.y_test).tolist() == [3, 6] and np.bincount(t.y_train).tolist() == [7, 14]
+    a, b, c = (load_table("toy", root, seed=s) for s in (0, 0, 1))
+    np.testing.assert_array_equal(a.X_train, b.X_train)
+    np.testing.assert_array_equal(a.y_test, b.y_test)
+    assert set(keys(a, a.X_test)) != set(keys(c, c.X_test))
+
+
+def test_holdout_is_carved_from_training_and_kept_out_of_the_fitting(tmp_path):
+    t = load_table("toy", write(tmp_path, frame()), holdout=0.2, test_size=0.3)
+    n_train, n_hold, n_test = len(t.y_train), len(t.y_holdout), len(t.y_test)
+    assert (n_train, n_hold, n_test) == (16, 5, 9)
+    assert t.holdout == (t.X_holdout, t.y_holdout)
+    all_keys = np.concatenate([keys(t, t.X_train), keys(t, t.X_holdout), keys(t, t.X_test)])
+    assert sorted(all_keys) == list(range(30))
+    assert np.bincount(t.y_holdout).tolist() == [2, 3]
+    assert abs(t.X_train[:, 0].mean()) < 1e-5 and abs(t.X_holdout[:, 0].mean()) > 1e-3
+    assert load_table("toy", tmp_path).holdout is None
+
+
+def test_integer_target_keeps_its_labels_and_the_table_trains(tmp_path):
+    df = frame().assign(label=[3 if i % 3 else 7 for i in range(30)])
+    t = load_table("toy", write(tmp_path, df))
+    assert t.classes == [3, 7] and type(t.classes[0]) is int
+    X_new = t.transform(df.drop(columns=["id", "label"]).head(2))
+    assert X_new.shape == (2, 5) and X_new.dtype == np.float32
+    torch.manual_seed(0)
+    model = torch.nn.Linear(5, 2)
+    result = occamgd.fit(model, t.train, test=t.test, epochs=1, progress=False)
+    assert len(result.history) == 1
+
+
+# Bad input ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("entry, column", [({"target": "Label"}, "Label"), ({"drop": ["id", "ID"]}, "ID")])
+def test_a_manifest_column_absent_from_the_csv_is_named(tmp_path, entry, column):
+    root = write(tmp_path, frame(), entry)
+    with pytest.raises(ValueError, match=f"column '{column}' is not in CSV file") as info:
+        load_table("toy", root)
+    message = str(info.value)
+    assert str(root / "toy.csv") in message and "id, key, size, color, label" in message
+
+
+def test_a_target_with_one_class_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="target 'label' has one class \\('yes'\\)"):
+        load_table("toy", write(tmp_path, frame().assign(label="yes")))
+
+
+def test_a_class_with_a_single_row_is_refused(tmp_path):
+    df = frame()
+    df.loc[0, "label"] = "maybe"
+    with pytest.raises(ValueError, match="classes \\['maybe'\\].*single row"):
+        load_table("toy", write(tmp_path, df))
+
+
+def test_a_missing_target_cell_is_refused(tmp_path):
+    df = frame()
+    df.loc[5, "label"] = None
+    with pytest.raises(ValueError, match="target 'label' is missing in 1 rows.*\\[5\\]"):
+        load_table("toy", write(tmp_path, df))
+
+
+def test_a_csv_without_rows_is_refused(tmp_path):
+    root = write(tmp_path, frame().head(0))
+    with pytest.raises(ValueError, match="toy.csv has no rows"):
+        load_table("toy", root)
+    (tmp_path / "toy.csv").write_text("")
+    with pytest.raises(ValueError, match="toy.csv is empty"):
+        load_table("toy", root)
+
+
+def test_an_unknown_dataset_lists_the_known_ones(tmp_path):
+    with pytest.raises(ValueError, match="unknown dataset 'Toy'; known: toy"):
+        load_table("Toy", write(tmp_path, frame()))
+
+
+def test_missing_manifest_and_csv_files_are_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match=str(tmp_path / "nowhere" / "manifest.json")):
+        load_table("toy", tmp_path / "nowhere" / "manifest.json")
+    root = write(tmp_path, frame())
+    (root / "toy.csv").unlink()
+    with pytest.raises(FileNotFoundError, match=str(root / "toy.csv")):
+        load_table("toy", root)
+
+
+def test_a_malformed_manifest_is_refused(tmp_path):
+    (tmp_path / "manifest.json").write_text(json.dumps({"datasets": {"toy": {"file": "toy.csv"}}}))
+    with pytest.raises(ValueError, match="dataset 'toy' needs \"file\" and \"target\""):
+        read_manifest(tmp_path)
+    (tmp_path / "manifest.json").write_text("{not json")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        read_manifest(tmp_path)
+
+
+def test_manifest_counts_that_disagree_with_the_csv_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="has 30 rows but the manifest says 31"):
+        load_table("toy", write(tmp_path, frame(), {"rows": 31}))
+    with pytest.raises(ValueError, match="2 classes but the manifest says 3"):
+        load_table("toy", write(tmp_path, frame(), {"rows": 30, "classes": 3}))
+
+
+@pytest.mark.parametrize("kw", [{"test_size": 0}, {"test_size": 1.0}, {"holdout": 1.5}, {"test_size": "0.3"}])
+def test_bad_split_fractions_are_refused(tmp_path, kw):
+    with pytest.raises(ValueError, match="must be a float in \\(0, 1\\)"):
+        load_table("toy", write(tmp_path, frame()), **kw)
+
+
+def test_default_manifest_is_the_env_var_then_shared_beside_the_working_directory(tmp_path, monkeypatch):
+    monkeypatch.setenv("OCCAMGD_TABULAR", str(tmp_path / "env"))
+    assert default_manifest() == tmp_path / "env"
+    monkeypatch.delenv("OCCAMGD_TABULAR")
+    (tmp_path / "main").mkdir()
+    monkeypatch.chdir(tmp_path / "main")
+    with pytest.raises(FileNotFoundError, match="OCCAMGD_TABULAR"):
+        default_manifest()
+    shared = tmp_path / "shared" / "data" / "tabular"
+    shared.mkdir(parents=True)
+    write(shared, frame())
+    assert default_manifest().resolve() == shared.resolve()
+    assert len(load_table("toy").y_test) == 9
+
+
+# OpenML (fetch_openml faked: no network) ------------------------------------------------------
+def test_load_openml_feeds_the_same_preprocessing(monkeypatch):
+    df = frame()
+    calls = []
+
+    def fake_fetch_openml(**kw):
+        calls.append(kw)
+        data = df.drop(columns=["label"]).astype({"color": "category"})
+        return Bunch(data=data, target=df["label"].astype("category").rename("class"), frame=None)
+
+    monkeypatch.setattr("sklearn.datasets.fetch_openml", fake_fetch_openml)
+    t = load_openml("toy", drop=["id"], seed=3)
+    assert calls[0]["name"] == "toy" and calls[0]["as_frame"] is True
+    assert t.feature_names == ["key", "size", "color_blue", "color_green", "color_red"]
+    assert t.classes == ["no", "yes"]
+    expected = table_from_frame(df, "label", drop=["id"], seed=3)
+    np.testing.assert_array_equal(t.X_train, expected.X_train)
+    np.testing.assert_array_equal(t.y_test, expected.y_test)
+    load_openml(40945, target="class")
+    assert calls[1]["data_id"] == 40945 and calls[1]["target_column"] == "class" and "name" not in calls[1]
+
+
+# The real tables beside the project --------------------------------------------------------------
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "tabular"
+
+
+@pytest.mark.skipif(not (SHARED / "manifest.json").is_file(), reason="../shared/data/tabular is absent")
+def test_every_shared_table_loads_with_the_manifest_counts():
+    manifest = json.loads((SHARED / "manifest.json").read_text())["datasets"]
+    specs = read_manifest(SHARED)
+    assert set(specs) == set(manifest)
+    for name, entry in manifest.items():
+        missing = int(read_csv_cells(SHARED / entry["file"]))
+        assert missing == entry["missing_cells"], name
+        t = load_table(name, SHARED)
+        assert len(t.y_train) + len(t.y_test) == entry["rows"], name
+        assert len(t.classes) == entry["classes"] == len(np.unique(t.y_test)), name
+        assert not any(c in t.feature_names for c in [entry["target"], *entry["drop"]]), name
+        assert np.isfinite(t.X_train).all() and np.isfinite(t.X_test).all(), name
+
+
+def read_csv_cells(path: Path) -> int:
+    from occamgd.data import read_csv
+
+    return read_csv(path).isna().to_numpy().sum()
