@@ -239,3 +239,23 @@ def test_a_failed_fit_leaves_no_hook_on_the_callers_optimizer(tmp_path):
     with pytest.raises(ValueError, match="seed=0"):
         occamgd.fit(model, (X, y), epochs=1, seed=1, optimizer=opt, checkpoint_dir=tmp_path, progress=False)
     assert len(opt._optimizer_step_post_hooks) == 0
+
+
+def test_initial_masks_are_kept_through_training():
+    X, y = blobs()
+    model = mlp()
+    masks = {"0.weight": torch.rand(32, 10, generator=torch.Generator().manual_seed(0)) > 0.5,
+             "3.weight": torch.ones(3, 32, dtype=torch.bool)}
+    result = occamgd.fit(model, (X, y), epochs=2, schedule=occamgd.Never(), initial_masks=masks, progress=False)
+    assert torch.equal(result.occam.masks["0.weight"], masks["0.weight"])
+    assert bool((model[0].weight.detach()[~masks["0.weight"]] == 0).all())
+
+
+def test_initial_masks_of_another_model_are_refused_before_training():
+    X, y = blobs()
+    model = mlp()
+    before = state_copy(model)
+    with pytest.raises(ValueError, match="initial_masks"):
+        occamgd.fit(model, (X, y), epochs=1, initial_masks={"0.weight": torch.ones(2, 2, dtype=torch.bool)},
+                    progress=False)
+    assert_same_state(before, state_copy(model))

@@ -13,7 +13,7 @@ import math
 import os
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Union
@@ -277,6 +277,7 @@ def fit(
     progress: bool = True,
     eval_batch_size: int = 1024,
     on_epoch_end: Callable[[dict], None] | None = None,
+    initial_masks: Mapping[str, torch.Tensor] | None = None,
 ) -> FitResult:
     """Train ``model`` with Occam Gradient Descent; return the model, Occam and the history.
 
@@ -289,6 +290,8 @@ def fit(
     - ``checkpoint_dir``: after every epoch the full state is written atomically; calling
       ``fit`` again with the same arguments resumes exactly where it stopped.
     - ``on_epoch_end``: called with each epoch's record after its checkpoint is written.
+    - ``initial_masks``: start from these masks (e.g. to fine-tune a pruned model); weights are
+      zeroed where they prune.
 
     Pruning happens after every epoch but the last (a prune after the last epoch would yield a
     model that no epoch trains or evaluates). With ``keep_best`` and a hold-back split, the
@@ -316,6 +319,8 @@ def fit(
     schedule = OccamRate() if schedule is None else schedule
     # Occam first: it refuses a model without prunable tensors before anything else happens.
     occam = Occam(model, None, criterion, schedule, include=include, exclude=exclude)
+    if initial_masks is not None:
+        occam.masks.check(initial_masks, "initial_masks", require_all=True)
     device = next(model.parameters()).device
     train_set, hold_set = _split(dataset, float(holdback), task, seed)
     opt = _make_optimizer(optimizer, model, lr)
@@ -330,6 +335,8 @@ def fit(
         else:
             history, best, start = History(), None, 0
             torch.manual_seed(seed)
+            if initial_masks is not None:
+                occam.masks.update(initial_masks)
         loader = DataLoader(train_set, batch_size=batch_size, shuffle=True, generator=generator)
         bar = tqdm(range(start, epochs), initial=start, total=epochs, desc="occamgd fit",
                    unit="epoch", disable=not progress, leave=False)
@@ -344,7 +351,8 @@ def fit(
                     f"their state at the start of epoch {epoch} (the last finite state)"
                 )
 
-            record: dict[str, Any] = {"epoch": epoch, "density": occam.density, "kept": occam.masks.kept}
+            record: dict[str, Any] = {"epoch": epoch, "density": occam.density, "kept": occam.masks.kept,
+                                      "densities": occam.densities}
             record["train_loss"], record["train_acc"] = _train_epoch(model, opt, loader, loss_fn, task, device)
             if not math.isfinite(record["train_loss"]):
                 fail("training loss", record["train_loss"])
