@@ -50,10 +50,12 @@ def plot_curves(
     panels: Sequence[tuple[str, str, bool]],
     path: str | Path,
     title: str = "",
+    colors: Mapping[str, str] | None = None,
 ) -> Path:
     """One panel per ``(history key, axis label, log scale)``; one line per method, mean ± std band.
 
-    ``histories`` maps a method name to its per-seed lists of epoch records.
+    ``histories`` maps a method name to its per-seed lists of epoch records; ``colors`` (method ->
+    matplotlib colour) keeps a method's colour the same across figures.
     """
     import matplotlib
 
@@ -66,7 +68,7 @@ def plot_curves(
             x, mean, std = _curve(runs, key)
             if np.all(np.isnan(mean)):
                 continue
-            (line,) = ax.plot(x, mean, label=method, marker=".")
+            (line,) = ax.plot(x, mean, label=method, marker=".", color=(colors or {}).get(method))
             ax.fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.2)
         ax.set_xlabel("epoch")
         ax.set_ylabel(label)
