@@ -107,7 +107,8 @@ def _infer_task(y: torch.Tensor) -> str:
     return "regression" if torch.is_floating_point(y) else "classification"
 
 
-def _split(dataset: Dataset, fraction: float, task: str, seed: int) -> tuple[Dataset, Dataset | None]:
+def _split(dataset: Dataset, fraction: float, task: str, seed: int,
+           labels: torch.Tensor | None = None) -> tuple[Dataset, Dataset | None]:
     """Train / hold-back subsets; stratified for classification where every class allows it."""
     n = len(dataset)
     if fraction == 0.0:
@@ -124,7 +125,7 @@ def _split(dataset: Dataset, fraction: float, task: str, seed: int) -> tuple[Dat
     idx = np.arange(n)
     stratify = None
     if task == "classification":
-        y = _labels(dataset).cpu().numpy()
+        y = (_labels(dataset) if labels is None else labels).cpu().numpy()
         _, counts = np.unique(y, return_counts=True)
         if counts.min() >= 2 and n_hold >= len(counts) and n - n_hold >= len(counts):
             stratify = y
@@ -314,7 +315,9 @@ def fit(
     if len(dataset) == 0:
         raise ValueError("train has no rows; accepted: at least 2 rows")
     test_set = _as_dataset(test, "test") if test is not None else None
-    task = task or _infer_task(_labels(dataset))
+    # Reading a generic Dataset's labels walks every item: do it once, for the task and the split.
+    labels = _labels(dataset) if task is None or task == "classification" else None
+    task = task or _infer_task(labels)
     loss_fn = loss or _default_loss(task)
     schedule = OccamRate() if schedule is None else schedule
     # Occam first: it refuses a model without prunable tensors before anything else happens.
@@ -322,7 +325,7 @@ def fit(
     if initial_masks is not None:
         occam.masks.check(initial_masks, "initial_masks", require_all=True)
     device = next(model.parameters()).device
-    train_set, hold_set = _split(dataset, float(holdback), task, seed)
+    train_set, hold_set = _split(dataset, float(holdback), task, seed, labels)
     opt = _make_optimizer(optimizer, model, lr)
     occam.attach(opt)
     config = {"seed": seed, "batch_size": batch_size, "holdback": float(holdback), "signal": signal,
