@@ -12,6 +12,21 @@ from .schedules import GMP, ConstantRate, Never, OccamRate, Schedule
 
 __version__ = "0.1.0"
 
+# Names whose modules import optional or heavy libraries load on first use.
+_LAZY = {
+    "OccamMLPClassifier": "occamgd.integrations.sklearn",
+    "OccamMLPRegressor": "occamgd.integrations.sklearn",
+    "compact": "occamgd.compact",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'occamgd' has no attribute {name!r}")
+
 __all__ = [
     "CRITERIA",
     "DEFAULT_PRUNABLE_TYPES",
@@ -23,8 +38,11 @@ __all__ = [
     "Never",
     "NonFiniteLossError",
     "Occam",
+    "OccamMLPClassifier",
+    "OccamMLPRegressor",
     "OccamRate",
     "Schedule",
+    "compact",
     "fit",
     "global_magnitude",
     "layerwise_magnitude",
