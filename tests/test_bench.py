@@ -55,7 +55,13 @@ def test_every_method_writes_one_json_per_seed_and_a_report(tiny_task, tmp_path)
         assert occam["bytes_sparse"] < occam["bytes_dense"]
         pruned = results[f"blobs/gd+prune/seed{seed}.json"]
         assert pruned["density"] == pytest.approx(occam["density"], abs=0.02)
-        assert results[f"blobs/gmp/seed{seed}.json"]["target_density"] == occam["density"]
+        assert results[f"blobs/gmp/seed{seed}.json"]["target_density"] == tiny_task.gmp_density
+        guarded = results[f"blobs/occam-guarded/seed{seed}.json"]
+        assert results[f"blobs/gmp-oracle/seed{seed}.json"]["target_density"] == guarded["density"]
+        assert {r["action"] for r in guarded["history"]} <= {"warmup", "pruned", "held", "rolled back",
+                                                             "stopped", "last epoch"}
+        wd = results[f"blobs/gd-wd/seed{seed}.json"]
+        assert str(wd["weight_decay"]) == min(wd["grid"].items(), key=lambda kv: kv[1])[0]
         assert results[f"blobs/gd/seed{seed}.json"]["density"] == 1.0
         assert results[f"blobs/random-forest/seed{seed}.json"]["test_loss"] > 0
     text = report.read_text()
@@ -92,7 +98,7 @@ def test_finished_runs_are_not_redone_and_an_interrupted_bench_resumes(tiny_task
 
 
 def test_methods_pull_in_what_they_need():
-    assert runner._order(["gmp"]) == ["occam-val", "gmp"]
+    assert runner._order(["gmp-oracle"]) == ["occam-guarded", "gmp-oracle"]
     assert runner._order(["gd+prune", "gd"]) == ["gd", "occam-val", "gd+prune"]
 
 

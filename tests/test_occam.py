@@ -87,6 +87,7 @@ def test_end_to_end_density_falls_per_schedule_and_history_records_each_epoch(se
         assert record == {
             "epoch": epoch,
             "signal": signal,
+            "action": "pruned",
             "rate": rate,
             "density_before": density_before,
             "density": occam.density,
@@ -339,10 +340,16 @@ def test_unknown_criterion_raises_value_error_listing_accepted(criterion, tiny_m
         Occam(tiny_mlp(), criterion=criterion)
 
 
-@pytest.mark.parametrize("schedule", ["occam", 0.4, OccamRate, lambda signal, density: 0.1])
+@pytest.mark.parametrize("schedule", [0.4, OccamRate, lambda signal, density: 0.1])
 def test_non_schedule_raises_type_error(schedule, tiny_mlp):
     with pytest.raises(TypeError, match="Schedule"):
         Occam(tiny_mlp(), schedule=schedule)
+
+
+@pytest.mark.parametrize("preset", ["occam", "Paper", ""])
+def test_unknown_preset_raises_value_error_listing_presets(preset, tiny_mlp):
+    with pytest.raises(ValueError, match="paper, guarded"):
+        Occam(tiny_mlp(), schedule=preset)
 
 
 @pytest.mark.parametrize("bad", ["adam", 0.1, lambda p: torch.optim.Adam(p)])
@@ -420,7 +427,7 @@ class _BadRate(ConstantRate):
 def test_a_schedule_returning_an_impossible_rate_is_refused_and_changes_nothing(tiny_mlp):
     occam = Occam(tiny_mlp(), schedule=_BadRate(0.1))
     before = snapshot(occam)
-    with pytest.raises(ValueError, match="returned rate 1.5; accepted: a rate in \\[0, 1\\)"):
+    with pytest.raises(ValueError, match="at rate 1.5; accepted: a rate in \\[0, 1\\)"):
         occam.step(1.0)
     assert_snapshot_equal(before, snapshot(occam))
 

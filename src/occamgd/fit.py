@@ -29,7 +29,7 @@ from .criteria import Criterion
 from .io import atomic_save
 from .masks import Selection
 from .occam import Occam
-from .schedules import OccamRate, Schedule
+from .schedules import Schedule, get_schedule
 
 CHECKPOINT_FORMAT = 1
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -264,7 +264,7 @@ def fit(
     batch_size: int = 32,
     lr: float = 1e-3,
     optimizer: OptimizerSpec = None,
-    schedule: Schedule | None = None,
+    schedule: Schedule | str | None = None,
     criterion: str | Criterion = "layerwise",
     include: Selection | None = None,
     exclude: Selection | None = None,
@@ -286,7 +286,8 @@ def fit(
     - ``holdback``: fraction of ``train`` held back (stratified for classification); its loss is
       the signal (``signal="holdback"``) and selects the best epoch. ``signal="train"`` reads the
       epoch's mean training loss, as the paper's reference does.
-    - ``schedule``: ``OccamRate()`` by default; ``Never()`` gives plain gradient descent.
+    - ``schedule``: a preset name (``"paper"``, ``"guarded"``) or a schedule object; ``None`` is
+      the default preset; ``Never()`` gives plain gradient descent.
     - ``optimizer``: Adam(lr) by default, or a callable ``params -> Optimizer``.
     - ``checkpoint_dir``: after every epoch the full state is written atomically; calling
       ``fit`` again with the same arguments resumes exactly where it stopped.
@@ -319,7 +320,7 @@ def fit(
     labels = _labels(dataset) if task is None or task == "classification" else None
     task = task or _infer_task(labels)
     loss_fn = loss or _default_loss(task)
-    schedule = OccamRate() if schedule is None else schedule
+    schedule = get_schedule(schedule)
     # Occam first: it refuses a model without prunable tensors before anything else happens.
     occam = Occam(model, None, criterion, schedule, include=include, exclude=exclude)
     if initial_masks is not None:
@@ -372,7 +373,11 @@ def fit(
             if hold_set is not None and (best is None or record["holdback_loss"] < best["loss"]):
                 best = {"epoch": epoch, "loss": record["holdback_loss"], "model": _cpu_copy(model.state_dict()),
                         "occam": _cpu_copy(occam.state_dict())}
-            record["rate"] = occam.step(signal_value) if epoch < epochs - 1 else 0.0
+            if epoch < epochs - 1:
+                record["rate"] = occam.step(signal_value)
+                record["action"] = occam.history[-1]["action"]
+            else:
+                record["rate"], record["action"] = 0.0, "last epoch"
             record["time"] = time.perf_counter() - t0
             history.append(record)
             if ckpt_path is not None:
@@ -380,7 +385,8 @@ def fit(
                              **_snapshot(model, opt, occam), "history": history.to_list(), "best": best,
                              "rng": _rng_state(device, generator)}, ckpt_path)
             bar.set_postfix(loss=f"{record['train_loss']:.4f}", signal=f"{signal_value:.4f}",
-                            density=f"{record['density']:.3f}", rate=f"{record['rate']:.3f}")
+                            density=f"{record['density']:.3f}", rate=f"{record['rate']:.3f}",
+                            action=record["action"])
             if on_epoch_end is not None:
                 on_epoch_end(record)
         bar.close()

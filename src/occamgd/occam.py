@@ -14,7 +14,7 @@ optimizers whose update couples entries (LAMB-style trust ratios, factored secon
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -22,7 +22,7 @@ from torch import nn
 
 from .criteria import Criterion, get_criterion
 from .masks import Masks, Selection, select_prunable
-from .schedules import OccamRate, Schedule, _check_signal
+from .schedules import ACTIONS, Schedule, _check_signal, get_schedule
 
 STATE_FORMAT = 1
 #: When the optimizer state of pruned weights is zeroed: at each prune, or after every step too.
@@ -37,7 +37,13 @@ class Occam:
     ...     train_one_epoch(model, optimizer, loader)  # the user's own loop, unchanged
     ...     occam.step(signal=validation_loss(model))  # adapt the rate, prune, enforce masks
 
-    ``include`` / ``exclude`` select the prunable tensors (see :func:`select_prunable`).
+    - ``schedule``: a preset name (``"paper"``: the paper's rule exactly; ``"guarded"``: see
+      :class:`occamgd.schedules.Guarded`) or a schedule object; ``None`` is the default preset.
+    - ``include`` / ``exclude`` select the prunable tensors (see :func:`select_prunable`).
+    - ``every`` and ``signal_fn``, for long runs without epochs: after every ``every`` optimizer
+      steps Occam calls ``signal_fn()`` (in eval mode, without gradients) and steps itself.
+    - ``snapshot_device``: where a rolling-back schedule keeps its copy of the model from before
+      the last prune (``"cpu"`` by default; ``None`` keeps it beside the weights).
     """
 
     def __init__(
@@ -45,25 +51,33 @@ class Occam:
         model: nn.Module,
         optimizer: torch.optim.Optimizer | None = None,
         criterion: str | Criterion = "layerwise",
-        schedule: Schedule | None = None,
+        schedule: Schedule | str | None = None,
         *,
         include: Selection | None = None,
         exclude: Selection | None = None,
         zero_state: str = "prune",
+        every: int | None = None,
+        signal_fn: Callable[[], float] | None = None,
+        snapshot_device: str | torch.device | None = "cpu",
     ):
         if zero_state not in ZERO_STATE:
             raise ValueError(f"zero_state must be one of {ZERO_STATE}, got {zero_state!r}")
+        if (every is None) != (signal_fn is None):
+            raise ValueError(f"every and signal_fn go together; got every={every!r}, signal_fn={signal_fn!r}")
+        if every is not None and not (isinstance(every, int) and every >= 1):
+            raise ValueError(f"every must be an integer >= 1 (optimizer steps), got {every!r}")
+        if signal_fn is not None and not callable(signal_fn):
+            raise TypeError(f"signal_fn must be a callable returning the signal loss, got {signal_fn!r}")
         self.zero_state = zero_state
         self.model = model
         self.criterion = get_criterion(criterion)
-        self.schedule = OccamRate() if schedule is None else schedule
-        if not isinstance(self.schedule, Schedule):
-            raise TypeError(
-                f"schedule must be an occamgd.schedules.Schedule (OccamRate, ConstantRate, GMP, "
-                f"Never or a subclass), got {type(self.schedule).__name__}"
-            )
+        self.schedule = get_schedule(schedule)
         self.masks = Masks(select_prunable(model, include, exclude))
         self.history: list[dict[str, Any]] = []
+        self.every, self.signal_fn = every, signal_fn
+        self.snapshot_device = None if snapshot_device is None else torch.device(snapshot_device)
+        self.optimizer_steps = 0
+        self._snapshot: dict[str, Any] | None = None
         self.optimizer: torch.optim.Optimizer | None = None
         self._handles: list = []
         if optimizer is not None:
@@ -78,6 +92,20 @@ class Occam:
         self.optimizer = optimizer
         keep = self.enforce if self.zero_state == "step" else self.masks.apply
         self._handles = [optimizer.register_step_post_hook(lambda opt, args, kwargs: keep())]
+        if self.every is not None:
+            self._handles.append(optimizer.register_step_post_hook(lambda opt, args, kwargs: self._count()))
+
+    def _count(self) -> None:
+        self.optimizer_steps += 1
+        if self.optimizer_steps % self.every == 0:
+            was_training = self.model.training
+            self.model.eval()
+            try:
+                with torch.no_grad():
+                    signal = self.signal_fn()
+            finally:
+                self.model.train(was_training)
+            self.step(float(signal))
 
     def detach(self) -> None:
         """Remove the optimizer hooks; the masks stop being enforced."""
@@ -108,20 +136,27 @@ class Occam:
         """Adapt the rate from ``signal``, prune, enforce; return the rate used.
 
         Call once per epoch (or evaluation interval), after training on it. A non-finite signal
-        raises ``ValueError`` before anything changes.
+        raises ``ValueError`` before anything changes. When the schedule decides to roll back its
+        last prune, the model's parameters, buffers and masks return to their state before it.
         """
         if signal is not None:
             signal = float(signal)
         _check_signal(signal)
         density_before = self.masks.density
         schedule_state = self.schedule.state_dict()
-        rate = float(self.schedule.step(signal, density_before))
-        if not 0.0 <= rate < 1.0:
+        action, rate = self.schedule.decide(signal, density_before)
+        rate = float(rate)
+        if not 0.0 <= rate < 1.0 or action not in ACTIONS or (action == "rolled back" and self._snapshot is None):
             self.schedule.load_state_dict(schedule_state)
             raise ValueError(
-                f"schedule {self.schedule!r} returned rate {rate!r}; accepted: a rate in [0, 1)"
+                f"schedule {self.schedule!r} decided {action!r} at rate {rate!r}; accepted: a rate in [0, 1) "
+                f"and an action in {ACTIONS} (a rollback only after a prune)"
             )
+        if action == "rolled back":
+            self._restore_snapshot()
         if rate > 0.0:
+            if self.schedule.needs_snapshot:
+                self._take_snapshot()
             weights = {name: p.detach() for name, p in self.masks.params.items()}
             new = self.criterion(weights, self.masks, rate)
             # A criterion may only prune: never let it revive an entry.
@@ -131,12 +166,34 @@ class Occam:
             {
                 "epoch": len(self.history),
                 "signal": signal,
+                "action": action,
                 "rate": rate,
                 "density_before": density_before,
                 "density": self.masks.density,
             }
         )
         return rate
+
+    # Rollback ---------------------------------------------------------------------------
+    def _take_snapshot(self) -> None:
+        device = self.snapshot_device
+        self._snapshot = {
+            "model": {k: v.detach().to(device, copy=True) for k, v in self.model.state_dict().items()},
+            "masks": {k: v.to(device, copy=True) for k, v in self.masks.items()},
+        }
+
+    def _restore_snapshot(self) -> None:
+        self.model.load_state_dict(self._snapshot["model"])
+        self.masks.load_state_dict(self._snapshot["masks"])
+        self._snapshot = None
+        self.enforce()
+
+    @property
+    def snapshot_bytes(self) -> int:
+        """Memory held by the rollback snapshot now (0 when none is held)."""
+        if self._snapshot is None:
+            return 0
+        return sum(t.numel() * t.element_size() for part in self._snapshot.values() for t in part.values())
 
     # Checkpointing ----------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -146,6 +203,8 @@ class Occam:
             "masks": self.masks.state_dict(),
             "schedule": {"type": type(self.schedule).__name__, "state": self.schedule.state_dict()},
             "history": [dict(r) for r in self.history],
+            "optimizer_steps": self.optimizer_steps,
+            "snapshot": self._snapshot,
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -168,6 +227,8 @@ class Occam:
         self.schedule.load_state_dict(state["schedule"]["state"])
         self.masks.load_state_dict(state["masks"])
         self.history = [dict(r) for r in state["history"]]
+        self.optimizer_steps = int(state.get("optimizer_steps", 0))
+        self._snapshot = state.get("snapshot")
         self.enforce()
 
     def __repr__(self) -> str:

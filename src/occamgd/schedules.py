@@ -21,10 +21,17 @@ class Schedule:
     """Base class: subclasses set their configuration in ``__init__`` and keep state in ``_state``."""
 
     _state: dict[str, Any]
+    #: Whether ``Occam`` must save the weights and masks before each prune (to roll it back).
+    needs_snapshot = False
 
     def step(self, signal: float | None, density: float) -> float:
         """Record this epoch's signal and return the rate to prune now."""
         raise NotImplementedError
+
+    def decide(self, signal: float | None, density: float) -> tuple[str, float]:
+        """``(action, rate)``: what to do now, one of ``ACTIONS``, and the rate to prune at."""
+        rate = self.step(signal, density)
+        return ("pruned" if rate > 0 else "held"), rate
 
     def state_dict(self) -> dict[str, Any]:
         return {k: (list(v) if isinstance(v, list) else v) for k, v in self._state.items()}
@@ -165,3 +172,114 @@ class Never(Schedule):
         _check_signal(signal)
         self._state["epoch"] += 1
         return 0.0
+
+
+#: What a schedule decided at one step; recorded in the history and shown in progress output.
+ACTIONS = ("pruned", "held", "warmup", "rolled back", "stopped")
+
+
+class Guarded(Schedule):
+    """A controller that starts late, pushes only while the signal falls, undoes harm and stops.
+
+    It answers the three failures of the paper's rule measured in ../shared/ANCHORS.md:
+
+    - **Start**: no pruning while the signal still improves by more than ``start_tol`` (relative)
+      per step: the dense network first learns what it can (``warmup`` steps at least).
+    - **Push**: the first prune removes ``r_start`` of the weights; the rate grows by ``grow``
+      (capped at ``r0``) only after a step whose signal set a new best, and is otherwise kept.
+    - **Guard**: a prune after which the signal is worse than its best by more than ``tol``
+      (relative) is rolled back (``Occam`` restores the weights and masks it saved before that
+      prune) and the rate is multiplied by ``shrink``.
+    - **Stop**: after ``max_rollbacks`` rollbacks, or once the rate falls below ``min_rate``,
+      pruning stops for good: the density is where the data put it.
+
+    ``decide`` returns one of ``ACTIONS`` with the rate; ``step`` returns the rate alone.
+    """
+
+    #: Occam saves the prunable weights and masks before each prune so that it can be undone.
+    needs_snapshot = True
+
+    def __init__(self, r0: float = 0.4, r_start: float = 0.2, grow: float = 1.5, shrink: float = 0.5,
+                 tol: float = 0.01, start_tol: float = 0.02, warmup: int = 1, max_rollbacks: int = 2,
+                 min_rate: float = 0.02):
+        for name, value, low, high in (("r0", r0, 0.0, 1.0), ("r_start", r_start, 0.0, r0),
+                                       ("shrink", shrink, 0.0, 1.0), ("min_rate", min_rate, 0.0, r0)):
+            if not (isinstance(value, (int, float)) and low < value <= high) or value == 1.0:
+                raise ValueError(f"{name} must be a number in ({low}, {high}{')' if high == 1.0 else ']'}, "
+                                 f"got {value!r}")
+        if not (isinstance(grow, (int, float)) and grow >= 1.0):
+            raise ValueError(f"grow must be a number >= 1, got {grow!r}")
+        for name, value in (("tol", tol), ("start_tol", start_tol)):
+            if not (isinstance(value, (int, float)) and 0.0 <= value < 1.0):
+                raise ValueError(f"{name} must be a fraction in [0, 1), got {value!r}")
+        for name, value in (("warmup", warmup), ("max_rollbacks", max_rollbacks)):
+            if not (isinstance(value, int) and value >= 0):
+                raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+        self.r0, self.r_start, self.grow, self.shrink = float(r0), float(r_start), float(grow), float(shrink)
+        self.tol, self.start_tol, self.min_rate = float(tol), float(start_tol), float(min_rate)
+        self.warmup, self.max_rollbacks = warmup, max_rollbacks
+        self._state = {"epoch": 0, "phase": "warmup", "rate": self.r_start, "best": None, "previous": None,
+                       "pruned_last": False, "rollbacks": 0, "action": None}
+
+    def decide(self, signal: float | None, density: float) -> tuple[str, float]:
+        if signal is None:
+            raise ValueError("Guarded needs a signal loss every step, got None")
+        _check_signal(signal)
+        s = self._state
+        signal = float(signal)
+        best, previous = s["best"], s["previous"]
+        action, rate = "held", 0.0
+        if s["phase"] == "stopped":
+            action = "stopped"
+        elif s["phase"] == "warmup":
+            slowed = previous is not None and previous - signal <= self.start_tol * abs(previous)
+            if s["epoch"] >= self.warmup and slowed:
+                s["phase"] = "pruning"
+                action, rate = "pruned", s["rate"]
+            else:
+                action = "warmup"
+        elif signal > best + self.tol * abs(best):
+            if s["pruned_last"]:
+                action = "rolled back"
+                s["rollbacks"] += 1
+                s["rate"] *= self.shrink
+                if s["rollbacks"] >= self.max_rollbacks or s["rate"] < self.min_rate:
+                    s["phase"] = "stopped"
+        else:
+            if signal < best and s["pruned_last"]:
+                s["rate"] = min(self.r0, s["rate"] * self.grow)
+            action, rate = "pruned", s["rate"]
+        if action != "rolled back":
+            # After a rollback the model is back at a state whose signal was already counted.
+            s["best"] = signal if best is None else min(best, signal)
+            s["previous"] = signal
+        s["pruned_last"] = rate > 0.0
+        s["action"] = action
+        s["epoch"] += 1
+        return action, rate
+
+    def step(self, signal: float | None, density: float) -> float:
+        return self.decide(signal, density)[1]
+
+
+#: Named controllers: ``paper`` is exactly ../shared/PAPER.md; ``guarded`` is :class:`Guarded`.
+PRESETS = {"paper": OccamRate, "guarded": Guarded}
+DEFAULT_PRESET = "paper"
+
+
+def get_schedule(schedule: "Schedule | str | None") -> Schedule:
+    """A schedule object from a preset name (``None`` = the default preset) or a schedule."""
+    if schedule is None:
+        schedule = DEFAULT_PRESET
+    if isinstance(schedule, str):
+        try:
+            return PRESETS[schedule]()
+        except KeyError:
+            raise ValueError(f"unknown schedule preset {schedule!r}; accepted: {', '.join(PRESETS)} "
+                             f"or a Schedule object") from None
+    if not isinstance(schedule, Schedule):
+        raise TypeError(
+            f"schedule must be a preset name ({', '.join(PRESETS)}) or an occamgd.schedules.Schedule "
+            f"(OccamRate, Guarded, ConstantRate, GMP, Never or a subclass), got {type(schedule).__name__}"
+        )
+    return schedule

@@ -21,7 +21,7 @@ from ..criteria import layerwise_magnitude
 from ..fit import History, evaluate, fit
 from ..io import atomic_save
 from ..masks import Masks, select_prunable
-from ..schedules import GMP, Never, OccamRate, Schedule
+from ..schedules import GMP, Guarded, Never, OccamRate, Schedule
 from .measure import macs_per_sample, model_size, training_flops
 from .tasks import BenchData, Task
 
@@ -64,19 +64,28 @@ def _summary(ctx: Context, model: torch.nn.Module, history: History, selected: i
     }
 
 
-def _train(ctx: Context, schedule: Schedule, signal: str = "holdback", keep_best: bool = True):
+def _train(ctx: Context, schedule: Schedule | str, signal: str = "holdback", keep_best: bool = True,
+           optimizer=None):
     torch.manual_seed(ctx.seed)
     model = ctx.task.model(ctx.data)
     start = time.perf_counter()
     result = fit(model, ctx.data.train, test=ctx.data.test, epochs=ctx.epochs, batch_size=ctx.task.batch_size,
                  lr=ctx.task.lr, schedule=schedule, signal=signal, holdback=ctx.task.holdback, seed=ctx.seed,
-                 keep_best=keep_best, progress=False)
+                 keep_best=keep_best, progress=False, optimizer=optimizer)
     return model, result, time.perf_counter() - start
 
 
 def occam_val(ctx: Context) -> dict:
     model, result, seconds = _train(ctx, OccamRate(), "holdback")
     return _summary(ctx, model, result.history, result.best_epoch, seconds, schedule=repr(result.occam.schedule))
+
+
+def occam_guarded(ctx: Context) -> dict:
+    model, result, seconds = _train(ctx, Guarded(), "holdback")
+    actions = [r["action"] for r in result.history]
+    return _summary(ctx, model, result.history, result.best_epoch, seconds, schedule=repr(result.occam.schedule),
+                    rollbacks=actions.count("rolled back"),
+                    stopped_epoch=actions.index("stopped") if "stopped" in actions else None)
 
 
 def occam_paper(ctx: Context) -> dict:
@@ -92,6 +101,23 @@ def gd(ctx: Context) -> dict:
     # The final model is what post-train pruning starts from (gd+prune reads it back).
     atomic_save(model.state_dict(), ctx.run_dir / "gd" / f"seed{ctx.seed}-final.pt")
     return _summary(ctx, model, result.history, result.best_epoch, seconds)
+
+
+#: Weight decays gd-wd tries (AdamW, decoupled); the anchor's tuned value was 1e-2.
+WEIGHT_DECAYS = (1e-3, 1e-2, 1e-1)
+
+
+def gd_wd(ctx: Context) -> dict:
+    """Dense AdamW; the weight decay with the lowest best hold-back loss wins (test never looks)."""
+    runs, seconds = [], 0.0
+    for wd in WEIGHT_DECAYS:
+        optimizer = lambda params, wd=wd: torch.optim.AdamW(params, lr=ctx.task.lr, weight_decay=wd)  # noqa: E731
+        model, result, spent = _train(ctx, Never(), optimizer=optimizer)
+        seconds += spent
+        runs.append((result.history[result.best_epoch]["holdback_loss"], wd, model, result))
+    hold, wd, model, result = min(runs, key=lambda run: run[0])
+    return _summary(ctx, model, result.history, result.best_epoch, seconds, weight_decay=wd,
+                    grid={str(w): h for h, w, _, _ in runs})
 
 
 def _pruned_final_gd(ctx: Context) -> tuple[torch.nn.Module, Masks]:
@@ -121,11 +147,18 @@ def gd_prune_finetune(ctx: Context) -> dict:
     return _summary(ctx, model, result.history, result.best_epoch, time.perf_counter() - start)
 
 
-def gmp(ctx: Context) -> dict:
-    # Told occam-val's density in advance; reaches it after the last prune (epoch epochs - 2).
-    target = ctx.previous["occam-val"]["density"]
+def _gmp(ctx: Context, target: float) -> dict:
+    # Reaches the target after the last prune (epoch epochs - 2).
     model, result, seconds = _train(ctx, GMP(target, start=0, end=max(0, ctx.epochs - 2)))
     return _summary(ctx, model, result.history, result.best_epoch, seconds, target_density=target)
+
+
+def gmp(ctx: Context) -> dict:
+    return _gmp(ctx, ctx.task.gmp_density)
+
+
+def gmp_oracle(ctx: Context) -> dict:
+    return _gmp(ctx, ctx.previous["occam-guarded"]["density"])
 
 
 def _sklearn(estimator_factory: Callable[[int], object]) -> Callable[[Context], dict]:
@@ -167,8 +200,13 @@ METHODS: dict[str, Method] = {m.name: m for m in [
            "(its time is the prune only; add gd's)", gd_prune, needs=("gd", "occam-val")),
     Method("gd+prune+ft", "the same, then one epoch of masked fine-tuning (time and FLOPs: that epoch only)",
            gd_prune_finetune, needs=("gd", "occam-val")),
-    Method("gmp", "gradual magnitude pruning (cubic) to occam-val's density over the same epochs", gmp,
-           needs=("occam-val",)),
+    Method("occam-guarded", "the guarded controller (occamgd.schedules.Guarded) on the hold-back loss; best "
+           "hold-back epoch", occam_guarded),
+    Method("gd-wd", f"dense AdamW, weight decay chosen from {WEIGHT_DECAYS} by best hold-back loss "
+           "(time: all grid runs)", gd_wd),
+    Method("gmp", "gradual magnitude pruning (cubic) to a density fixed in advance (the task's, 0.25) over "
+           "the same epochs", gmp),
+    Method("gmp-oracle", "the same, told occam-guarded's selected density", gmp_oracle, needs=("occam-guarded",)),
     Method("random-forest", "scikit-learn RandomForestClassifier(500 trees) on the whole training split",
            _sklearn(_random_forest)),
     Method("hist-gradient-boosting", "scikit-learn HistGradientBoostingClassifier on the whole training split",

@@ -38,14 +38,23 @@ def _order(methods: list[str]) -> list[str]:
 
 
 def run_bench(task_name: str, seeds: int = 3, quick: bool = False, out: str | Path = "runs",
-              methods: list[str] | None = None, progress: bool = True, **options) -> Path:
-    """Run (or resume) a bench; return the path of its markdown report."""
+              methods: list[str] | None = None, progress: bool = True, epochs: int | None = None,
+              **options) -> Path:
+    """Run (or resume) a bench; return the path of its markdown report.
+
+    ``epochs`` overrides the task's epoch count; such runs go to their own directory
+    (``<task>-e<epochs>``) so that they never mix with the default ones.
+    """
     task = get_task(task_name)
     if not (isinstance(seeds, int) and seeds >= 1):
         raise ValueError(f"seeds must be an integer >= 1, got {seeds!r}")
+    if epochs is not None and not (isinstance(epochs, int) and epochs >= 2):
+        raise ValueError(f"epochs must be an integer >= 2, got {epochs!r}")
     order = _order(list(methods or task.methods))
-    epochs = task.quick_epochs if quick else task.epochs
-    root = Path(out) / (task.name + ("-quick" if quick else ""))
+    default_epochs = task.quick_epochs if quick else task.epochs
+    suffix = f"-e{epochs}" if epochs is not None and epochs != default_epochs else ""
+    epochs = epochs or default_epochs
+    root = Path(out) / (task.name + ("-quick" if quick else "") + suffix)
     first = task.load(0, quick, options)  # loads (and checks) the data before any training starts
     bar = tqdm(total=seeds * len(first) * len(order), desc=f"occamgd bench {task.name}", unit="run",
                disable=not progress)
@@ -91,7 +100,8 @@ def report(root: Path, order: list[str]) -> Path:
         png = root / f"{dataset}-curves.png"
         curves = {m: [r["history"] for r in rs] for m, rs in by_method.items() if rs[0]["history"]}
         plot_curves(curves, [("test_loss", "test loss", False), ("holdback_loss", "hold-back loss", False),
-                             ("density", "density (kept fraction)", True)], png, title=dataset,
+                             ("density", "density (kept fraction)", True), ("rate", "rate", False)], png,
+                    title=dataset,
                     colors=colors)
         scatter = root / f"{dataset}-loss-vs-density.png"
         _plot_loss_vs_density(by_method, scatter, dataset, colors)
@@ -106,17 +116,20 @@ def report(root: Path, order: list[str]) -> Path:
 
 def _summary_table(runs: dict[str, dict[str, list[dict]]]) -> str:
     """One row per dataset: mean test loss of the key methods, and where occam-val beats gd."""
-    cols = ["gd", "occam-val", "occam", "gmp", "random-forest", "hist-gradient-boosting"]
-    header = ["dataset"] + cols + ["occam-val density"]
-    rows, wins = [], 0
+    cols = [m for m in ("gd", "gd-wd", "occam-val", "occam", "occam-guarded", "gmp", "gmp-oracle", "random-forest",
+                        "hist-gradient-boosting") if any(m in by_method for by_method in runs.values())]
+    pruned = [m for m in ("occam-val", "occam-guarded") if m in cols]
+    header = ["dataset"] + cols + [f"{m} density" for m in pruned]
+    rows, wins = [], {m: 0 for m in pruned}
     for dataset, by_method in runs.items():
         mean = {m: statistics.mean(r["test_loss"] for r in by_method[m]) for m in cols if m in by_method}
-        if "gd" in mean and "occam-val" in mean and mean["occam-val"] < mean["gd"]:
-            wins += 1
-        density = mean_std([r["density"] for r in by_method.get("occam-val", [])], 2)
-        rows.append([dataset] + [f"{mean[m]:.3f}" if m in mean else "–" for m in cols] + [density])
-    return (f"## Test loss (mean over seeds) per dataset\n\n{markdown_table(header, rows)}\n\n"
-            f"occam-val has a lower mean test loss than gd on {wins} of {len(runs)} datasets.\n\n")
+        for m in pruned:
+            wins[m] += "gd" in mean and m in mean and mean[m] < mean["gd"]
+        densities = [mean_std([r["density"] for r in by_method.get(m, [])], 2) for m in pruned]
+        rows.append([dataset] + [f"{mean[m]:.3f}" if m in mean else "–" for m in cols] + densities)
+    counts = " ".join(f"{m} has a lower mean test loss than gd on {wins[m]} of {len(runs)} datasets."
+                      for m in pruned)
+    return f"## Test loss (mean over seeds) per dataset\n\n{markdown_table(header, rows)}\n\n{counts}\n\n"
 
 
 def _plot_loss_vs_density(by_method: dict[str, list[dict]], path: Path, title: str, colors: dict[str, str]) -> None:

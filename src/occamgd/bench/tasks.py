@@ -34,7 +34,9 @@ class Task:
     batch_size: int = 32
     lr: float = 1e-3
     holdback: float = 0.1
-    methods: tuple[str, ...] = ("occam-val", "occam", "gd", "gd+prune", "gd+prune+ft", "gmp")
+    methods: tuple[str, ...] = ("occam-val", "occam", "occam-guarded", "gd", "gd-wd", "gd+prune", "gd+prune+ft",
+                                "gmp", "gmp-oracle")
+    gmp_density: float = 0.25  # the density gmp is told in advance
 
 
 QUICK_IMAGES = (6000, 1000)  # train / test rows of an image task with --quick
@@ -102,8 +104,8 @@ TASKS: dict[str, Task] = {
                         _image_task_loader("load_cifar10", "cifar-10"), _cnn, epochs=12, quick_epochs=3),
     "tabular": Task("tabular", "every table of a manifest, MLP 256-256 (70/30 stratified split, 15 % hold-back)",
                     _tabular_load, _tabular_mlp, epochs=60, quick_epochs=20, holdback=0.15,
-                    methods=("occam-val", "occam", "gd", "gd+prune", "gd+prune+ft", "gmp", "random-forest",
-                             "hist-gradient-boosting")),
+                    methods=("occam-val", "occam", "occam-guarded", "gd", "gd-wd", "gd+prune", "gd+prune+ft",
+                             "gmp", "gmp-oracle", "random-forest", "hist-gradient-boosting")),
 }
 
 
