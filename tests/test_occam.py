@@ -442,3 +442,109 @@ def test_loading_a_state_without_history_is_refused_before_anything_changes(setu
     with pytest.raises(ValueError, match="lacks \\['history'\\]"):
         target.load_state_dict(state)
     assert_snapshot_equal(before, snapshot(target))
+
+
+# Rollback (schedules that need a snapshot) --------------------------------------------------------
+from occamgd.schedules import Guarded, Schedule  # noqa: E402
+
+
+class _Script(Schedule):
+    """Replays a fixed list of decisions; asks for snapshots like Guarded."""
+
+    needs_snapshot = True
+
+    def __init__(self, decisions):
+        self.decisions = list(decisions)
+        self._state = {"epoch": 0}
+
+    def decide(self, signal, density):
+        self._state["epoch"] += 1
+        return self.decisions[self._state["epoch"] - 1]
+
+    def step(self, signal, density):
+        return self.decide(signal, density)[1]
+
+
+def test_a_rollback_restores_every_parameter_buffer_and_mask_from_before_the_prune(setup, tiny_data):
+    model, opt, occam = setup(schedule=_Script([("pruned", 0.5), ("rolled back", 0.0)]))
+    x, y = tiny_data()
+    train(model, opt, x, y)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    occam.step(1.0)
+    assert occam.density < 1.0 and occam.snapshot_bytes > 0
+    assert all(v.device.type == "cpu" for v in occam._snapshot["model"].values())
+    train(model, opt, x, y)  # the epoch after the prune moves every weight
+    occam.step(2.0)
+    assert occam.density == 1.0 and occam.snapshot_bytes == 0
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert [r["action"] for r in occam.history] == ["pruned", "rolled back"]
+
+
+def test_snapshot_bytes_is_one_copy_of_the_model_plus_one_byte_per_prunable_weight(setup):
+    model, _, occam = setup(schedule=_Script([("pruned", 0.5)]))
+    occam.step(1.0)
+    params = sum(v.numel() * v.element_size() for v in model.state_dict().values())
+    assert occam.snapshot_bytes == params + occam.masks.total
+
+
+def test_a_rollback_without_a_prune_before_it_is_refused_and_changes_nothing(setup):
+    _, _, occam = setup(schedule=_Script([("rolled back", 0.0)]))
+    before = snapshot(occam)
+    with pytest.raises(ValueError, match="a rollback only after a prune"):
+        occam.step(1.0)
+    assert_snapshot_equal(before, snapshot(occam))
+
+
+def test_guarded_resumes_from_state_dict_with_its_snapshot_and_rolls_back_identically(setup, tiny_data):
+    x, y = tiny_data()
+
+    def first_half(seed):
+        model, opt, occam = setup(seed=seed, schedule=Guarded(warmup=0))
+        for signal in (1.0, 1.0):  # warmup, then the first prune
+            train(model, opt, x, y)
+            occam.step(signal)
+        return model, opt, occam
+
+    model, opt, occam = first_half(0)
+    buffer = io.BytesIO()
+    torch.save({"occam": occam.state_dict(), "model": model.state_dict()}, buffer)
+    buffer.seek(0)
+    saved = torch.load(buffer, weights_only=True)
+    model2, opt2, occam2 = setup(seed=5, schedule=Guarded(warmup=0))
+    model2.load_state_dict(saved["model"])
+    occam2.load_state_dict(saved["occam"])
+    for m, o in ((model, occam), (model2, occam2)):
+        o.step(5.0)  # far worse than the best: roll back
+        assert o.history[-1]["action"] == "rolled back" and o.density == 1.0
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), model2.state_dict().values()))
+
+
+# Automatic interval -------------------------------------------------------------------------------
+def test_every_n_optimizer_steps_occam_reads_signal_fn_in_eval_mode_and_steps_itself(tiny_mlp, tiny_data):
+    model = tiny_mlp()
+    model.train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = tiny_data()
+    seen = []
+
+    def signal_fn():
+        seen.append((model.training, torch.is_grad_enabled()))
+        return float(F.cross_entropy(model(x), y))
+
+    occam = Occam(model, opt, schedule=ConstantRate(0.2), every=3, signal_fn=signal_fn)
+    train(model, opt, x, y, steps=7)
+    assert seen == [(False, False), (False, False)]  # after steps 3 and 6
+    assert model.training and occam.optimizer_steps == 7 and len(occam.history) == 2
+    assert occam.density == pytest.approx(0.8 * 0.8, abs=0.02)
+    assert occam.state_dict()["optimizer_steps"] == 7
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    ({"every": 10}, ValueError, "go together"),
+    ({"signal_fn": lambda: 1.0}, ValueError, "go together"),
+    ({"every": 0, "signal_fn": lambda: 1.0}, ValueError, "every must be an integer >= 1"),
+    ({"every": 5, "signal_fn": 1.0}, TypeError, "signal_fn must be a callable"),
+])
+def test_bad_interval_settings_raise_naming_the_value(kwargs, error, match, tiny_mlp):
+    with pytest.raises(error, match=match):
+        Occam(tiny_mlp(), **kwargs)

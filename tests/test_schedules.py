@@ -331,3 +331,109 @@ def test_base_schedule_step_is_abstract_and_repr_shows_config():
         Schedule().step(1.0, 1.0)
     assert repr(OccamRate(0.3, floor=0.05)) == "OccamRate(r0=0.3, floor=0.05)"
     assert repr(GMP(0.2, start=1, end=3)) == "GMP(final_density=0.2, start=1, end=3)"
+
+
+# Guarded ----------------------------------------------------------------------------------------
+from occamgd.schedules import ACTIONS, PRESETS, Guarded, get_schedule  # noqa: E402
+
+
+def decide_all(schedule, signals, density=1.0):
+    return [schedule.decide(s, density) for s in signals]
+
+
+def test_guarded_waits_while_the_signal_improves_fast_then_starts_at_r_start():
+    g = Guarded(r_start=0.2, start_tol=0.02)
+    # 1.0 -> 0.8 -> 0.7 improve by more than 2 %; 0.69 improves by 1.4 %: the network has slowed.
+    assert decide_all(g, [1.0, 0.8, 0.7, 0.69]) == [("warmup", 0.0)] * 3 + [("pruned", 0.2)]
+
+
+def test_guarded_never_prunes_during_its_minimum_warmup_even_if_the_signal_is_flat():
+    g = Guarded(warmup=3)
+    assert [a for a, _ in decide_all(g, [1.0, 1.0, 1.0])] == ["warmup"] * 3
+    assert g.decide(1.0, 1.0)[0] == "pruned"
+
+
+def test_guarded_rate_grows_only_after_a_prune_that_set_a_new_best_and_is_capped():
+    g = Guarded(r0=0.4, r_start=0.2, grow=1.5, warmup=0)
+    decide_all(g, [1.0, 1.0])  # epoch 0 warmup (no previous), epoch 1 starts: pruned at 0.2
+    assert g.decide(0.9, 1.0) == ("pruned", pytest.approx(0.3))  # new best after a prune: grow
+    assert g.decide(0.905, 1.0) == ("pruned", pytest.approx(0.3))  # within tol, no new best: keep
+    assert g.decide(0.8, 1.0) == ("pruned", pytest.approx(0.4))  # capped at r0
+    assert g.decide(0.7, 1.0) == ("pruned", pytest.approx(0.4))
+
+
+def test_guarded_rolls_back_a_harmful_prune_shrinks_the_rate_and_keeps_its_best():
+    g = Guarded(r_start=0.2, shrink=0.5, tol=0.01, warmup=0, max_rollbacks=3)
+    decide_all(g, [1.0, 1.0])  # pruned at 0.2
+    before = g.state_dict()
+    assert g.decide(1.02, 1.0) == ("rolled back", 0.0)  # 2 % worse than the best 1.0
+    state = g.state_dict()
+    assert state["rate"] == pytest.approx(0.1) and state["rollbacks"] == 1
+    assert state["best"] == before["best"] and state["previous"] == before["previous"]
+    # The restored model was not pruned last: a bad signal now holds, a good one prunes at 0.1.
+    assert g.decide(1.05, 1.0) == ("held", 0.0)
+    assert g.decide(1.0, 1.0) == ("pruned", pytest.approx(0.1))
+
+
+def test_guarded_stops_for_good_after_max_rollbacks():
+    g = Guarded(warmup=0, max_rollbacks=2, min_rate=0.001)
+    decide_all(g, [1.0, 1.0])
+    assert g.decide(2.0, 1.0)[0] == "rolled back"
+    assert g.decide(1.0, 1.0)[0] == "pruned"
+    assert g.decide(2.0, 1.0)[0] == "rolled back"
+    assert decide_all(g, [0.5, 0.1, 3.0]) == [("stopped", 0.0)] * 3
+
+
+def test_guarded_stops_once_the_rate_falls_below_min_rate():
+    g = Guarded(r_start=0.1, shrink=0.5, min_rate=0.06, warmup=0, max_rollbacks=10)
+    decide_all(g, [1.0, 1.0])
+    assert g.decide(2.0, 1.0)[0] == "rolled back"  # rate 0.05 < 0.06
+    assert g.decide(0.5, 1.0) == ("stopped", 0.0)
+
+
+@pytest.mark.parametrize("bad", [None, math.nan, math.inf])
+def test_guarded_rejects_missing_or_non_finite_signals_without_changing_state(bad):
+    g = Guarded()
+    decide_all(g, [1.0, 0.9])
+    before = g.state_dict()
+    with pytest.raises(ValueError, match="signal"):
+        g.decide(bad, 1.0)
+    assert g.state_dict() == before
+
+
+@pytest.mark.parametrize("kwargs, name", [
+    ({"r0": 1.0}, "r0"), ({"r0": 0.0}, "r0"), ({"r_start": 0.5}, "r_start"), ({"grow": 0.9}, "grow"),
+    ({"shrink": 0.0}, "shrink"), ({"tol": -0.1}, "tol"), ({"start_tol": 1.0}, "start_tol"),
+    ({"warmup": -1}, "warmup"), ({"max_rollbacks": 1.5}, "max_rollbacks"), ({"min_rate": 0.5}, "min_rate"),
+])
+def test_guarded_rejects_bad_configuration_naming_the_parameter(kwargs, name):
+    with pytest.raises(ValueError, match=f"^{name} must be"):
+        Guarded(**kwargs)
+
+
+@PROPERTY
+@given(SIGNALS.filter(lambda s: len(s) > 0).map(lambda s: [abs(x) for x in s]), st.integers(0, 11))
+def test_guarded_decisions_are_valid_and_resume_exactly_from_json_state(signals, cut):
+    g = Guarded(warmup=0)
+    decisions = decide_all(g, signals)
+    stopped = False
+    for action, rate in decisions:
+        assert action in ACTIONS and 0.0 <= rate <= g.r0
+        assert (rate > 0) == (action == "pruned")
+        assert not stopped or action == "stopped"
+        stopped = action == "stopped"
+    cut = min(cut, len(signals))
+    first = Guarded(warmup=0)
+    head = decide_all(first, signals[:cut])
+    resumed = Guarded(warmup=0)
+    resumed.load_state_dict(json.loads(json.dumps(first.state_dict())))
+    assert head + decide_all(resumed, signals[cut:]) == decisions
+
+
+def test_presets_name_the_paper_rule_and_the_guarded_controller():
+    assert set(PRESETS) == {"paper", "guarded"}
+    assert isinstance(get_schedule("paper"), OccamRate) and isinstance(get_schedule("guarded"), Guarded)
+    custom = ConstantRate(0.1)
+    assert get_schedule(custom) is custom
+    with pytest.raises(ValueError, match="accepted: paper, guarded"):
+        get_schedule("zeta")
