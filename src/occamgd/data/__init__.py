@@ -15,6 +15,7 @@ from .tabular import (
     read_manifest,
     table_from_frame,
 )
+from .text import CharCorpus, download_tinyshakespeare, find_tinyshakespeare, get_batch, load_text
 
 __all__ = [
     "ChecksumError",
@@ -33,3 +34,4 @@ __all__ = [
     "read_manifest",
     "table_from_frame",
 ]
+__all__ += ["CharCorpus", "download_tinyshakespeare", "find_tinyshakespeare", "get_batch", "load_text"]
