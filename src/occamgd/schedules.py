@@ -186,21 +186,25 @@ class Guarded(Schedule):
     - **Start**: no pruning while the signal still improves by more than ``start_tol`` (relative)
       per step: the dense network first learns what it can (``warmup`` steps at least).
     - **Push**: the first prune removes ``r_start`` of the weights; the rate grows by ``grow``
-      (capped at ``r0``) only after a step whose signal set a new best, and is otherwise kept.
-    - **Guard**: a prune after which the signal is worse than its best by more than ``tol``
-      (relative) is rolled back (``Occam`` restores the weights and masks it saved before that
-      prune) and the rate is multiplied by ``shrink``.
+      (capped at ``r0``) only after a prune that the signal fell through, and is otherwise kept.
+    - **Guard**: a prune after which the signal rose by more than ``tol`` (relative) over its
+      value before that prune, beyond the drift the unpruned network showed (its signal's change
+      over the last warm-up step, when that was a rise), is rolled back (``Occam`` restores the
+      model and masks it saved before the prune) and the rate is multiplied by ``shrink``. The
+      comparison is with the signal just before the prune, not with the best: a dense network
+      that overfits sees its signal rise whether or not it is pruned, and pruning is what
+      counters that.
     - **Stop**: after ``max_rollbacks`` rollbacks, or once the rate falls below ``min_rate``,
       pruning stops for good: the density is where the data put it.
 
     ``decide`` returns one of ``ACTIONS`` with the rate; ``step`` returns the rate alone.
     """
 
-    #: Occam saves the prunable weights and masks before each prune so that it can be undone.
+    #: Occam saves the model and masks before each prune so that it can be undone.
     needs_snapshot = True
 
     def __init__(self, r0: float = 0.4, r_start: float = 0.2, grow: float = 1.5, shrink: float = 0.5,
-                 tol: float = 0.01, start_tol: float = 0.02, warmup: int = 1, max_rollbacks: int = 2,
+                 tol: float = 0.02, start_tol: float = 0.02, warmup: int = 1, max_rollbacks: int = 3,
                  min_rate: float = 0.02):
         for name, value, low, high in (("r0", r0, 0.0, 1.0), ("r_start", r_start, 0.0, r0),
                                        ("shrink", shrink, 0.0, 1.0), ("min_rate", min_rate, 0.0, r0)):
@@ -218,7 +222,7 @@ class Guarded(Schedule):
         self.r0, self.r_start, self.grow, self.shrink = float(r0), float(r_start), float(grow), float(shrink)
         self.tol, self.start_tol, self.min_rate = float(tol), float(start_tol), float(min_rate)
         self.warmup, self.max_rollbacks = warmup, max_rollbacks
-        self._state = {"epoch": 0, "phase": "warmup", "rate": self.r_start, "best": None, "previous": None,
+        self._state = {"epoch": 0, "phase": "warmup", "rate": self.r_start, "previous": None, "drift": 0.0,
                        "pruned_last": False, "rollbacks": 0, "action": None}
 
     def decide(self, signal: float | None, density: float) -> tuple[str, float]:
@@ -227,31 +231,30 @@ class Guarded(Schedule):
         _check_signal(signal)
         s = self._state
         signal = float(signal)
-        best, previous = s["best"], s["previous"]
-        action, rate = "held", 0.0
-        if s["phase"] == "stopped":
-            action = "stopped"
-        elif s["phase"] == "warmup":
+        previous = s["previous"]
+        action, rate = "stopped", 0.0
+        if s["phase"] == "warmup":
             slowed = previous is not None and previous - signal <= self.start_tol * abs(previous)
+            if previous is not None:
+                s["drift"] = max(0.0, signal - previous)
             if s["epoch"] >= self.warmup and slowed:
                 s["phase"] = "pruning"
                 action, rate = "pruned", s["rate"]
             else:
                 action = "warmup"
-        elif signal > best + self.tol * abs(best):
-            if s["pruned_last"]:
+        elif s["phase"] == "pruning":
+            if s["pruned_last"] and signal > previous + self.tol * abs(previous) + s["drift"]:
                 action = "rolled back"
                 s["rollbacks"] += 1
                 s["rate"] *= self.shrink
                 if s["rollbacks"] >= self.max_rollbacks or s["rate"] < self.min_rate:
                     s["phase"] = "stopped"
-        else:
-            if signal < best and s["pruned_last"]:
-                s["rate"] = min(self.r0, s["rate"] * self.grow)
-            action, rate = "pruned", s["rate"]
+            else:
+                if s["pruned_last"] and signal < previous:
+                    s["rate"] = min(self.r0, s["rate"] * self.grow)
+                action, rate = "pruned", s["rate"]
         if action != "rolled back":
-            # After a rollback the model is back at a state whose signal was already counted.
-            s["best"] = signal if best is None else min(best, signal)
+            # After a rollback the model is back at the state whose signal ``previous`` is.
             s["previous"] = signal
         s["pruned_last"] = rate > 0.0
         s["action"] = action
