@@ -111,9 +111,16 @@ def test_regression_and_dataset_input():
     assert result.history.column("train_acc") == [None] * 5
 
 
-def test_resume_gives_the_same_final_weights_and_masks(tmp_path):
+def early_guarded():
+    """Guarded that starts after one step, so that tiny runs prune (and may roll back)."""
+    return occamgd.Guarded(warmup=1, start_tol=0.5, tol=0.0)
+
+
+@pytest.mark.parametrize("make_schedule", [occamgd.OccamRate, early_guarded])
+def test_resume_gives_the_same_final_weights_and_masks(tmp_path, make_schedule):
     X, y = blobs()
-    uninterrupted = occamgd.fit(mlp(), (X, y), epochs=5, seed=7, checkpoint_dir=tmp_path / "a", progress=False)
+    uninterrupted = occamgd.fit(mlp(), (X, y), epochs=5, seed=7, checkpoint_dir=tmp_path / "a", progress=False,
+                                schedule=make_schedule())
 
     def interrupt(record):
         if record["epoch"] == 2:
@@ -121,8 +128,9 @@ def test_resume_gives_the_same_final_weights_and_masks(tmp_path):
 
     with pytest.raises(KeyboardInterrupt):
         occamgd.fit(mlp(), (X, y), epochs=5, seed=7, checkpoint_dir=tmp_path / "b", progress=False,
-                    on_epoch_end=interrupt)
-    resumed = occamgd.fit(mlp(), (X, y), epochs=5, seed=7, checkpoint_dir=tmp_path / "b", progress=False)
+                    on_epoch_end=interrupt, schedule=make_schedule())
+    resumed = occamgd.fit(mlp(), (X, y), epochs=5, seed=7, checkpoint_dir=tmp_path / "b", progress=False,
+                          schedule=make_schedule())
     assert_same_state(state_copy(uninterrupted.model), state_copy(resumed.model))
     for name in uninterrupted.occam.masks:
         assert torch.equal(uninterrupted.occam.masks[name], resumed.occam.masks[name])
@@ -132,6 +140,18 @@ def test_resume_gives_the_same_final_weights_and_masks(tmp_path):
     ]
     # Atomic writes leave exactly one file behind, no temporaries.
     assert sorted(p.name for p in (tmp_path / "b").iterdir()) == [CHECKPOINT_NAME]
+
+
+def test_guarded_fit_records_every_decision_and_its_rollbacks_restore_the_pre_prune_density():
+    X, y = blobs()
+    result = occamgd.fit(mlp(), (X, y), epochs=12, seed=0, progress=False, schedule=early_guarded())
+    actions = result.history.column("action")
+    assert actions[0] == "warmup" and actions[-1] == "last epoch" and "rolled back" in actions
+    for before, after in zip(result.history, result.history[1:]):
+        if before["action"] == "rolled back":  # back to the state before the prune that preceded it
+            earlier = result.history[before["epoch"] - 1]
+            assert after["density"] == earlier["density"]
+    assert [r["action"] for r in result.occam.history] == actions[:-1]
 
 
 def test_checkpoint_from_a_different_model_is_refused_and_model_kept(tmp_path):

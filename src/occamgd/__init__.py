@@ -8,7 +8,7 @@ from .criteria import CRITERIA, global_magnitude, layerwise_magnitude
 from .fit import FitResult, History, NonFiniteLossError, fit
 from .masks import DEFAULT_PRUNABLE_TYPES, Masks, select_prunable
 from .occam import Occam
-from .schedules import GMP, ConstantRate, Never, OccamRate, Schedule
+from .schedules import GMP, PRESETS, ConstantRate, Guarded, Never, OccamRate, Schedule
 
 __version__ = "0.1.0"
 
@@ -33,6 +33,7 @@ __all__ = [
     "GMP",
     "ConstantRate",
     "FitResult",
+    "Guarded",
     "History",
     "Masks",
     "Never",
@@ -41,6 +42,7 @@ __all__ = [
     "OccamMLPClassifier",
     "OccamMLPRegressor",
     "OccamRate",
+    "PRESETS",
     "Schedule",
     "compact",
     "fit",
