@@ -17,11 +17,11 @@ def test_demo_prints_both_methods_and_writes_table_json_and_plot(tmp_path, capsy
     code = main(["demo", "--dataset", "iris", "--epochs", "3", "--seeds", "2", "--out", str(out), "--quiet"])
     assert code == EXIT_OK
     printed = capsys.readouterr().out
-    for method in ("gd", "occam", "occam-val"):
+    for method in ("gd", "occam", "occam-val", "occam-guarded"):
         assert f"\n{method} " in printed
     assert "±" in printed
     results = json.loads((out / "results.json").read_text())
-    assert {m: len(r) for m, r in results["runs"].items()} == {"gd": 2, "occam": 2, "occam-val": 2}
+    assert {m: len(r) for m, r in results["runs"].items()} == {"gd": 2, "occam": 2, "occam-val": 2, "occam-guarded": 2}
     assert all(r["density"] == 1.0 for r in results["runs"]["gd"])
     assert all(r["density"] < 1.0 for r in results["runs"]["occam"])
     assert (out / "demo.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -18,7 +18,7 @@ from .bench.report import markdown_table, mean_std, plot_curves, text_table
 from .fit import fit
 from .io import atomic_write_text
 from .models import MLP
-from .schedules import Never, OccamRate
+from .schedules import Guarded, Never, OccamRate
 
 DATASETS = ("digits", "breast_cancer", "wine", "iris")
 
@@ -26,7 +26,8 @@ DATASETS = ("digits", "breast_cancer", "wine", "iris")
 METHODS = {
     "gd": (Never, "holdback", "plain gradient descent"),
     "occam": (OccamRate, "train", "the paper's rule: r0 = 0.4, training-loss signal"),
-    "occam-val": (OccamRate, "holdback", "the paper's rule on the hold-back loss (library default)"),
+    "occam-val": (OccamRate, "holdback", "the paper's rule on the hold-back loss"),
+    "occam-guarded": (Guarded, "holdback", "the guarded controller on the hold-back loss"),
 }
 
 
