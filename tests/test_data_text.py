@@ -40,6 +40,14 @@ def test_encode_decode_round_trip_and_refusals(corpus_file):
         corpus.decode([corpus.vocab_size])
 
 
+def test_max_chars_keeps_the_beginning_only(corpus_file):
+    corpus = load_text(corpus_file, max_chars=20)
+    assert corpus.decode(corpus.train) + corpus.decode(corpus.val) == TEXT[:20]
+    assert corpus.chars == "".join(sorted(set(TEXT[:20])))
+    with pytest.raises(ValueError, match="max_chars"):
+        load_text(corpus_file, max_chars=0)
+
+
 def test_empty_file_is_refused(tmp_path):
     (tmp_path / "empty.txt").write_bytes(b"")
     with pytest.raises(ValueError, match="empty"):

@@ -100,9 +100,10 @@ def _min_length(block_size: int, val_fraction: float) -> int:
 
 
 def load_text(path: PathLike, *, val_fraction: float = 0.1, encoding: str = "utf-8",
-              block_size: int | None = None) -> CharCorpus:
+              block_size: int | None = None, max_chars: int | None = None) -> CharCorpus:
     """Read a text file as a :class:`CharCorpus`: the first ``1 - val_fraction`` of its
-    characters for training, the rest for validation.
+    characters for training, the rest for validation. ``max_chars`` keeps only the first that
+    many characters of the file (split and vocabulary then come from those alone).
 
     Refused with ``ValueError`` before anything else happens: an empty file, bytes that are not
     valid ``encoding`` (the message gives the byte offset), and, when ``block_size`` is given, a
@@ -110,8 +111,9 @@ def load_text(path: PathLike, *, val_fraction: float = 0.1, encoding: str = "utf
     """
     if not (isinstance(val_fraction, (int, float)) and 0.0 < val_fraction < 1.0):
         raise ValueError(f"val_fraction must be a number in (0, 1), got {val_fraction!r}")
-    if block_size is not None and not (isinstance(block_size, int) and block_size >= 1):
-        raise ValueError(f"block_size must be None or an integer >= 1, got {block_size!r}")
+    for name, value in (("block_size", block_size), ("max_chars", max_chars)):
+        if value is not None and not (isinstance(value, int) and value >= 1):
+            raise ValueError(f"{name} must be None or an integer >= 1, got {value!r}")
     path = Path(path).expanduser()
     raw = path.read_bytes()
     if not raw:
@@ -121,6 +123,7 @@ def load_text(path: PathLike, *, val_fraction: float = 0.1, encoding: str = "utf
     except UnicodeDecodeError as e:
         raise ValueError(f"{path}: not valid {encoding} at byte offset {e.start} ({e.reason}: "
                          f"{raw[e.start:e.end]!r}); pass the file's encoding= or fix the file") from e
+    text = text[:max_chars]
     chars = "".join(sorted(set(text)))
     index = {c: i for i, c in enumerate(chars)}
     ids = torch.tensor([index[c] for c in text], dtype=torch.long)
