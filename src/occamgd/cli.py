@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from . import __version__
@@ -45,7 +46,125 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--manifest", help="tabular manifest file or directory (default: ../shared/data/tabular)")
     bench.add_argument("--data-root", help="directory holding the image files (default: the search order)")
     bench.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_model_commands(sub)
     return parser
+
+
+def _widths(text: str) -> list[int]:
+    try:
+        return [int(w) for w in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated layer widths such as 256,256, got {text!r}") from None
+
+
+def _names(text: str) -> list[str]:
+    return [name for name in text.split(",") if name]
+
+
+def _add_model_commands(sub) -> None:
+    fit = sub.add_parser(
+        "fit",
+        help="train on a CSV file and write a model directory",
+        description="Train the tabular MLP with Occam Gradient Descent on a CSV file (first row the header, an "
+        "empty cell missing) and write MODEL_DIR: weights with masks (dense and sparse safetensors), "
+        "preprocessing.json and report.json. The task is classification when the target has a "
+        "non-numeric value or at most 20 distinct whole numbers, regression otherwise. Non-numeric "
+        "feature columns are one-hot encoded, numeric ones standardised. Rows with an empty target are "
+        "dropped with a warning.",
+    )
+    fit.add_argument("csv", help="training data (CSV with a header row)")
+    fit.add_argument("--target", required=True, help="name of the column to predict")
+    fit.add_argument("--task", choices=("classification", "regression"), help="override the inferred task")
+    fit.add_argument("--out", help="model directory to write (default: ./<csv name>-model)")
+    fit.add_argument("--epochs", type=int, default=60, help="training epochs (default: 60)")
+    fit.add_argument("--holdback", type=float, default=0.15,
+                     help="fraction of rows held back to drive pruning and pick the epoch (default: 0.15)")
+    fit.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    fit.add_argument("--hidden", type=_widths, default=[256, 256], help="hidden layer widths (default: 256,256)")
+    fit.add_argument("--categorical", type=_names, default=[],
+                     help="comma-separated columns to one-hot encode even though they look numeric")
+    fit.add_argument("--drop", type=_names, default=[], help="comma-separated columns to ignore (ids, leaks)")
+    fit.add_argument("--force", action="store_true", help="replace MODEL_DIR if it exists")
+    fit.add_argument("--quiet", action="store_true", help="no progress bar, no summary")
+    predict = sub.add_parser(
+        "predict",
+        help="predict with a model directory",
+        description="Predict every row of a CSV file with a model written by `occamgd fit`: the target column "
+        "(class labels spelled as in the training CSV) and, for classification, one proba_<label> column "
+        "per class. Extra columns (the target among them) are ignored.",
+    )
+    predict.add_argument("model_dir", help="directory written by occamgd fit")
+    predict.add_argument("csv", help="rows to predict (CSV with the training columns)")
+    predict.add_argument("--out", help="predictions CSV to write (default: standard output)")
+    report = sub.add_parser(
+        "report",
+        help="print a model directory's training history and plot it",
+        description="Print the summary and per-epoch history of a model written by `occamgd fit`, and write "
+        "a plot of training loss, hold-back loss and density per epoch.",
+    )
+    report.add_argument("model_dir", help="directory written by occamgd fit")
+    report.add_argument("--plot", help="PNG to write (default: MODEL_DIR/curves.png)")
+
+
+def _run_fit(args) -> None:
+    import warnings
+    from pathlib import Path
+
+    from .modeldir import fit_csv, summary
+
+    out = args.out or f"{Path(args.csv).stem}-model"
+    # Warnings about the data (rows dropped for an empty target, ...) are shown in the command
+    # line's own words, also when training then fails; library warnings keep their usual form.
+    caught: list[warnings.WarningMessage] = []
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", UserWarning)
+            report = fit_csv(args.csv, args.target, out, task=args.task, epochs=args.epochs,
+                             holdback=args.holdback, seed=args.seed, hidden=args.hidden,
+                             categorical=args.categorical, drop=args.drop, force=args.force,
+                             progress=not args.quiet)
+    finally:
+        for w in caught:
+            if type(w.message) is UserWarning:
+                print(f"occamgd: warning: {w.message}", file=sys.stderr)
+            else:
+                warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+    if not args.quiet:
+        print(summary(report))
+        print(f"wrote {out}")
+
+
+def _print(text: str) -> None:
+    """Write to standard output; a reader that stops early (``| head``) is not an error."""
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # Python would complain again when it flushes stdout at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+def _run_predict(args) -> None:
+    from .io import atomic_write_text
+    from .modeldir import load_model_dir, read_csv
+
+    model = load_model_dir(args.model_dir)
+    predictions = model.predict(read_csv(args.csv), source=f"CSV file {args.csv}")
+    text = predictions.to_csv(index=False)
+    if args.out:
+        atomic_write_text(text, args.out)
+    else:
+        _print(text)
+
+
+def _run_report(args) -> None:
+    from pathlib import Path
+
+    from .modeldir import PLOT_NAME, history_table, read_report, summary, write_plots
+
+    report = read_report(args.model_dir)
+    plot = write_plots(report, args.plot or Path(args.model_dir) / PLOT_NAME)
+    _print(f"{summary(report)}\n\n{history_table(report)}\n\nwrote {plot}\n")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,6 +181,12 @@ def main(argv: list[str] | None = None) -> int:
             path = run_bench(args.task, seeds=args.seeds, quick=args.quick, out=args.out, methods=methods,
                              progress=not args.quiet, manifest=args.manifest, data_root=args.data_root)
             print(f"wrote {path}")
+        elif args.command == "fit":
+            _run_fit(args)
+        elif args.command == "predict":
+            _run_predict(args)
+        elif args.command == "report":
+            _run_report(args)
     except (ValueError, TypeError, FileNotFoundError) as exc:
         print(f"occamgd: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT

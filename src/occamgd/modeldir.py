@@ -1,0 +1,492 @@
+"""Train on a CSV file and keep everything needed to predict in one model directory.
+
+This is what ``occamgd fit``, ``occamgd predict`` and ``occamgd report`` run. A model directory
+holds:
+
+- ``model.safetensors`` and ``model.sparse.safetensors``: the network, dense with its masks and
+  in the compressed sparse form (see :mod:`occamgd.export`);
+- ``preprocessing.json``: how a CSV row becomes the network's input (JSON, not pickle);
+- ``report.json``: format version, configuration, per-epoch history, best epoch, density,
+  hold-back metrics and the files' sizes.
+
+The directory is built in a temporary directory beside its destination and renamed into place
+when complete, so an error or Ctrl-C never leaves a half-written model behind.
+
+Reading a CSV: the first row is the header; an empty cell (and only that) is a missing value.
+A feature column whose every value is a number is numeric: a missing value becomes the
+training median and the column is standardised. Any other column is categorical: one-hot
+encoded, a missing or unseen value becoming all zeros. A column that is mostly numbers with a
+few other values is refused as garbage, unless named in ``categorical``. The task is
+classification when the target has a value that is not a number, or when all its values are
+whole numbers with at most :data:`MAX_INTEGER_CLASSES` distinct ones; otherwise regression.
+Rows whose target is empty are dropped with a warning (and counted in the report).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import __version__
+from .export import FILE_NAMES, load_into, save
+from .io import atomic_write_text
+
+FORMAT_NAME = "occamgd.modeldir"
+#: Version of the model directory written here; a larger version is refused on load.
+MODELDIR_FORMAT = 1
+REPORT_NAME = "report.json"
+PREPROCESSING_NAME = "preprocessing.json"
+PLOT_NAME = "curves.png"
+#: Files a model directory must hold to predict (the sparse export is a size figure, not needed).
+REQUIRED = (REPORT_NAME, PREPROCESSING_NAME, FILE_NAMES["dense"])
+#: A numeric target with at most this many distinct whole-number values is taken as classes.
+MAX_INTEGER_CLASSES = 20
+TASKS = ("classification", "regression")
+
+
+# Reading ------------------------------------------------------------------------------------
+def read_csv(path: str | os.PathLike):
+    """A CSV as a DataFrame of strings (``NaN`` only for empty cells), so labels keep their spelling."""
+    import pandas as pd
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"CSV file {path} does not exist")
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
+    except pd.errors.EmptyDataError as e:
+        raise ValueError(f"CSV file {path} is empty (no header, no rows)") from e
+    except (pd.errors.ParserError, UnicodeDecodeError) as e:
+        raise ValueError(f"CSV file {path} cannot be parsed: {e}") from e
+    return frame
+
+
+def _numbers(column) -> tuple[Any, Any]:
+    """The column parsed as float64 (NaN where empty) and the mask of non-empty cells that are not numbers."""
+    import pandas as pd
+
+    parsed = pd.to_numeric(column, errors="coerce").astype(np.float64)
+    # "inf" parses as a number but no network can use it: treat it as the garbage it is.
+    infinite = np.isinf(parsed)
+    return parsed.mask(infinite), (parsed.isna() & column.notna()) | infinite
+
+
+def _first_bad(column, bad) -> str:
+    """``'VALUE' on line N`` for the first flagged cell (rows keep the CSV's index; the header is line 1)."""
+    label = bad[bad].index[0]
+    return f"{column.loc[label]!r} on line {int(label) + 2}"
+
+
+# Preprocessing ------------------------------------------------------------------------------
+def infer_task(labels) -> str:
+    """``"classification"`` or ``"regression"`` for a target column of strings (see the module doc)."""
+    parsed, bad = _numbers(labels)
+    if bad.any():
+        return "classification"
+    values = parsed.dropna().to_numpy()
+    whole = bool(np.all(np.isfinite(values)) and np.all(values == np.round(values)))
+    return "classification" if whole and len(np.unique(values)) <= MAX_INTEGER_CLASSES else "regression"
+
+
+@dataclass
+class Preprocessing:
+    """How CSV rows become network inputs, and outputs become predictions; stored as JSON.
+
+    ``numeric`` maps a column to its training median (the value of a missing cell);
+    ``categorical`` maps a column to its sorted categories; ``mean`` / ``scale`` standardise the
+    encoded features (learned by the estimator); ``classes`` (classification) are the target's
+    labels as spelled in the CSV; ``y_mean`` / ``y_scale`` (regression) undo the target scaling.
+    """
+
+    target: str
+    task: str
+    columns: list[str]
+    numeric: dict[str, float]
+    categorical: dict[str, list[str]]
+    mean: list[float]
+    scale: list[float]
+    classes: list[str] | None = None
+    y_mean: float | None = None
+    y_scale: float | None = None
+
+    @property
+    def features(self) -> list[str]:
+        """Names of the encoded features, in the network's input order."""
+        names = []
+        for column in self.columns:
+            if column in self.numeric:
+                names.append(column)
+            else:
+                names.extend(f"{column}={c}" for c in self.categorical[column])
+        return names
+
+    @classmethod
+    def learn(cls, frame, target: str, task: str, categorical: Sequence[str] = (), source: str = "the CSV"):
+        """Learn the column encodings from the feature columns of ``frame`` (strings).
+
+        ``mean`` / ``scale`` are left empty: the estimator learns them on the encoded matrix.
+        """
+        columns = [c for c in frame.columns if c != target]
+        numeric, cats = {}, {}
+        for column in columns:
+            parsed, bad = _numbers(frame[column])
+            if column not in categorical and not bad.any() and parsed.notna().any():
+                numeric[column] = float(parsed.median())
+                continue
+            if column not in categorical and int(bad.sum()) < int(parsed.notna().sum()):
+                raise ValueError(
+                    f"{source}: column {column!r} holds numbers but also {int(bad.sum())} other values, such "
+                    f"as {_first_bad(frame[column], bad)}; accepted: numbers, or an "
+                    f"empty cell for a missing value (or --categorical {column} to encode it as categories)"
+                )
+            values = sorted(frame[column].dropna().unique().tolist())
+            if len(values) > 50 and len(values) > len(frame) // 2:
+                warnings.warn(f"column {column!r} has {len(values)} distinct values in {len(frame)} rows: "
+                              "if it is an identifier, drop it (--drop)", stacklevel=2)
+            cats[column] = values
+        return cls(target=target, task=task, columns=columns, numeric=numeric, categorical=cats, mean=[], scale=[])
+
+    def encode(self, frame, source: str = "the CSV") -> np.ndarray:
+        """The encoded feature matrix (float64) of ``frame``; extra columns are ignored."""
+        import pandas as pd
+
+        missing = [c for c in self.columns if c not in frame.columns]
+        if missing:
+            raise ValueError(f"{source} lacks the columns {missing} the model was trained with; "
+                             f"columns present: {list(frame.columns)}")
+        parts = []
+        for column in self.columns:
+            values = frame[column]
+            if column in self.numeric:
+                parsed, bad = _numbers(values)
+                if bad.any():
+                    raise ValueError(f"{source}: numeric column {column!r} has the value "
+                                     f"{_first_bad(values, bad)}; accepted: a "
+                                     "number, or an empty cell for a missing value")
+                parts.append(parsed.fillna(self.numeric[column]).to_numpy()[:, None])
+            else:
+                # -1 for a missing or unseen value: its row stays all zeros.
+                codes = pd.Index(self.categorical[column]).get_indexer(values)
+                onehot = np.zeros((len(frame), len(self.categorical[column])))
+                rows = np.flatnonzero(codes >= 0)
+                onehot[rows, codes[rows]] = 1.0
+                parts.append(onehot)
+        return np.hstack(parts) if parts else np.zeros((len(frame), 0))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, doc: dict[str, Any], source: str) -> "Preprocessing":
+        required = {f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING}
+        missing = sorted(required - set(doc))
+        if missing:
+            raise ValueError(f"{source} lacks the fields {missing}; write the model directory again with occamgd fit")
+        return cls(**{f.name: doc[f.name] for f in dataclasses.fields(cls) if f.name in doc})
+
+
+# The model directory ------------------------------------------------------------------------
+def _labels(column, task: str, source: str) -> tuple[np.ndarray, list[str] | None]:
+    """Integer class codes (classes in numeric order when all are numbers) or float targets."""
+    parsed, bad = _numbers(column)
+    if task == "regression":
+        if bad.any():
+            raise ValueError(f"{source}: target {column.name!r} has the non-numeric value "
+                             f"{_first_bad(column, bad)}; accepted for --task regression: numbers only")
+        return parsed.to_numpy(), None
+    distinct = column.unique().tolist()
+    numeric = not bad.any()
+    classes = sorted(distinct, key=(lambda s: (float(s), s)) if numeric else None)
+    if len(classes) < 2:
+        raise ValueError(f"{source}: target {column.name!r} has a single class ({classes[0]!r}); "
+                         "accepted: at least two classes, or --task regression")
+    index = {c: i for i, c in enumerate(classes)}
+    return column.map(index).to_numpy(dtype=np.int64), classes
+
+
+def _estimator(task: str, config: dict[str, Any], progress: bool):
+    from .integrations.sklearn import OccamMLPClassifier, OccamMLPRegressor
+
+    cls = OccamMLPClassifier if task == "classification" else OccamMLPRegressor
+    return cls(hidden_layer_sizes=tuple(config["hidden"]), epochs=config["epochs"],
+               batch_size=config["batch_size"], learning_rate=config["learning_rate"],
+               holdback=config["holdback"], r0=config["r0"], random_state=config["seed"], verbose=progress)
+
+
+def _check_settings(task: str | None, epochs: int, holdback: float, seed: int,
+                    hidden: Sequence[int]) -> None:
+    if task not in (None, *TASKS):
+        raise ValueError(f"task must be one of {TASKS} or None (inferred), got {task!r}")
+    if not (isinstance(epochs, int) and epochs >= 1):
+        raise ValueError(f"epochs must be an integer >= 1, got {epochs!r}")
+    if not (isinstance(holdback, (int, float)) and 0.0 < holdback < 1.0):
+        raise ValueError(f"holdback must be a fraction in (0, 1), got {holdback!r}")
+    if not (isinstance(seed, int) and seed >= 0):
+        raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
+    if not (len(hidden) >= 1 and all(isinstance(h, int) and h >= 1 for h in hidden)):
+        raise ValueError(f"hidden must be one or more layer widths >= 1, got {list(hidden)!r}")
+
+
+def fit_csv(
+    csv: str | os.PathLike,
+    target: str,
+    out: str | os.PathLike,
+    *,
+    task: str | None = None,
+    epochs: int = 60,
+    holdback: float = 0.15,
+    seed: int = 0,
+    hidden: Sequence[int] = (256, 256),
+    batch_size: int = 32,
+    learning_rate: float = 1e-3,
+    r0: float = 0.4,
+    categorical: Sequence[str] = (),
+    drop: Sequence[str] = (),
+    force: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train on ``csv`` to predict ``target``; write the model directory ``out``; return its report.
+
+    ``out`` must not exist unless ``force`` (then it is replaced once the new one is complete).
+    """
+    out = Path(out)
+    _check_settings(task, epochs, holdback, seed, hidden)
+    if out.exists() and not force:
+        raise ValueError(f"output directory {out} exists; accepted: a new path, or --force to replace it")
+    frame = read_csv(csv)
+    source = f"CSV file {csv}"
+    for column in [target, *categorical, *drop]:
+        if column not in frame.columns:
+            raise ValueError(f"column {column!r} is not in {source}; columns present: {', '.join(map(str, frame.columns))}")
+    if target in drop:
+        raise ValueError(f"the target {target!r} cannot also be dropped")
+    frame = frame.drop(columns=list(drop))
+    empty = frame[target].isna().to_numpy()
+    if empty.all():
+        raise ValueError(f"{source}: target {target!r} is empty in all {len(frame)} rows")
+    if empty.any():
+        lines = [int(i) + 2 for i in frame.index[empty][:5]]
+        warnings.warn(f"dropped {int(empty.sum())} of {len(frame)} rows whose target {target!r} is empty "
+                      f"(lines {', '.join(map(str, lines))}{', ...' if empty.sum() > 5 else ''})", stacklevel=2)
+        frame = frame[~empty]
+    if len(frame.columns) < 2:
+        raise ValueError(f"{source} has no feature columns besides the target {target!r}")
+    task = task or infer_task(frame[target])
+    y, classes = _labels(frame[target], task, source)
+    pre = Preprocessing.learn(frame, target, task, categorical, source)
+    X = pre.encode(frame, source)
+    config = {"hidden": list(hidden), "epochs": epochs, "batch_size": batch_size, "learning_rate": learning_rate,
+              "holdback": holdback, "r0": r0, "seed": seed}
+    estimator = _estimator(task, config, progress)
+    t0 = time.perf_counter()
+    estimator.fit(X, y)
+    train_time = time.perf_counter() - t0
+    pre.mean, pre.scale = estimator.mean_.tolist(), estimator.scale_.tolist()
+    if task == "classification":
+        pre.classes = classes
+    else:
+        pre.y_mean, pre.y_scale = float(estimator.y_mean_[0]), float(estimator.y_scale_[0])
+    best = estimator.history_[estimator.best_epoch_]
+    holdback_metrics = {"loss": best.get("holdback_loss"), "rows": int(max(1, round(holdback * len(frame))))}
+    if task == "classification":
+        holdback_metrics["accuracy"] = best.get("holdback_acc")
+    elif best.get("holdback_loss") is not None:
+        holdback_metrics["rmse"] = math.sqrt(best["holdback_loss"]) * pre.y_scale
+    report = {
+        "format": FORMAT_NAME,
+        "format_version": MODELDIR_FORMAT,
+        "occamgd_version": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "data": {"csv": str(csv), "target": target, "task": task, "rows": len(frame),
+                 "rows_dropped_missing_target": int(empty.sum()), "columns": pre.columns,
+                 "features": len(pre.features), "classes": classes},
+        "config": config,
+        "model": {"type": "TabularMLP", "in_features": X.shape[1], "outputs": len(classes) if classes else 1,
+                  "hidden": list(hidden)},
+        "best_epoch": estimator.best_epoch_,
+        "density": estimator.density_,
+        "kept_weights": int(sum(int(m.sum()) for m in estimator.masks_.values())),
+        "prunable_weights": int(sum(m.numel() for m in estimator.masks_.values())),
+        "holdback": holdback_metrics,
+        "train_time_s": train_time,
+        "history": estimator.history_,
+    }
+    _write_directory(out, estimator, pre, report, force)
+    return report
+
+
+def _write_directory(out: Path, estimator, pre: Preprocessing, report: dict, force: bool) -> None:
+    """Write every file into a temporary directory beside ``out``, then rename it into place."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+    try:
+        sizes = save(estimator.model_, estimator.masks_, tmp, metadata={"model": report["model"]})
+        atomic_write_text(json.dumps(pre.to_dict(), indent=1), tmp / PREPROCESSING_NAME)
+        report["files"] = {s["file"]: s["bytes"] for s in sizes.values()}
+        report["files"][PREPROCESSING_NAME] = (tmp / PREPROCESSING_NAME).stat().st_size
+        atomic_write_text(json.dumps(report, indent=1), tmp / REPORT_NAME)
+        # Temporary files and directories are private (0600 / 0700); the result gets the
+        # permissions of any file the user creates.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)
+        for file in tmp.iterdir():
+            os.chmod(file, 0o666 & ~umask)
+        if out.exists():
+            if not force:
+                raise ValueError(f"output directory {out} appeared while training; accepted: --force to replace it")
+            old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".old"))
+            os.replace(out, old / out.name)
+            os.replace(tmp, out)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+@dataclass
+class ModelDir:
+    """A loaded model directory: its report, preprocessing and a fitted estimator."""
+
+    path: Path
+    report: dict[str, Any]
+    preprocessing: Preprocessing
+    estimator: Any
+
+    def predict(self, frame, source: str = "the CSV"):
+        """Predictions for a DataFrame of strings: the target column (labels as in the training CSV)
+        and, for classification, one ``proba_<label>`` column per class."""
+        import pandas as pd
+
+        pre = self.preprocessing
+        X = pre.encode(frame, source)
+        if pre.task == "classification":
+            proba = self.estimator.predict_proba(X)
+            out = {pre.target: np.asarray(pre.classes, dtype=object)[proba.argmax(axis=1)]}
+            out.update({f"proba_{c}": proba[:, i] for i, c in enumerate(pre.classes)})
+            return pd.DataFrame(out)
+        return pd.DataFrame({pre.target: self.estimator.predict(X)})
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is not valid JSON ({e}); write the model directory again with occamgd fit") from e
+    if not isinstance(doc, dict):
+        raise ValueError(f"{path} holds {type(doc).__name__}, not an object; write it again with occamgd fit")
+    return doc
+
+
+def read_report(path: str | os.PathLike) -> dict[str, Any]:
+    """The report of model directory ``path``, after checking it is complete and not too new."""
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"model directory {path} does not exist (or is not a directory)")
+    missing = [name for name in REQUIRED if not (path / name).is_file()]
+    if missing:
+        raise ValueError(f"model directory {path} is incomplete: missing {', '.join(missing)}; "
+                         "write it again with occamgd fit")
+    report = _read_json(path / REPORT_NAME)
+    version = report.get("format_version")
+    if report.get("format") != FORMAT_NAME or not isinstance(version, int):
+        raise ValueError(f"{path / REPORT_NAME} is not an occamgd model report (format {report.get('format')!r}, "
+                         f"version {version!r})")
+    if version > MODELDIR_FORMAT:
+        raise ValueError(f"model directory {path} has format version {version}, written by a newer occamgd; "
+                         f"this one ({__version__}) reads versions up to {MODELDIR_FORMAT}: upgrade occamgd")
+    return report
+
+
+def load_model_dir(path: str | os.PathLike) -> ModelDir:
+    """Load a model directory written by :func:`fit_csv`, ready to predict."""
+    from .models import TabularMLP
+
+    path = Path(path)
+    report = read_report(path)
+    pre = Preprocessing.from_dict(_read_json(path / PREPROCESSING_NAME), str(path / PREPROCESSING_NAME))
+    shape = report["model"]
+    model = TabularMLP(int(shape["in_features"]), int(shape["outputs"]), hidden=[int(h) for h in shape["hidden"]])
+    masks = load_into(model, path / FILE_NAMES["dense"])
+    model.eval()
+    if len(pre.mean) != model.fc1.in_features or len(pre.features) != model.fc1.in_features:
+        raise ValueError(f"{path / PREPROCESSING_NAME} encodes {len(pre.features)} features but the model takes "
+                         f"{model.fc1.in_features}; write the model directory again with occamgd fit")
+    estimator = _estimator(pre.task, report["config"], progress=False)
+    # A fitted estimator is its parameters plus these attributes (what fit sets).
+    estimator.model_, estimator.masks_ = model, masks
+    estimator.mean_, estimator.scale_ = np.asarray(pre.mean), np.asarray(pre.scale)
+    estimator.n_features_in_ = model.fc1.in_features
+    estimator.density_, estimator.best_epoch_ = report["density"], report["best_epoch"]
+    estimator.history_ = report["history"]
+    if pre.task == "classification":
+        estimator.classes_ = np.arange(len(pre.classes))
+    else:
+        estimator.y_mean_, estimator.y_scale_ = np.array([pre.y_mean]), np.array([pre.y_scale])
+        estimator._y_ndim = 1
+    return ModelDir(path=path, report=report, preprocessing=pre, estimator=estimator)
+
+
+# Reporting ----------------------------------------------------------------------------------
+def _fmt(value: Any, digits: int = 4) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def history_table(report: dict[str, Any]) -> str:
+    """The per-epoch history as an aligned text table (the kept epoch marked with ``*``)."""
+    from .bench.report import text_table
+
+    classification = report["data"]["task"] == "classification"
+    header = ["epoch", "train loss", "hold-back loss"] + (["hold-back acc"] if classification else []) + [
+        "density", "rate", "action"]
+    rows = []
+    for r in report["history"]:
+        mark = "*" if r["epoch"] == report["best_epoch"] else ""
+        rows.append([f"{r['epoch']}{mark}", _fmt(r.get("train_loss")), _fmt(r.get("holdback_loss"))]
+                    + ([_fmt(r.get("holdback_acc"))] if classification else [])
+                    + [_fmt(r.get("density")), _fmt(r.get("rate"), 3), _fmt(r.get("action"))])
+    return text_table(header, rows)
+
+
+def summary(report: dict[str, Any]) -> str:
+    """A few lines: the task, the kept epoch, its size and hold-back metrics, the file sizes."""
+    data, hold = report["data"], report["holdback"]
+    what = (f"classification of {data['target']!r} ({len(data['classes'])} classes)"
+            if data["task"] == "classification" else f"regression of {data['target']!r}")
+    metrics = ", ".join(f"{k} {_fmt(v)}" for k, v in hold.items() if k != "rows")
+    files = ", ".join(f"{name} {size:,} bytes" for name, size in report.get("files", {}).items())
+    return "\n".join([
+        f"{what} on {data['rows']} rows, {data['features']} encoded features",
+        f"kept epoch {report['best_epoch']} of {len(report['history'])}: density {report['density']:.4f} "
+        f"({report['kept_weights']:,} of {report['prunable_weights']:,} prunable weights)",
+        f"hold-back ({hold['rows']} rows): {metrics}",
+        f"files: {files}",
+    ])
+
+
+def write_plots(report: dict[str, Any], path: str | os.PathLike) -> Path:
+    """Loss and density per epoch (training and hold-back loss, density) as a PNG."""
+    from .bench.report import plot_curves
+
+    histories = {"occam": [report["history"]]}
+    panels = [("train_loss", "training loss", True), ("holdback_loss", "hold-back loss", True),
+              ("density", "density (kept fraction)", True)]
+    return plot_curves(histories, panels, path, title=f"{report['data']['target']} ({report['data']['task']})")
