@@ -224,6 +224,14 @@ def test_a_newer_model_directory_format_is_refused(model_dir, tmp_path, capsys):
         assert f"format version {MODELDIR_FORMAT + 1}, written by a newer occamgd" in err
 
 
+def test_a_report_without_its_fields_is_refused_by_name(model_dir, tmp_path, capsys):
+    report = json.loads((model_dir / "report.json").read_text())
+    del report["model"], report["history"]
+    (model_dir / "report.json").write_text(json.dumps(report))
+    err = _fails(["predict", str(model_dir), str(tmp_path / "data.csv")], capsys)
+    assert "lacks the fields ['history', 'model']" in err
+
+
 def test_predicting_without_training_columns_names_them_and_writes_nothing(model_dir, tmp_path, capsys):
     data = _csv(tmp_path, _frame(10).drop(columns=["colour", "weight", "label"]), "new.csv")
     err = _fails(["predict", str(model_dir), str(data), "--out", str(tmp_path / "p.csv")], capsys)

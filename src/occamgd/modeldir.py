@@ -409,6 +409,10 @@ def read_report(path: str | os.PathLike) -> dict[str, Any]:
     if version > MODELDIR_FORMAT:
         raise ValueError(f"model directory {path} has format version {version}, written by a newer occamgd; "
                          f"this one ({__version__}) reads versions up to {MODELDIR_FORMAT}: upgrade occamgd")
+    missing = sorted({"data", "config", "model", "history", "best_epoch", "density", "holdback"} - set(report))
+    if missing:
+        raise ValueError(f"{path / REPORT_NAME} lacks the fields {missing}; write the model directory again "
+                         "with occamgd fit")
     return report
 
 
