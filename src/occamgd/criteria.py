@@ -9,6 +9,14 @@ linear-interpolation quantile of numpy and Keras' reference). For distinct magni
 exactly ``ceil(rate * (n - 1))`` entries, so a tensor with one kept entry is never emptied.
 We prune exactly that many: the smallest magnitudes, and among equal magnitudes the lowest flat
 index first, so ties and tiny tensors give the same masks on every run and device.
+
+Two more families (see :func:`structured_magnitude` and :func:`nm_magnitude`):
+
+- **structured**: whole output units (rows: Linear neurons, Conv output channels, attention
+  heads through :class:`Units`) by the L2 norm of their weights, so that
+  :func:`occamgd.compact.compact` can remove them and the network gets physically smaller;
+- **N:M** (2:4 by default): at most N kept weights in every group of M consecutive input weights,
+  the pattern that sparse tensor cores execute.
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 import torch
 
@@ -97,9 +106,185 @@ def global_magnitude(
     return new
 
 
+# Structured units ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Units:
+    """How the rows (dim 0) of one weight group into the units that structured pruning removes.
+
+    By default every row is a unit: a Linear layer's output neuron, a Conv layer's output channel.
+    ``size`` consecutive rows form one unit; with ``chunks`` the rows first split into that many
+    equal blocks and unit ``u`` owns its ``size`` rows in every block. A fused query/key/value
+    projection of ``H`` heads of width ``d`` is ``Units(size=d, chunks=3)``: head ``h`` owns rows
+    ``c*H*d + h*d`` to ``c*H*d + (h+1)*d - 1`` for ``c`` = 0, 1, 2 (query, key, value).
+    """
+
+    size: int = 1
+    chunks: int = 1
+
+    def __post_init__(self):
+        for field in ("size", "chunks"):
+            value = getattr(self, field)
+            if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+                raise ValueError(f"Units.{field} must be an integer >= 1, got {value!r}")
+
+    def count(self, name: str, shape: tuple[int, ...]) -> int:
+        """How many units a tensor of ``shape`` holds; ``ValueError`` if its rows do not split evenly."""
+        if len(shape) < 2:
+            raise ValueError(
+                f"structured pruning removes whole rows, but {name!r} has shape {tuple(shape)}; "
+                "accepted: weights with at least 2 dimensions (leave biases and norms out of the selection)"
+            )
+        per = self.size * self.chunks
+        if shape[0] % per:
+            raise ValueError(
+                f"{name!r} has {shape[0]} rows, which do not split into units of {self} "
+                f"(size * chunks = {per}); accepted: a row count that is a multiple of {per}"
+            )
+        return shape[0] // per
+
+    def split(self, tensor: torch.Tensor) -> torch.Tensor:
+        """``tensor`` as ``(units, entries of each unit)``."""
+        units = tensor.shape[0] // (self.size * self.chunks)
+        return tensor.reshape(self.chunks, units, self.size, -1).transpose(0, 1).reshape(units, -1)
+
+    def expand(self, per_unit: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+        """A per-unit tensor broadcast back to every entry of a tensor of ``shape``."""
+        rest = math.prod(shape[1:])
+        return per_unit.view(1, -1, 1, 1).expand(self.chunks, -1, self.size, rest).reshape(shape)
+
+
+_ROWS = Units()
+
+
+def structured_magnitude(
+    weights: Mapping[str, torch.Tensor],
+    masks: Mapping[str, torch.Tensor],
+    rate: float,
+    units: Mapping[str, Units] | None = None,
+) -> dict[str, torch.Tensor]:
+    """Prune whole units (rows by default) with the smallest L2 norm, in each tensor separately.
+
+    ``rate`` is the fraction of each tensor's remaining *units* to prune: of ``n`` kept units
+    exactly ``prune_count(n, rate)`` go, smallest norm first and ties to the lowest index, so a
+    tensor always keeps a unit. A unit stays kept while any of its entries is kept; its norm
+    counts only the kept entries, and pruning it prunes all of them. ``units`` maps tensor names
+    to :class:`Units`; a tensor it does not name has one unit per row.
+
+    The pieces that depend on a unit are not masked here (a criterion sees only the selected
+    weights). Its bias stays, so in training a pruned neuron still outputs the constant
+    ``act(bias)``; :func:`occamgd.compact.compact` folds that constant through to the next layer's
+    bias and removes the next layer's input slices of the unit, so the compacted model computes
+    what the masked one computes (in eval mode). With Occam's default selection the last layer's
+    rows are pruned too (for a classifier: whole classes), and those cannot be removed:
+    :func:`occamgd.compact.structured_pruning` selects only the layers whose units can.
+    """
+    _check_rate(rate)
+    units = dict(units or {})
+    unknown = sorted(set(units) - set(weights))
+    if unknown:
+        raise ValueError(f"units names tensors {unknown} that are not being pruned; accepted: names among {list(weights)}")
+    new = {}
+    for name, weight in weights.items():
+        spec, mask = units.get(name, _ROWS), masks[name]
+        spec.count(name, tuple(weight.shape))
+        kept_entries = spec.split(mask)
+        kept_units = kept_entries.any(1)
+        dtype = torch.promote_types(weight.dtype, torch.float32)  # half-precision squares overflow
+        square = spec.split(weight.detach()).to(dtype).masked_fill(~kept_entries, 0).square().sum(1)
+        scores = square.masked_fill(~kept_units, math.inf)
+        pruned = smallest_k(scores, prune_count(int(kept_units.sum()), rate))
+        new[name] = mask & ~spec.expand(pruned, tuple(mask.shape))
+    return new
+
+
+def structured_criterion(units: Mapping[str, Units]) -> Criterion:
+    """:func:`structured_magnitude` with ``units`` bound, for ``Occam(criterion=...)``."""
+    units = dict(units)
+    for name, spec in units.items():
+        if not isinstance(spec, Units):
+            raise TypeError(f"units[{name!r}] must be an occamgd.criteria.Units, got {spec!r}")
+
+    def structured(weights, masks, rate):
+        return structured_magnitude(weights, masks, rate, units)
+
+    return structured
+
+
+# N:M -----------------------------------------------------------------------------------------
+def _check_nm(n: int, m: int) -> None:
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (n, m)) or not 1 <= n < m:
+        raise ValueError(f"N:M needs integers 1 <= n < m, got n={n!r}, m={m!r}; accepted: for example n=2, m=4")
+
+
+def nm_magnitude(
+    weights: Mapping[str, torch.Tensor],
+    masks: Mapping[str, torch.Tensor],
+    rate: float,
+    n: int = 2,
+    m: int = 4,
+) -> dict[str, torch.Tensor]:
+    """N:M sparsity (2:4 by default): at most ``n`` kept weights in every group of ``m``.
+
+    Groups are ``m`` consecutive weights along the input dimension: the rows of
+    ``weight.reshape(out, -1)`` (a Linear's ``in_features``; a Conv's input channels and kernel
+    in memory order), the layout ``torch.sparse.to_sparse_semi_structured`` takes for a Linear
+    weight. Each row's length must be a multiple of ``m``.
+
+    Semantics under a schedule, whose rate cannot adapt group by group: each step prunes
+    ``prune_count(kept, rate)`` of a tensor's kept weights, smallest magnitude first, as the
+    layerwise criterion does, but only among the weights outside their group's ``n`` largest
+    kept ones. The N:M pattern is therefore always inside the mask; density falls as the
+    schedule says until every group holds at most ``n`` kept weights, which is exactly N:M
+    (density n/m from dense), and later steps prune nothing. From dense masks one step at a
+    rate >= 1 - n/m gives the N:M pattern at once (one-shot, before fine-tuning); under the
+    paper's schedule (0.4, 0.4, ...) 2:4 is reached after the second step.
+    """
+    _check_rate(rate)
+    _check_nm(n, m)
+    new = {}
+    for name, weight in weights.items():
+        mask = masks[name]
+        if weight.dim() < 2 or math.prod(weight.shape[1:]) % m:
+            raise ValueError(
+                f"N:M groups run along the input dimension, but {name!r} has shape {tuple(weight.shape)}; "
+                f"accepted: weights with at least 2 dimensions whose rows hold a multiple of m={m} entries"
+            )
+        keep = mask.reshape(-1, m)
+        magnitude = weight.detach().abs().reshape(-1, m)
+        # A stable descending sort puts the larger magnitude first, the lower index among equals.
+        order = torch.sort(magnitude.masked_fill(~keep, -math.inf), dim=1, descending=True, stable=True).indices
+        protected = torch.zeros_like(keep).scatter_(1, order[:, :n], True) & keep
+        candidates = (keep & ~protected).flatten()
+        k = min(prune_count(int(keep.sum()), rate), int(candidates.sum()))
+        pruned = smallest_k(magnitude.flatten().masked_fill(~candidates, math.inf), k)
+        new[name] = mask & ~pruned.view_as(mask)
+    return new
+
+
+def nm_criterion(n: int, m: int) -> Criterion:
+    """:func:`nm_magnitude` with another ``n``:``m`` bound, for ``Occam(criterion=...)``."""
+    _check_nm(n, m)
+
+    def nm(weights, masks, rate):
+        return nm_magnitude(weights, masks, rate, n, m)
+
+    nm.__name__ = f"nm_{n}_{m}"
+    return nm
+
+
+def is_nm(weight: torch.Tensor, n: int = 2, m: int = 4) -> bool:
+    """Whether every group of ``m`` consecutive input weights holds at most ``n`` nonzeros."""
+    _check_nm(n, m)
+    if weight.dim() < 2 or math.prod(weight.shape[1:]) % m:
+        return False
+    return bool(((weight.detach().reshape(-1, m) != 0).sum(1) <= n).all())
+
+
 CRITERIA: dict[str, Criterion] = {
     "layerwise": layerwise_magnitude,
     "global": global_magnitude,
+    "structured": structured_magnitude,
+    "nm": nm_magnitude,
 }
 
 
