@@ -7,7 +7,6 @@ wrapper, density in the logs, the state written into each checkpoint and restore
 
 from __future__ import annotations
 
-import logging
 
 import pytest
 import torch
@@ -184,3 +183,11 @@ def test_training_without_evaluations_is_refused(tmp_path):
 def test_bad_arguments_are_refused_at_construction(kwargs, needle):
     with pytest.raises(ValueError, match=needle):
         OccamTrainerCallback(**kwargs)
+
+
+def test_an_optimizer_that_is_not_torch_is_refused():
+    args = TrainingArguments(output_dir="unused", eval_strategy="steps", eval_steps=1, report_to=[], use_cpu=True)
+    state = transformers.TrainerState()
+    with pytest.raises(TypeError, match="torch.optim optimizer"):
+        OccamTrainerCallback().on_train_begin(args, state, transformers.TrainerControl(), model=_model(),
+                                              optimizer=object())

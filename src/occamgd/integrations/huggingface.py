@@ -45,7 +45,7 @@ def transformer_weights(model: nn.Module) -> tuple[list[type], Any]:
     """The default ``(include, exclude)`` for a transformers model: every ``nn.Linear`` and
     ``transformers`` ``Conv1D`` weight (GPT-2's projections are ``Conv1D``), except the output
     embeddings (the language-model head, often tied to the input embeddings, which are not selected
-    either): a small share of the weights whose pruning costs the most loss."""
+    either): a small share of the weights that every prediction passes through."""
     from transformers.pytorch_utils import Conv1D
 
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
@@ -55,11 +55,15 @@ def transformer_weights(model: nn.Module) -> tuple[list[type], Any]:
 
 
 def _torch_optimizer(optimizer: Any) -> torch.optim.Optimizer:
-    """The torch optimizer inside the Trainer's (``accelerate`` wraps it; the wrapper takes no hooks)."""
+    """The torch optimizer inside accelerate's ``AcceleratedOptimizer`` (the wrapper takes no hooks).
+
+    Only that wrapper is opened: another wrapper (Lookahead and the like) may move the weights
+    itself, so it is the one to hook.
+    """
+    from accelerate.optimizer import AcceleratedOptimizer
+
     inner = optimizer
-    while not type(inner).__module__.startswith("torch.") and isinstance(
-        getattr(inner, "optimizer", None), torch.optim.Optimizer
-    ):
+    while isinstance(inner, AcceleratedOptimizer):
         inner = inner.optimizer
     if not isinstance(inner, torch.optim.Optimizer):
         raise TypeError(
