@@ -7,7 +7,6 @@ wrapper, density in the logs, the state written into each checkpoint and restore
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 
