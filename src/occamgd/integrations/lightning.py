@@ -1,0 +1,221 @@
+"""Occam Gradient Descent as a PyTorch Lightning callback (``lightning`` 2.x).
+
+::
+
+    from occamgd.integrations.lightning import OccamCallback
+
+    trainer = lightning.Trainer(max_epochs=20, callbacks=[OccamCallback(monitor="val_loss")])
+    trainer.fit(module, train_loader, val_loader)   # the module logs "val_loss" in validation_step
+
+When fitting starts the callback builds an :class:`occamgd.Occam` around the LightningModule
+and its first optimizer (a :class:`~occamgd.integrations.distributed.DistributedOccam` when the
+trainer runs on more than one process). After every validation of the fit (not the sanity check)
+it reads the monitored loss, and prunes just before the next training step: a checkpoint saved at
+the end of that validation (``ModelCheckpoint``) holds the very model whose loss it records, and
+the model ``fit`` ends with is the last one validated, never a prune nothing has evaluated.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy
+from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities import rank_zero_warn
+
+from ..criteria import Criterion, get_criterion
+from ..masks import Selection, select_prunable
+from ..occam import ZERO_STATE, Occam
+from ..schedules import Schedule, get_schedule
+
+_STATE_KEYS = {"occam", "pending_signal"}
+#: Strategies that give each rank only a shard of a parameter (see docs/distributed.md).
+_SHARDED_STRATEGIES = (FSDPStrategy, DeepSpeedStrategy, ModelParallelStrategy)
+
+
+class OccamCallback(pl.Callback):
+    """Prune a LightningModule with Occam Gradient Descent while ``Trainer.fit`` trains it.
+
+    - ``monitor``: the logged validation loss that drives the schedule (the signal); log it in
+      ``validation_step`` with ``self.log(monitor, loss)``. A name that is not logged raises
+      ``ValueError`` naming the metrics that are.
+    - ``criterion``, ``schedule``, ``include``, ``exclude``, ``zero_state``, ``snapshot_device``:
+      as for :class:`occamgd.Occam`. A schedule object is copied when fitting starts, so one
+      callback object configures many runs without sharing their state.
+
+    Pruning: the signal of each validation during the fit is read at its end; the prune it asks
+    for happens just before the next training batch, and ``occam/density`` and ``occam/rate`` are
+    then logged to the module's loggers at the current ``global_step``. The last validation's
+    signal is kept (and checkpointed) for the next fit to continue from.
+
+    Checkpoints: masks, schedule state, history and the pending signal are in the callback's
+    ``state_dict``, so ``trainer.save_checkpoint`` and ``Trainer.fit(..., ckpt_path=...)`` resume
+    pruning where it stopped. Lightning restores callbacks before fitting starts, before the
+    optimizer exists: the state is held until the Occam is built. Fitting the same module again
+    with this callback keeps its masks; a different module starts afresh.
+
+    After fitting, ``callback.occam`` holds the masks (``.masks``, ``.density``) and the
+    per-prune history (``.history``).
+    """
+
+    def __init__(
+        self,
+        monitor: str = "val_loss",
+        criterion: str | Criterion = "layerwise",
+        schedule: Schedule | str | None = None,
+        include: Selection | None = None,
+        exclude: Selection | None = None,
+        *,
+        zero_state: str = "prune",
+        snapshot_device: str | torch.device | None = "cpu",
+    ):
+        if not (isinstance(monitor, str) and monitor):
+            raise ValueError(f"monitor must be the name of a logged validation loss, got {monitor!r}")
+        if zero_state not in ZERO_STATE:
+            raise ValueError(f"zero_state must be one of {ZERO_STATE}, got {zero_state!r}")
+        # Fail now, not when fitting starts, on a criterion or schedule name that does not exist.
+        get_criterion(criterion)
+        get_schedule(schedule)
+        self.monitor = monitor
+        self.criterion = criterion
+        self.schedule = schedule
+        self.include = include
+        self.exclude = exclude
+        self.zero_state = zero_state
+        self.snapshot_device = snapshot_device
+        #: The Occam pruning the module (``None`` before the first fit starts).
+        self.occam: Occam | None = None
+        self._pending_signal: float | None = None
+        self._loaded: dict[str, Any] | None = None
+        self._fitting = False
+        self._validations = 0
+
+    # Building ---------------------------------------------------------------------------
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Build (or re-attach) the Occam around the module and its first optimizer."""
+        if isinstance(trainer.strategy, _SHARDED_STRATEGIES):
+            raise TypeError(
+                f"OccamCallback cannot prune under {type(trainer.strategy).__name__}: it shards "
+                "parameters across ranks, so per-tensor magnitude selection would see only a shard; "
+                "accepted: a single-device strategy or DDP (strategy='ddp')"
+            )
+        if not trainer.optimizers:
+            raise ValueError(
+                f"{type(pl_module).__name__}.configure_optimizers returned no optimizer; accepted: "
+                "at least one torch.optim optimizer (the first one is hooked to keep pruned weights at 0)"
+            )
+        # Checked before anything is built or hooked, so a refusal leaves no trace.
+        self._check_other_optimizers(select_prunable(pl_module, self.include, self.exclude), trainer.optimizers)
+        optimizer = trainer.optimizers[0]
+        if self.occam is not None and self.occam.model is pl_module:
+            self.occam.attach(optimizer)
+        else:
+            self.occam = self._build(trainer, pl_module, optimizer)
+            self._pending_signal = None
+        self._fitting = True
+        self._validations = 0
+        if self._loaded is not None:
+            state, self._loaded = self._loaded, None
+            self._restore(state)
+
+    def _build(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer) -> Occam:
+        schedule = copy.deepcopy(self.schedule) if isinstance(self.schedule, Schedule) else self.schedule
+        kwargs = dict(
+            criterion=self.criterion, schedule=schedule, include=self.include, exclude=self.exclude,
+            zero_state=self.zero_state, snapshot_device=self.snapshot_device,
+        )
+        if trainer.world_size > 1:
+            from .distributed import DistributedOccam
+
+            return DistributedOccam(pl_module, optimizer, **kwargs)
+        return Occam(pl_module, optimizer, **kwargs)
+
+    @staticmethod
+    def _check_other_optimizers(prunable: Mapping[str, torch.nn.Parameter], optimizers) -> None:
+        # Only the first optimizer is hooked: a prunable tensor that another one updates would regrow.
+        hooked = {id(p) for group in optimizers[0].param_groups for p in group["params"]}
+        others = {id(p) for opt in optimizers[1:] for group in opt.param_groups for p in group["params"]}
+        stray = [n for n, p in prunable.items() if id(p) in others and id(p) not in hooked]
+        if stray:
+            raise ValueError(
+                f"prunable tensors {stray} are updated by an optimizer other than the first, which "
+                "OccamCallback does not hook, so their pruned weights would regrow; accepted: "
+                "exclude=... those tensors, or optimize them with the first optimizer"
+            )
+
+    # Pruning ----------------------------------------------------------------------------
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Read the monitored validation loss of a fit's validation; the prune waits for training."""
+        if trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:
+            return
+        metrics = trainer.callback_metrics
+        if self.monitor not in metrics:
+            raise ValueError(
+                f"OccamCallback monitors {self.monitor!r}, which was not logged in this validation; "
+                f"logged metrics: {sorted(metrics)}; accepted: OccamCallback(monitor=...) naming a "
+                "validation loss logged with self.log(...) in validation_step"
+            )
+        self._pending_signal = float(metrics[self.monitor])
+        self._validations += 1
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        """Prune on the last validation's signal before training on anything after it."""
+        if self._pending_signal is None:
+            return
+        signal = self._pending_signal
+        try:
+            rate = self.occam.step(signal)
+        except ValueError as error:
+            raise ValueError(f"OccamCallback could not prune on {self.monitor!r} = {signal!r}: {error}") from error
+        self._pending_signal = None
+        for logger in trainer.loggers:
+            logger.log_metrics({"occam/density": self.occam.density, "occam/rate": rate}, step=trainer.global_step)
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Warn when the fit ran no validation, so nothing was pruned."""
+        if self._validations == 0:
+            rank_zero_warn(
+                f"OccamCallback read no {self.monitor!r}: no validation ran during this fit, so "
+                "nothing was pruned; give Trainer.fit a val_dataloader and keep limit_val_batches > 0"
+            )
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """After fitting, unhook the optimizer (the masks and history stay in ``self.occam``)."""
+        if stage == "fit":
+            self._fitting = False
+            if self.occam is not None:
+                self.occam.detach()
+
+    # Checkpointing ----------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Occam's state (masks, schedule, history) and the signal waiting for its prune."""
+        if self.occam is None:
+            return dict(self._loaded) if self._loaded is not None else {}
+        return {"occam": self.occam.state_dict(), "pending_signal": self._pending_signal}
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        """Restore now if fitting has started; otherwise hold the state until it does."""
+        if set(state_dict) != _STATE_KEYS:
+            raise ValueError(
+                f"OccamCallback state has keys {sorted(state_dict)}; accepted: exactly "
+                f"{sorted(_STATE_KEYS)} (a state from OccamCallback.state_dict)"
+            )
+        if self._fitting and self.occam is not None:
+            self._restore(state_dict)
+        else:
+            self._loaded = dict(state_dict)
+
+    def _restore(self, state: Mapping[str, Any]) -> None:
+        self.occam.load_state_dict(state["occam"])
+        self._pending_signal = state["pending_signal"]
+
+    def __repr__(self) -> str:
+        return (
+            f"OccamCallback(monitor={self.monitor!r}, criterion={self.criterion!r}, "
+            f"schedule={self.schedule!r}, occam={self.occam!r})"
+        )
