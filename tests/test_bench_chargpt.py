@@ -70,8 +70,9 @@ def test_smoke_bench_writes_runs_report_and_prunes(tmp_path, corpus):
 def test_every_method_starts_from_the_same_weights_and_batches(tmp_path, corpus):
     run_chargpt(seeds=1, out=tmp_path, progress=False, corpus=corpus, config=SMOKE)
     runs = _runs(tmp_path / "char-gpt-smoke")
-    # Nothing is pruned before the first evaluation, so every method must see the same loss there.
-    first = {m: runs[f"corpus/{m}/seed0.json"]["history"][0] for m in METHODS}
+    # Nothing is pruned before the first evaluation, so every method must see the same loss there
+    # (gd-wd's chosen run may use another weight decay).
+    first = {m: runs[f"corpus/{m}/seed0.json"]["history"][0] for m in METHODS if m != "gd-wd"}
     assert len({r["val_loss"] for r in first.values()}) == 1
     assert len({r["train_loss"] for r in first.values()}) == 1
 
@@ -138,3 +139,15 @@ def test_configurations_match_the_documented_shapes():
     assert (STANDARD.n_layer, STANDARD.n_head, STANDARD.n_embd, STANDARD.block_size) == (6, 6, 384, 256)
     assert (STANDARD.batch_size, STANDARD.steps, STANDARD.interval, STANDARD.eval_batches) == (64, 3000, 250, 40)
     assert (QUICK.n_layer, QUICK.n_head, QUICK.n_embd, QUICK.block_size, QUICK.batch_size) == (4, 4, 128, 64, 32)
+
+
+def test_gmp_oracle_is_told_the_guarded_density_and_gd_wd_keeps_its_best_grid_run(tmp_path, corpus):
+    run_chargpt(seeds=1, out=tmp_path, progress=False, corpus=corpus, config=SMOKE, methods=["gmp-oracle", "gd-wd"])
+    runs = _runs(tmp_path / "char-gpt-smoke")
+    assert set(runs) == {f"corpus/{m}/seed0.json" for m in ("occam-guarded", "gmp-oracle", "gd-wd")}
+    guarded = runs["corpus/occam-guarded/seed0.json"]
+    assert f"final_density={guarded['best']['density']!r}" in runs["corpus/gmp-oracle/seed0.json"]["schedule"]
+    wd = runs["corpus/gd-wd/seed0.json"]
+    assert set(wd["grid"]) == {"0.01", "0.1", "1.0"}
+    assert wd["best"]["val_loss"] == min(wd["grid"].values())
+    assert str(wd["weight_decay"]) == min(wd["grid"], key=wd["grid"].get)

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from occamgd import __version__
-from occamgd.cli import EXIT_BAD_INPUT, EXIT_OK, main
+from occamgd.cli import EXIT_BAD_INPUT, EXIT_ERROR, EXIT_OK, main
 
 
 def test_demo_prints_both_methods_and_writes_table_json_and_plot(tmp_path, capsys):
@@ -46,3 +46,27 @@ def test_console_entry_point_reports_its_version():
     done = subprocess.run([sys.executable, "-m", "occamgd.cli", "--version"], capture_output=True, text=True)
     assert done.returncode == 0
     assert done.stdout.strip() == f"occamgd {__version__}"
+
+
+def test_a_disk_error_exits_1_with_a_message_not_a_traceback(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    code = main(["demo", "--epochs", "1", "--seeds", "1", "--quiet", "--out", str(blocker / "out")])
+    assert code == EXIT_ERROR
+    assert capsys.readouterr().err.startswith("occamgd: error:")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["bench", "char-gpt", "--epochs", "3"], "counts optimizer steps"),
+    (["bench", "tabular", "--gpu"], "char-gpt options"),
+    (["bench", "char-gpt", "--gpu", "--corpus", "x.txt"], "CUDA"),
+    (["bench", "tabular", "--epochs", "1"], "epochs must be an integer >= 2"),
+])
+def test_bench_options_of_the_wrong_task_are_refused_before_any_work(argv, message, capsys):
+    if "--gpu" in argv and "char-gpt" in argv:
+        import torch
+
+        if torch.cuda.is_available():
+            pytest.skip("this machine has CUDA")
+    assert main(argv) == EXIT_BAD_INPUT
+    assert message in capsys.readouterr().err

@@ -279,3 +279,16 @@ def test_initial_masks_of_another_model_are_refused_before_training():
         occamgd.fit(model, (X, y), epochs=1, initial_masks={"0.weight": torch.ones(2, 2, dtype=torch.bool)},
                     progress=False)
     assert_same_state(before, state_copy(model))
+
+
+def test_atomic_writes_get_the_mode_of_a_plain_open_not_mkstemps_0600(tmp_path):
+    import os
+
+    from occamgd.io import atomic_write_text
+
+    umask = os.umask(0o022)
+    try:
+        path = atomic_write_text("x", tmp_path / "a.txt")
+    finally:
+        os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o644

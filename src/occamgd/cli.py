@@ -38,9 +38,13 @@ def _parser() -> argparse.ArgumentParser:
         description="Run every method of a task for several seeds (resuming finished runs), then write "
         "results.md and PNGs under OUT/TASK.",
     )
-    bench.add_argument("task", help="mnist-mlp, fashion-mlp, fashion-cnn, cifar10-cnn or tabular")
+    bench.add_argument("task", help="mnist-mlp, fashion-mlp, fashion-cnn, cifar10-cnn, tabular or char-gpt")
     bench.add_argument("--seeds", type=int, default=3, help="seeds per method (default: 3)")
-    bench.add_argument("--quick", action="store_true", help="fewer epochs (and a subsample of image data)")
+    bench.add_argument("--quick", action="store_true",
+                       help="fewer epochs (and a subsample of image data); char-gpt: the small CPU model")
+    bench.add_argument("--epochs", type=int, help="epochs per run instead of the task's (runs go to TASK-eN)")
+    bench.add_argument("--gpu", action="store_true", help="char-gpt: train on CUDA with bf16 and torch.compile")
+    bench.add_argument("--corpus", help="char-gpt: text file (default: Tiny Shakespeare from the search order)")
     bench.add_argument("--out", default="runs", help="output directory (default: ./runs)")
     bench.add_argument("--methods", help="comma-separated subset of the task's methods")
     bench.add_argument("--manifest", help="tabular manifest file or directory (default: ../shared/data/tabular)")
@@ -175,11 +179,25 @@ def main(argv: list[str] | None = None) -> int:
 
             run(dataset=args.dataset, epochs=args.epochs, seeds=args.seeds, out=args.out, progress=not args.quiet)
         elif args.command == "bench":
-            from .bench.runner import run_bench
-
             methods = args.methods.split(",") if args.methods else None
-            path = run_bench(args.task, seeds=args.seeds, quick=args.quick, out=args.out, methods=methods,
-                             progress=not args.quiet, manifest=args.manifest, data_root=args.data_root)
+            if args.task == "char-gpt":
+                from .bench.chargpt import run_chargpt
+                from .data.text import find_tinyshakespeare
+
+                if args.epochs is not None:
+                    raise ValueError("char-gpt counts optimizer steps, not epochs; --epochs is accepted only "
+                                     "by the epoch tasks")
+                corpus = args.corpus or find_tinyshakespeare(root=args.data_root)
+                path = run_chargpt(seeds=args.seeds, quick=args.quick, gpu=args.gpu, out=args.out, methods=methods,
+                                   progress=not args.quiet, corpus=corpus)
+            else:
+                from .bench.runner import run_bench
+
+                if args.gpu or args.corpus:
+                    raise ValueError(f"--gpu and --corpus are char-gpt options; task {args.task!r} does not take them")
+                path = run_bench(args.task, seeds=args.seeds, quick=args.quick, out=args.out, methods=methods,
+                                 progress=not args.quiet, epochs=args.epochs, manifest=args.manifest,
+                                 data_root=args.data_root)
             print(f"wrote {path}")
         elif args.command == "fit":
             _run_fit(args)
@@ -190,6 +208,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, TypeError, FileNotFoundError) as exc:
         print(f"occamgd: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except OSError as exc:  # a disk or permission problem, not bad input: say so without a traceback
+        print(f"occamgd: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
     except KeyboardInterrupt:
         print("occamgd: interrupted", file=sys.stderr)
         return 130

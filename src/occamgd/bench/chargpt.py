@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -33,7 +34,7 @@ from ..data.text import TINYSHAKESPEARE_SHA256, CharCorpus, find_tinyshakespeare
 from ..io import atomic_write_text
 from ..models.gpt import GPT, GPTConfig, prunable
 from ..occam import Occam
-from ..schedules import GMP, OccamRate, Schedule
+from ..schedules import GMP, Guarded, OccamRate, Schedule
 from .report import markdown_table, mean_std, plot_curves
 
 TASK = "char-gpt"
@@ -124,20 +125,35 @@ class Method:
     training loss since the last evaluation). ``None`` trains without Occam at all."""
 
     description: str
-    make: Callable[[CharGPTConfig], tuple[Schedule | None, str]]
+    #: ``make(config, previous)``; ``previous`` holds this seed's finished results by method.
+    make: Callable[[CharGPTConfig, dict], tuple[Schedule | None, str]]
+    needs: tuple[str, ...] = ()
+    #: When set, one dense run per AdamW weight decay; the lowest best validation loss is kept.
+    weight_decays: tuple[float, ...] | None = None
 
 
-def _gmp(config: CharGPTConfig) -> GMP:
+def _gmp(config: CharGPTConfig, density: float) -> GMP:
     # GMP counts Occam steps (evaluations): reach the density at the evaluation at gmp_end of the steps.
     end = max(0, round(config.gmp_end * config.steps / config.interval) - 1)
-    return GMP(config.gmp_density, start=0, end=end)
+    return GMP(density, start=0, end=end)
 
 
 METHODS: dict[str, Method] = {
-    "gd": Method("plain AdamW, no pruning (and no Occam hook)", lambda c: (None, "val")),
+    "gd": Method("plain AdamW (weight decay 0.1 on 2-D weights), no pruning (and no Occam hook)",
+                 lambda c, p: (None, "val")),
+    "gd-wd": Method("the same, AdamW weight decay chosen from (0.01, 0.1, 1.0) by best validation loss (time: "
+                    "tokens/s of the chosen run)", lambda c, p: (None, "val"), weight_decays=(0.01, 0.1, 1.0)),
     "gmp": Method("gradual magnitude pruning (cubic) to a density fixed in advance (gmp_density, default 0.25), "
-                  "reached at gmp_end (default 75 %) of the steps", lambda c: (_gmp(c), "val")),
-    "occam-val": Method("the paper's rule (OccamRate, r0 = 0.4) on the validation loss", lambda c: (OccamRate(), "val")),
+                  "reached at gmp_end (default 75 %) of the steps", lambda c, p: (_gmp(c, c.gmp_density), "val")),
+    "gmp-oracle": Method("the same, told occam-guarded's density at its best state",
+                         lambda c, p: (_gmp(c, p["occam-guarded"]["best"]["density"]), "val"),
+                         needs=("occam-guarded",)),
+    "occam": Method("the paper's preset (OccamRate, r0 = 0.4) on the mean training loss of the interval",
+                    lambda c, p: (OccamRate(), "train")),
+    "occam-val": Method("the paper's rule (OccamRate, r0 = 0.4) on the validation loss",
+                        lambda c, p: (OccamRate(), "val")),
+    "occam-guarded": Method("the guarded controller (occamgd.Guarded) on the validation loss",
+                            lambda c, p: (Guarded(), "val")),
 }
 
 
@@ -167,12 +183,14 @@ def _sync(device: torch.device) -> None:
 
 
 def train_run(method: str, seed: int, config: CharGPTConfig, corpus: CharCorpus, device: torch.device,
-              bf16: bool = False, compile: bool = False, sample: bool = False, progress: bool = False) -> dict:
+              bf16: bool = False, compile: bool = False, sample: bool = False, progress: bool = False,
+              previous: dict | None = None, weight_decay: float | None = None) -> dict:
     """Train one method for one seed; return its record (history, best, throughput, sample)."""
-    schedule, signal_source = METHODS[method].make(config)
+    schedule, signal_source = METHODS[method].make(config, previous or {})
     torch.manual_seed(seed)  # same initial weights and dropout stream for every method of a seed
     model = GPT(config.model_config(corpus.vocab_size)).to(device)
-    optimizer = torch.optim.AdamW(model.param_groups(config.weight_decay), lr=config.lr, betas=config.betas,
+    weight_decay = config.weight_decay if weight_decay is None else weight_decay
+    optimizer = torch.optim.AdamW(model.param_groups(weight_decay), lr=config.lr, betas=config.betas,
                                   fused=device.type == "cuda")
     occam = Occam(model, optimizer, schedule=schedule, include=prunable(model)) if schedule is not None else None
     forward = torch.compile(model) if compile else model
@@ -225,6 +243,7 @@ def train_run(method: str, seed: int, config: CharGPTConfig, corpus: CharCorpus,
         if occam is not None and step + 1 < config.steps:
             start_prune = time.perf_counter()
             record["rate"] = occam.step(val_loss if signal_source == "val" else train_loss)
+            record["action"] = occam.history[-1]["action"]
             _sync(device)
             record["prune_seconds"] = time.perf_counter() - start_prune
         history.append(record)
@@ -244,6 +263,7 @@ def train_run(method: str, seed: int, config: CharGPTConfig, corpus: CharCorpus,
         "params": model.num_params(),
         "prunable": sum(p.numel() for p in occam.masks.params.values()) if occam is not None else None,
         "schedule": repr(occam.schedule) if occam is not None else None,
+        "weight_decay": weight_decay,
         "signal": signal_source if occam is not None else None,
         "history": history,
     }
@@ -306,10 +326,12 @@ def run_chargpt(seeds: int = 3, quick: bool = False, gpu: bool = False, out: str
     """
     if not (isinstance(seeds, int) and seeds >= 1):
         raise ValueError(f"seeds must be an integer >= 1, got {seeds!r}")
-    order = list(methods or METHODS)
-    unknown = [m for m in order if m not in METHODS]
+    unknown = [m for m in methods or () if m not in METHODS]
     if unknown:
         raise ValueError(f"unknown char-gpt methods {unknown}; accepted: {', '.join(METHODS)}")
+    order: list[str] = []
+    for name in methods or METHODS:  # what a method needs runs before it
+        order += [m for m in (*METHODS[name].needs, name) if m not in order]
     if config is None:
         config = QUICK if quick else STANDARD
     if not isinstance(config, CharGPTConfig):
@@ -327,15 +349,26 @@ def run_chargpt(seeds: int = 3, quick: bool = False, gpu: bool = False, out: str
 
     bar = tqdm(total=seeds * len(order), desc=f"occamgd bench {TASK}", unit="run", disable=not progress)
     for seed in range(seeds):
+        previous: dict[str, dict] = {}
         for method in order:
             file = root / dataset / method / f"seed{seed}.json"
             bar.set_postfix(method=method, seed=seed)
-            if not file.exists():
-                result = train_run(method, seed, config, text, device, bf16=bf16, compile=compile,
-                                   sample=seed == 0, progress=progress)
+            if file.exists():
+                previous[method] = json.loads(file.read_text())
+            else:
+                run = functools.partial(train_run, method, seed, config, text, device, bf16=bf16, compile=compile,
+                                        sample=seed == 0, progress=progress, previous=previous)
+                grid = METHODS[method].weight_decays
+                if grid:
+                    runs = [run(weight_decay=wd) for wd in grid]
+                    result = min(runs, key=lambda r: r["best"]["val_loss"])
+                    result["grid"] = {str(wd): r["best"]["val_loss"] for wd, r in zip(grid, runs)}
+                else:
+                    result = run()
                 record = {"task": TASK, "dataset": dataset, "method": method, "seed": seed, **settings,
                           "torch": torch.__version__, "device_name": _device_name(device), **result}
                 atomic_write_text(json.dumps(record, indent=1), file)
+                previous[method] = record
             bar.update()
     bar.close()
     return report(root, order)
@@ -378,7 +411,8 @@ def report(root: Path, order: list[str]) -> Path:
         first = by_method[names[0]][0]
         png = root / f"{dataset}-curves.png"
         plot_curves({m: [r["history"] for r in by_method[m]] for m in names},
-                    [("val_loss", "validation loss", False), ("density", "density (kept fraction)", True)], png,
+                    [("val_loss", "validation loss", False), ("density", "density (kept fraction)", True),
+                     ("rate", "rate", False)], png,
                     title=f"{dataset}: x = evaluation (every {first['config']['interval']} steps)", colors=colors)
         samples = "\n".join(f"**{m}** (seed 0, best state):\n\n```text\n{r['sample']}\n```\n"
                             for m in names for r in by_method[m] if r["seed"] == 0 and "sample" in r)
