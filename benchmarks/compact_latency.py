@@ -1,0 +1,122 @@
+"""Inference speed of compacted vs masked-dense models after structured pruning.
+
+What is measured: the paper's MLP (784-1024-10) and CNN (N = 32, 3 x 32 x 32 images, 10 classes),
+structured-pruned with ``occamgd.compact.structured_pruning`` (whole neurons and channels of every
+layer but the output layer) to unit densities 0.5, 0.25 and 0.1 in one step
+(``ConstantRate(1 - density)``), then ``occamgd.compact.compact``-ed. For each, the masked dense
+model (zeros in place, the shape unchanged) and the compacted one run the same batch in eval
+mode without gradients, alternating which goes first; ``occamgd.compact.compaction_report``
+gives parameters, bytes, the median latency of one forward pass and the throughput (examples per
+second) of each, and the largest output difference (float rounding only). Weights are random
+from a fixed seed: the speed of dense kernels does not depend on the values.
+
+Run from the repository root::
+
+    .venv/bin/python benchmarks/compact_latency.py                  # CPU, 2 threads, batch 1 and 256
+    .venv/bin/python benchmarks/compact_latency.py --device cuda
+    .venv/bin/python benchmarks/compact_latency.py --smoke          # few repeats: checks it runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from pathlib import Path
+
+import torch
+
+import occamgd
+from _common import cpu_model
+from occamgd.compact import compact, compaction_report, structured_pruning
+from occamgd.io import atomic_write_text
+from occamgd.models import CNN, MLP
+
+SEED = 0
+DENSITIES = (0.5, 0.25, 0.1)
+MODELS = {
+    "mlp": (lambda: MLP(784, 10), (784,), "MLP 784-1024-10"),
+    "cnn": (lambda: CNN(3, 10, n=32, image_size=32), (3, 32, 32), "CNN N=32, 3x32x32, 10 classes"),
+}
+
+
+def pruned(name: str, density: float, device: torch.device) -> tuple[torch.nn.Module, occamgd.Occam]:
+    """The model from a fixed seed, its prunable layers cut to ``density`` of their units."""
+    torch.manual_seed(SEED)
+    model = MODELS[name][0]().to(device)
+    with torch.no_grad():  # nonzero biases, so compaction has constants to fold as after training
+        for n, p in model.named_parameters():
+            if n.endswith("bias"):
+                p.uniform_(-0.1, 0.1)
+    occam = occamgd.Occam(model, schedule=occamgd.ConstantRate(1 - density), **structured_pruning(model))
+    occam.step(0.0)
+    return model, occam
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda / cuda:N")
+    parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
+    parser.add_argument("--models", nargs="+", choices=sorted(MODELS), default=list(MODELS), help="default: both")
+    parser.add_argument("--densities", type=float, nargs="+", default=list(DENSITIES),
+                        help="kept fraction of units (default: 0.5 0.25 0.1)")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 256], help="default: 1 256")
+    parser.add_argument("--repeats", type=int, default=50, help="timed forward passes per model (default 50)")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed forward passes first (default 5)")
+    parser.add_argument("--smoke", action="store_true", help="--repeats 3 --warmup 1 --batch-sizes 8: checks it runs")
+    parser.add_argument("--json", type=Path, metavar="PATH", help="also write the figures as JSON here")
+    args = parser.parse_args()
+    if args.smoke:
+        args.repeats, args.warmup, args.batch_sizes = 3, 1, [8]
+    if args.repeats < 1 or args.warmup < 0 or min(args.batch_sizes) < 1 or args.threads < 1:
+        parser.error("--repeats, --threads and --batch-sizes must be at least 1, --warmup at least 0")
+    if not all(0 < d < 1 for d in args.densities):
+        parser.error(f"--densities must lie in (0, 1), got {args.densities}")
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error(f"--device {args.device}: CUDA is not available in this torch ({torch.__version__})")
+
+    torch.set_num_threads(args.threads)
+    command = shlex.join([sys.executable, *sys.argv])
+    hardware = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model()
+    print("occamgd benchmark: inference of compacted vs masked-dense models (structured pruning)")
+    print(f"command: {command}")
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, CPU: {cpu_model()}")
+    print(f"device: {device} ({hardware}); float32, eval mode, no gradients")
+    print(f"{args.warmup} untimed then {args.repeats} timed forward passes per model, alternating masked / compacted")
+
+    gen = torch.Generator().manual_seed(SEED + 1)
+    rows = []
+    for name in args.models:
+        shape = MODELS[name][1]
+        for density in args.densities:
+            model, occam = pruned(name, density, device)
+            small = compact(model, occam)
+            for batch in args.batch_sizes:
+                example = torch.randn(batch, *shape, generator=gen).to(device)
+                report = compaction_report(model, small, example, repeats=args.repeats, warmup=args.warmup)
+                rows.append({"model": name, "density": density, "weight_density": occam.density, **report})
+
+    print()
+    print(f"{'model':6}{'units':>7}{'batch':>7}{'params':>11}{'compact':>11}{'masked ms':>11}{'compact ms':>12}"
+          f"{'speed-up':>10}{'masked ex/s':>13}{'compact ex/s':>14}{'max |diff|':>12}")
+    for r in rows:
+        b, a = r["before"], r["after"]
+        print(f"{r['model']:6}{r['density']:7.2f}{r['batch']:7d}{b['parameters']:11,}{a['parameters']:11,}"
+              f"{b['latency_s'] * 1e3:11.3f}{a['latency_s'] * 1e3:12.3f}{r['ratio']['latency']:9.2f}x"
+              f"{b['throughput']:13,.0f}{a['throughput']:14,.0f}{r['max_abs_diff']:12.1e}")
+    print("units: kept fraction of the units of each pruned layer; params: all parameters, masked (dense shape) "
+          "and compacted; ms: median latency of one forward pass of the batch; speed-up: masked / compacted")
+
+    if args.json:
+        figures = {"benchmark": "compact_latency", "command": command, "torch": torch.__version__,
+                   "threads": torch.get_num_threads(), "cpu": cpu_model(), "device": str(device),
+                   "hardware": hardware, "repeats": args.repeats, "warmup": args.warmup, "results": rows}
+        atomic_write_text(json.dumps(figures, indent=2) + "\n", args.json)
+        print(f"figures written to {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
