@@ -73,7 +73,7 @@ def _assert_same_function_and_smaller(model, compacted, x):
         (lambda: TabularMLP(7, 3, hidden=(12, 10, 6), dropout=0.2), (5, 7)),
         (lambda: nn.Sequential(nn.Linear(6, 9), nn.Tanh(), nn.Sequential(nn.Linear(9, 8), nn.GELU()),
                                nn.Linear(8, 2)), (5, 6)),
-        (lambda: CNN(3, 4, n=4, image_size=20, dropout=0.1), (2, 3, 20, 20)),
+        (lambda: CNN(3, 4, n=4, image_size=24, dropout=0.1), (2, 3, 24, 24)),  # 2 x 2 per channel at Flatten
         (lambda: nn.Sequential(nn.Conv1d(2, 6, 3), nn.BatchNorm1d(6), nn.ReLU(), nn.AvgPool1d(2),
                                nn.Conv1d(6, 5, 3, padding=1, padding_mode="replicate"), nn.SiLU(),
                                nn.AdaptiveMaxPool1d(2), nn.Flatten(), nn.Linear(10, 3)), (4, 2, 12)),

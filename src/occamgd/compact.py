@@ -141,8 +141,6 @@ class _Link:
     consumer: tuple[str, nn.Module] | None = None
     #: Why its units cannot be removed (None when they can, or when it is the model's output).
     problem: str | None = None
-    #: Input columns of the consumer per unit (a Conv's spatial size after Flatten, else 1).
-    group: int = 1
 
 
 def _describe(name: str, module: nn.Module) -> str:
@@ -181,7 +179,7 @@ def _chain(model: nn.Sequential) -> list[_Link]:
 
 
 def _mismatch(link: _Link) -> str | None:
-    """Why the consumer cannot read the link's units as separate inputs; also sets ``group``."""
+    """Why the consumer cannot read the link's units as separate inputs (None when it can)."""
     units = link.layer.weight.shape[0]
     conv = isinstance(link.layer, _ConvNd)
     name, consumer = link.consumer
@@ -202,7 +200,6 @@ def _mismatch(link: _Link) -> str | None:
                 f"the next layer {_describe(name, consumer)} after Flatten does not read its {units} channels "
                 "as equal blocks of input features"
             )
-        link.group = consumer.in_features // units
     elif not isinstance(consumer, nn.Linear) or consumer.in_features != units:
         return f"the next layer {_describe(name, consumer)} does not read its {units} outputs as input features"
     return None
@@ -226,10 +223,9 @@ def _keeps_constants(pool: nn.Module) -> bool:
     return True  # max pooling pads with -inf; adaptive pools average or take the max of a window
 
 
-def _unit_view(weight: torch.Tensor, units: int, group: int, linear: bool) -> torch.Tensor:
-    """The consumer's weight as (out, units, entries per unit) without copying."""
-    if linear:
-        return weight.view(weight.shape[0], units, group)
+def _unit_view(weight: torch.Tensor, units: int) -> torch.Tensor:
+    """The consumer's weight as (out, units, entries read from each unit): a Linear's block of
+    input columns per unit, or a Conv's kernel per input channel."""
     return weight.reshape(weight.shape[0], units, -1)
 
 
@@ -243,26 +239,17 @@ def _compact_link(link: _Link, masks: Mapping[str, torch.Tensor]) -> None:
         row_pruned = ~mask.reshape(units, -1).any(1)
     else:
         row_pruned = torch.zeros(units, dtype=torch.bool, device=layer.weight.device)
-    if link.consumer is None:
-        if link.problem is not None and row_pruned.any():
-            raise ValueError(
-                f"cannot remove the {int(row_pruned.sum())} pruned units of {_describe(link.name, layer)}: "
-                f"{link.problem}"
-            )
-        return
+    if link.problem is not None and row_pruned.any():
+        raise ValueError(
+            f"cannot remove the {int(row_pruned.sum())} pruned units of {_describe(link.name, layer)}: {link.problem}"
+        )
+    if link.consumer is None or link.problem is not None:
+        return  # the model's outputs, or nothing pruned to carry past a module that would block it
     cname, consumer = link.consumer
-    if link.problem is not None:
-        if row_pruned.any():
-            raise ValueError(
-                f"cannot remove the {int(row_pruned.sum())} pruned units of {_describe(link.name, layer)}: "
-                f"{link.problem}"
-            )
-        return
-    linear = isinstance(consumer, nn.Linear)
     cmask = masks.get(f"{cname}.weight")
     col_pruned = torch.zeros_like(row_pruned)
     if cmask is not None:
-        col_pruned = ~_unit_view(cmask, units, link.group, linear).any(2).any(0)
+        col_pruned = ~_unit_view(cmask, units).any(2).any(0)
 
     # The constant each unit outputs where its row is pruned, carried through the modules between.
     const = layer.bias.detach().clone() if layer.bias is not None else layer.weight.new_zeros(units)
@@ -298,7 +285,7 @@ def _compact_link(link: _Link, masks: Mapping[str, torch.Tensor]) -> None:
     fold = removable & row_pruned & ~col_pruned & (const != 0)
     if fold.any():
         # Each removed unit adds weight * constant to every output of the consumer: into its bias.
-        added = _unit_view(cweight, units, link.group, linear)[:, fold].sum(2) @ const[fold].to(cweight.dtype)
+        added = _unit_view(cweight, units)[:, fold].sum(2) @ const[fold].to(cweight.dtype)
         bias = consumer.bias.detach() if consumer.bias is not None else None
         if bias is None:
             consumer.register_parameter("bias", nn.Parameter(added, requires_grad=consumer.weight.requires_grad))
@@ -321,10 +308,10 @@ def _compact_link(link: _Link, masks: Mapping[str, torch.Tensor]) -> None:
             between.running_mean = between.running_mean[keep].clone()
             between.running_var = between.running_var[keep].clone()
             between.num_features = kept
-    sliced = _unit_view(cweight, units, link.group, linear)[:, keep]
-    _set(consumer, "weight", sliced.reshape(cweight.shape[0], kept * link.group, *cweight.shape[2:]).clone())
-    if linear:
-        consumer.in_features = kept * link.group
+    sliced = _unit_view(cweight, units)[:, keep].reshape(cweight.shape[0], -1, *cweight.shape[2:])
+    _set(consumer, "weight", sliced.clone())
+    if isinstance(consumer, nn.Linear):
+        consumer.in_features = sliced.shape[1]
     else:
         consumer.in_channels = kept
 
@@ -377,9 +364,9 @@ def _head_dim(attn: CausalSelfAttention) -> int:
 def _compact_heads(attn: CausalSelfAttention, prefix: str, masks: Mapping[str, torch.Tensor]) -> None:
     """Remove the heads whose value rows, or whose columns of ``c_proj``, are all pruned."""
     heads, d = attn.n_head, _head_dim(attn)
-    inner = heads * d
     if heads == 0:
         return
+    inner = heads * d
     weight = attn.c_attn.weight.detach()
     amask = masks.get(f"{prefix}.c_attn.weight")
     v_pruned = torch.zeros(heads, dtype=torch.bool, device=weight.device)
@@ -398,8 +385,8 @@ def _compact_heads(attn: CausalSelfAttention, prefix: str, masks: Mapping[str, t
     if attn.c_attn.bias is not None and fold.any():
         # A head whose value rows are pruned averages its value bias over the positions it sees
         # (attention weights sum to 1): a constant, folded into c_proj's bias.
-        v_bias = attn.c_attn.bias.detach()[2 * inner:].view(heads, d)
-        added = torch.einsum("ohd,hd->o", proj.view(proj.shape[0], heads, d)[:, fold], v_bias[fold])
+        v_bias = attn.c_attn.bias.detach()[2 * inner:].reshape(heads, d)
+        added = torch.einsum("ohd,hd->o", proj.reshape(proj.shape[0], heads, d)[:, fold], v_bias[fold])
         if attn.c_proj.bias is None:
             attn.c_proj.register_parameter("bias", nn.Parameter(added, requires_grad=proj.requires_grad))
         else:
@@ -410,7 +397,7 @@ def _compact_heads(attn: CausalSelfAttention, prefix: str, masks: Mapping[str, t
         _set(attn.c_attn, "bias", attn.c_attn.bias.detach()[rows].clone())
     kept = int(keep.sum())
     attn.c_attn.out_features = 3 * kept * d
-    _set(attn.c_proj, "weight", proj.view(proj.shape[0], heads, d)[:, keep].reshape(proj.shape[0], -1).clone())
+    _set(attn.c_proj, "weight", proj.reshape(proj.shape[0], heads, d)[:, keep].reshape(proj.shape[0], -1).clone())
     attn.c_proj.in_features = kept * d
     attn.__class__ = CompactCausalSelfAttention
     attn.head_dim, attn.n_head = d, kept
