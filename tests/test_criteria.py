@@ -288,7 +288,7 @@ def test_rate_zero_leaves_masks_unchanged(criterion):
 def test_get_criterion_by_name_and_callable():
     assert get_criterion("layerwise") is layerwise_magnitude
     assert get_criterion("global") is global_magnitude
-    assert set(CRITERIA) == {"layerwise", "global"}
+    assert set(CRITERIA) == {"layerwise", "global", "structured", "nm"}
 
     def mine(weights, masks, rate):
         return dict(masks)

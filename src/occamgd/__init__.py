@@ -4,7 +4,7 @@ Gradient descent on the weights interleaved with adaptive magnitude pruning, so 
 finds its own size while it trains.
 """
 
-from .criteria import CRITERIA, global_magnitude, layerwise_magnitude
+from .criteria import CRITERIA, global_magnitude, layerwise_magnitude, nm_magnitude, structured_magnitude
 from .fit import FitResult, History, NonFiniteLossError, fit
 from .masks import DEFAULT_PRUNABLE_TYPES, Masks, select_prunable
 from .occam import Occam
@@ -17,6 +17,9 @@ _LAZY = {
     "OccamMLPClassifier": "occamgd.integrations.sklearn",
     "OccamMLPRegressor": "occamgd.integrations.sklearn",
     "compact": "occamgd.compact",
+    "DistributedOccam": "occamgd.integrations.distributed",
+    "OccamCallback": "occamgd.integrations.lightning",
+    "OccamTrainerCallback": "occamgd.integrations.huggingface",
 }
 
 
@@ -30,6 +33,7 @@ def __getattr__(name: str):
 __all__ = [
     "CRITERIA",
     "DEFAULT_PRUNABLE_TYPES",
+    "DistributedOccam",
     "GMP",
     "ConstantRate",
     "FitResult",
@@ -39,14 +43,18 @@ __all__ = [
     "Never",
     "NonFiniteLossError",
     "Occam",
+    "OccamCallback",
     "OccamMLPClassifier",
     "OccamMLPRegressor",
     "OccamRate",
+    "OccamTrainerCallback",
     "PRESETS",
     "Schedule",
     "compact",
     "fit",
     "global_magnitude",
     "layerwise_magnitude",
+    "nm_magnitude",
     "select_prunable",
+    "structured_magnitude",
 ]
