@@ -392,6 +392,16 @@ def test_guarded_stops_for_good_after_max_rollbacks():
     assert decide_all(g, [0.5, 0.1, 3.0]) == [("stopped", 0.0)] * 3
 
 
+def test_guarded_stops_after_patience_prunes_without_a_new_best_signal():
+    g = Guarded(warmup=0, patience=3, tol=0.5)
+    decide_all(g, [1.0, 1.0])  # the first prune; best 1.0
+    assert [a for a, _ in decide_all(g, [0.9, 1.0, 1.0, 1.0])] == ["pruned", "pruned", "pruned", "stopped"]
+    g = Guarded(warmup=0, patience=3, tol=0.5)
+    decide_all(g, [1.0, 1.0])
+    # A new best resets the count.
+    assert [a for a, _ in decide_all(g, [1.0, 1.0, 0.8, 1.0, 1.0])] == ["pruned"] * 5
+
+
 def test_guarded_stops_once_the_rate_falls_below_min_rate():
     g = Guarded(r_start=0.1, shrink=0.5, min_rate=0.06, warmup=0, max_rollbacks=10)
     decide_all(g, [1.0, 1.0])
@@ -413,6 +423,7 @@ def test_guarded_rejects_missing_or_non_finite_signals_without_changing_state(ba
     ({"r0": 1.0}, "r0"), ({"r0": 0.0}, "r0"), ({"r_start": 0.5}, "r_start"), ({"grow": 0.9}, "grow"),
     ({"shrink": 0.0}, "shrink"), ({"tol": -0.1}, "tol"), ({"start_tol": 1.0}, "start_tol"),
     ({"warmup": -1}, "warmup"), ({"max_rollbacks": 1.5}, "max_rollbacks"), ({"min_rate": 0.5}, "min_rate"),
+    ({"patience": -2}, "patience"),
 ])
 def test_guarded_rejects_bad_configuration_naming_the_parameter(kwargs, name):
     with pytest.raises(ValueError, match=f"^{name} must be"):

@@ -194,8 +194,9 @@ class Guarded(Schedule):
       comparison is with the signal just before the prune, not with the best: a dense network
       that overfits sees its signal rise whether or not it is pruned, and pruning is what
       counters that.
-    - **Stop**: after ``max_rollbacks`` rollbacks, or once the rate falls below ``min_rate``,
-      pruning stops for good: the density is where the data put it.
+    - **Stop**: after ``max_rollbacks`` rollbacks, once the rate falls below ``min_rate``, or
+      after ``patience`` prunes in a row that brought no new best signal, pruning stops for good:
+      the density is where the data put it.
 
     ``decide`` returns one of ``ACTIONS`` with the rate; ``step`` returns the rate alone.
     """
@@ -205,7 +206,7 @@ class Guarded(Schedule):
 
     def __init__(self, r0: float = 0.4, r_start: float = 0.2, grow: float = 1.5, shrink: float = 0.5,
                  tol: float = 0.02, start_tol: float = 0.02, warmup: int = 1, max_rollbacks: int = 3,
-                 min_rate: float = 0.02):
+                 min_rate: float = 0.02, patience: int = 5):
         for name, value, low, high in (("r0", r0, 0.0, 1.0), ("r_start", r_start, 0.0, r0),
                                        ("shrink", shrink, 0.0, 1.0), ("min_rate", min_rate, 0.0, r0)):
             if not (isinstance(value, (int, float)) and low < value <= high) or value == 1.0:
@@ -216,14 +217,14 @@ class Guarded(Schedule):
         for name, value in (("tol", tol), ("start_tol", start_tol)):
             if not (isinstance(value, (int, float)) and 0.0 <= value < 1.0):
                 raise ValueError(f"{name} must be a fraction in [0, 1), got {value!r}")
-        for name, value in (("warmup", warmup), ("max_rollbacks", max_rollbacks)):
+        for name, value in (("warmup", warmup), ("max_rollbacks", max_rollbacks), ("patience", patience)):
             if not (isinstance(value, int) and value >= 0):
                 raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
         self.r0, self.r_start, self.grow, self.shrink = float(r0), float(r_start), float(grow), float(shrink)
         self.tol, self.start_tol, self.min_rate = float(tol), float(start_tol), float(min_rate)
-        self.warmup, self.max_rollbacks = warmup, max_rollbacks
+        self.warmup, self.max_rollbacks, self.patience = warmup, max_rollbacks, patience
         self._state = {"epoch": 0, "phase": "warmup", "rate": self.r_start, "previous": None, "drift": 0.0,
-                       "pruned_last": False, "rollbacks": 0, "action": None}
+                       "best": None, "since_best": 0, "pruned_last": False, "rollbacks": 0, "action": None}
 
     def decide(self, signal: float | None, density: float) -> tuple[str, float]:
         if signal is None:
@@ -250,12 +251,17 @@ class Guarded(Schedule):
                 if s["rollbacks"] >= self.max_rollbacks or s["rate"] < self.min_rate:
                     s["phase"] = "stopped"
             else:
-                if s["pruned_last"] and signal < previous:
-                    s["rate"] = min(self.r0, s["rate"] * self.grow)
-                action, rate = "pruned", s["rate"]
+                s["since_best"] = 0 if signal < s["best"] else s["since_best"] + 1
+                if s["since_best"] >= self.patience:
+                    s["phase"] = "stopped"
+                else:
+                    if s["pruned_last"] and signal < previous:
+                        s["rate"] = min(self.r0, s["rate"] * self.grow)
+                    action, rate = "pruned", s["rate"]
         if action != "rolled back":
             # After a rollback the model is back at the state whose signal ``previous`` is.
             s["previous"] = signal
+            s["best"] = signal if s["best"] is None else min(s["best"], signal)
         s["pruned_last"] = rate > 0.0
         s["action"] = action
         s["epoch"] += 1
