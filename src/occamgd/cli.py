@@ -84,6 +84,8 @@ def _add_model_commands(sub) -> None:
     fit.add_argument("--holdback", type=float, default=0.15,
                      help="fraction of rows held back to drive pruning and pick the epoch (default: 0.15)")
     fit.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    fit.add_argument("--schedule", choices=("paper", "guarded"),
+                     help="rate controller: the paper's rule or the guarded one (default: the library's default)")
     fit.add_argument("--hidden", type=_widths, default=[256, 256], help="hidden layer widths (default: 256,256)")
     fit.add_argument("--categorical", type=_names, default=[],
                      help="comma-separated columns to one-hot encode even though they look numeric")
@@ -124,7 +126,7 @@ def _run_fit(args) -> None:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", UserWarning)
             report = fit_csv(args.csv, args.target, out, task=args.task, epochs=args.epochs,
-                             holdback=args.holdback, seed=args.seed, hidden=args.hidden,
+                             holdback=args.holdback, seed=args.seed, hidden=args.hidden, schedule=args.schedule,
                              categorical=args.categorical, drop=args.drop, force=args.force,
                              progress=not args.quiet)
     finally:

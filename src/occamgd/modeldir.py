@@ -42,6 +42,7 @@ import numpy as np
 from . import __version__
 from .export import FILE_NAMES, load_into, save
 from .io import atomic_write_text
+from .schedules import DEFAULT_PRESET
 
 FORMAT_NAME = "occamgd.modeldir"
 #: Version of the model directory written here; a larger version is refused on load.
@@ -222,7 +223,8 @@ def _estimator(task: str, config: dict[str, Any], progress: bool):
     cls = OccamMLPClassifier if task == "classification" else OccamMLPRegressor
     return cls(hidden_layer_sizes=tuple(config["hidden"]), epochs=config["epochs"],
                batch_size=config["batch_size"], learning_rate=config["learning_rate"],
-               holdback=config["holdback"], r0=config["r0"], random_state=config["seed"], verbose=progress)
+               holdback=config["holdback"], schedule=config.get("schedule"), r0=config["r0"],
+               random_state=config["seed"], verbose=progress)
 
 
 def _check_settings(task: str | None, epochs: int, holdback: float, seed: int,
@@ -252,6 +254,7 @@ def fit_csv(
     batch_size: int = 32,
     learning_rate: float = 1e-3,
     r0: float = 0.4,
+    schedule: str | None = None,
     categorical: Sequence[str] = (),
     drop: Sequence[str] = (),
     force: bool = False,
@@ -288,7 +291,8 @@ def fit_csv(
     pre = Preprocessing.learn(frame, target, task, categorical, source)
     X = pre.encode(frame, source)
     config = {"hidden": list(hidden), "epochs": epochs, "batch_size": batch_size, "learning_rate": learning_rate,
-              "holdback": holdback, "r0": r0, "seed": seed}
+              # The preset actually used, so the report says it even when the default changes.
+              "holdback": holdback, "schedule": schedule or DEFAULT_PRESET, "r0": r0, "seed": seed}
     estimator = _estimator(task, config, progress)
     t0 = time.perf_counter()
     estimator.fit(X, y)

@@ -4,8 +4,8 @@
 only stores parameters, ``fit`` returns ``self``, learned attributes end in ``_``) and pass
 ``sklearn.utils.estimator_checks.check_estimator``, so they work inside ``Pipeline``,
 ``GridSearchCV``, ``cross_val_score`` and friends. Training goes through :func:`occamgd.fit`:
-a hold-back split (stratified for classification) gives the signal for the paper's rate rule
-(:class:`occamgd.OccamRate`) and chooses the epoch whose weights are kept.
+a hold-back split (stratified for classification) gives the signal for the rate controller
+(``schedule``: the paper's or the guarded one) and chooses the epoch whose weights are kept.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ..fit import fit
 from ..models import TabularMLP
-from ..schedules import OccamRate
+from ..schedules import DEFAULT_PRESET, PRESETS
 
 __all__ = ["OccamMLPClassifier", "OccamMLPRegressor"]
 
@@ -41,8 +41,12 @@ _PARAMETERS_DOC = """
         Fraction of the training rows held back (at least one row): their loss drives the
         pruning rate and selects the epoch whose weights are kept. ``0`` reads the training
         loss instead (the paper's reference) and keeps the last epoch.
+    schedule : {"paper", "guarded"} or None, default=None
+        The rate controller: ``"paper"`` is the paper's rule (:class:`occamgd.OccamRate`),
+        ``"guarded"`` the guarded controller (:class:`occamgd.Guarded`); ``None`` is the library's
+        default preset.
     r0 : float in (0, 1), default=0.4
-        The paper's initial (and largest) pruning rate, see :class:`occamgd.OccamRate`.
+        The largest pruning rate (the paper's initial rate), passed to the controller.
     random_state : int, RandomState instance or None, default=None
         Seeds the weight initialisation, the hold-back split and the batch order. The global
         torch random state is left as it was.
@@ -99,6 +103,7 @@ class _OccamMLP(BaseEstimator):
         batch_size=32,
         learning_rate=1e-3,
         holdback=0.15,
+        schedule=None,
         r0=0.4,
         random_state=None,
         device="cpu",
@@ -109,6 +114,7 @@ class _OccamMLP(BaseEstimator):
         self.batch_size = batch_size
         self.learning_rate = learning_rate
         self.holdback = holdback
+        self.schedule = schedule
         self.r0 = r0
         self.random_state = random_state
         self.device = device
@@ -127,6 +133,8 @@ class _OccamMLP(BaseEstimator):
             raise ValueError(f"holdback must be a fraction in [0, 1), got {self.holdback!r}")
         if not (isinstance(self.r0, numbers.Real) and 0.0 < self.r0 < 1.0):
             raise ValueError(f"r0 must be a number in (0, 1), got {self.r0!r}")
+        if self.schedule is not None and self.schedule not in PRESETS:
+            raise ValueError(f"schedule must be one of {sorted(PRESETS)} or None, got {self.schedule!r}")
         try:
             device = torch.device(self.device)
         except (RuntimeError, TypeError) as e:
@@ -153,7 +161,7 @@ class _OccamMLP(BaseEstimator):
             model = TabularMLP(X.shape[1], outputs, hidden=hidden).to(device)
             result = fit(
                 model, (x, y), epochs=int(self.epochs), batch_size=int(self.batch_size),
-                lr=float(self.learning_rate), schedule=OccamRate(float(self.r0)), holdback=holdback,
+                lr=float(self.learning_rate), schedule=PRESETS[self.schedule or DEFAULT_PRESET](r0=float(self.r0)), holdback=holdback,
                 signal="holdback" if holdback > 0 else "train", task=self._task, seed=seed,
                 progress=bool(self.verbose),
             )
