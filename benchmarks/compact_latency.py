@@ -20,17 +20,14 @@ Run from the repository root::
 from __future__ import annotations
 
 import argparse
-import json
-import shlex
 import sys
 from pathlib import Path
 
 import torch
 
 import occamgd
-from _common import cpu_model
+from _common import setup, write_figures
 from occamgd.compact import compact, compaction_report, structured_pruning
-from occamgd.io import atomic_write_text
 from occamgd.models import CNN, MLP
 
 SEED = 0
@@ -73,17 +70,9 @@ def main() -> int:
         parser.error("--repeats, --threads and --batch-sizes must be at least 1, --warmup at least 0")
     if not all(0 < d < 1 for d in args.densities):
         parser.error(f"--densities must lie in (0, 1), got {args.densities}")
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        parser.error(f"--device {args.device}: CUDA is not available in this torch ({torch.__version__})")
-
-    torch.set_num_threads(args.threads)
-    command = shlex.join([sys.executable, *sys.argv])
-    hardware = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model()
-    print("occamgd benchmark: inference of compacted vs masked-dense models (structured pruning)")
-    print(f"command: {command}")
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, CPU: {cpu_model()}")
-    print(f"device: {device} ({hardware}); float32, eval mode, no gradients")
+    device, command, hardware = setup(parser, args,
+                                      "inference of compacted vs masked-dense models (structured pruning)",
+                                      device_note="; float32, eval mode, no gradients")
     print(f"{args.warmup} untimed then {args.repeats} timed forward passes per model, alternating masked / compacted")
 
     gen = torch.Generator().manual_seed(SEED + 1)
@@ -110,11 +99,9 @@ def main() -> int:
           "and compacted; ms: median latency of one forward pass of the batch; speed-up: masked / compacted")
 
     if args.json:
-        figures = {"benchmark": "compact_latency", "command": command, "torch": torch.__version__,
-                   "threads": torch.get_num_threads(), "cpu": cpu_model(), "device": str(device),
-                   "hardware": hardware, "repeats": args.repeats, "warmup": args.warmup, "results": rows}
-        atomic_write_text(json.dumps(figures, indent=2) + "\n", args.json)
-        print(f"figures written to {args.json}")
+        write_figures(args.json, "compact_latency", command, {
+            "device": str(device), "hardware": hardware, "repeats": args.repeats, "warmup": args.warmup,
+            "results": rows})
     return 0
 
 

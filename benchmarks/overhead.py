@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import statistics
 import subprocess
 import sys
@@ -41,7 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import occamgd
-from _common import cpu_model
+from _common import setup, write_figures
 
 TARGET_OVERHEAD = 0.03
 FEATURES, HIDDEN, CLASSES = 784, 1024, 10
@@ -165,11 +164,12 @@ def main() -> int:
         return 0
     if args.quick:
         args.rows, args.repeats, args.epochs = 6_000, 2, 2
+    if min(args.threads, args.repeats, args.epochs, args.rows, args.batch_size) < 1:
+        parser.error("--threads, --repeats, --epochs, --rows and --batch-size must be at least 1")
 
+    # The runs happen in worker processes, which set their own threads; this sets the header's.
+    _, command, _ = setup(parser, args, "mask-enforcement overhead per training epoch")
     steps = -(-args.rows // args.batch_size)
-    print("occamgd benchmark: mask-enforcement overhead per training epoch")
-    print(f"command: {shlex.join([sys.executable, *sys.argv])}")
-    print(f"torch {torch.__version__}, threads {args.threads}, CPU: {cpu_model()}")
     print(f"data: {args.rows:,} x {FEATURES} float32, {CLASSES} classes, random values from seed {SEED} "
           "(the speed of dense matmuls does not depend on the values)")
     print(f"model: MLP {FEATURES}-{HIDDEN}-{CLASSES} with Dropout(0.2), Adam(lr=1e-3, {args.adam}), "
@@ -213,16 +213,13 @@ def main() -> int:
     print(f"{verdict}: overhead {overhead:+.2%} against a target of <= {TARGET_OVERHEAD:.0%}")
 
     if args.json:
-        figures = {"benchmark": "overhead", "command": shlex.join([sys.executable, *sys.argv]),
-                   "torch": torch.__version__, "threads": args.threads, "cpu": cpu_model(), "loop": args.loop,
-                   "rows": args.rows, "batch_size": args.batch_size, "adam": args.adam,
-                   "zero_state": args.zero_state, "repeats": args.repeats, "epochs": args.epochs,
-                   "density": density, "seconds_per_epoch": {m: [r["times"] for r in rs] for m, rs in runs.items()},
-                   "median": median, "min": best, "hook_share": hook_share, "ratio_of_medians": ratio, "overhead": overhead,
-                   "target_overhead": TARGET_OVERHEAD, "spread": spread, "conclusive": conclusive,
-                   "pass": passed if conclusive else None}
-        args.json.write_text(json.dumps(figures, indent=2) + "\n")
-        print(f"figures written to {args.json}")
+        write_figures(args.json, "overhead", command, {
+            "loop": args.loop, "rows": args.rows, "batch_size": args.batch_size, "adam": args.adam,
+            "zero_state": args.zero_state, "repeats": args.repeats, "epochs": args.epochs, "density": density,
+            "seconds_per_epoch": {m: [r["times"] for r in rs] for m, rs in runs.items()}, "median": median,
+            "min": best, "hook_share": hook_share, "ratio_of_medians": ratio, "overhead": overhead,
+            "target_overhead": TARGET_OVERHEAD, "spread": spread, "conclusive": conclusive,
+            "pass": passed if conclusive else None})
     return 0
 
 

@@ -21,9 +21,7 @@ Run from the repository root::
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import shlex
 import statistics
 import sys
 import time
@@ -33,8 +31,7 @@ import torch
 from torch import nn
 
 import occamgd
-from _common import cpu_model
-from occamgd.io import atomic_write_text
+from _common import setup, write_figures
 
 TARGET_SECONDS = 0.5
 TARGET_WEIGHTS = 10  # millions: the size the target is set for
@@ -107,18 +104,7 @@ def main() -> int:
         args.weights, args.repeats = [1], 2
     if min(args.weights) <= 0 or args.repeats < 1 or args.steps < 1:
         parser.error("--weights must be > 0, --repeats and --steps at least 1")
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        # Refuse rather than quietly timing the CPU under a GPU label.
-        parser.error(f"--device {args.device}: CUDA is not available in this torch ({torch.__version__})")
-
-    torch.set_num_threads(args.threads)
-    command = shlex.join([sys.executable, *sys.argv])
-    hardware = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model()
-    print("occamgd benchmark: one pruning step (occam.step)")
-    print(f"command: {command}")
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, CPU: {cpu_model()}")
-    print(f"device: {device} ({hardware})")
+    device, command, hardware = setup(parser, args, "one pruning step (occam.step)")
     print(f"models: n x Linear({WIDTH}, {WIDTH}) (biases not prunable), ConstantRate({RATE}), "
           f"optimizer: {args.optimizer}")
     print(f"per size and criterion: 1 untimed warm-up model, then {args.repeats} fresh models x {args.steps} steps")
@@ -163,23 +149,9 @@ def main() -> int:
         print(f"no target check: it applies to the layerwise criterion on {TARGET_WEIGHTS} M weights")
 
     if args.json:
-        figures = {
-            "benchmark": "prune_step",
-            "command": command,
-            "torch": torch.__version__,
-            "threads": torch.get_num_threads(),
-            "cpu": cpu_model(),
-            "device": str(device),
-            "hardware": hardware,
-            "rate": RATE,
-            "optimizer": args.optimizer,
-            "repeats": args.repeats,
-            "results": results,
-            "target_seconds": TARGET_SECONDS,
-            "pass": passed,
-        }
-        atomic_write_text(json.dumps(figures, indent=2) + "\n", args.json)
-        print(f"figures written to {args.json}")
+        write_figures(args.json, "prune_step", command, {
+            "device": str(device), "hardware": hardware, "rate": RATE, "optimizer": args.optimizer,
+            "repeats": args.repeats, "results": results, "target_seconds": TARGET_SECONDS, "pass": passed})
     return 0
 
 

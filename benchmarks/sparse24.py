@@ -25,8 +25,6 @@ Run from the repository root::
 from __future__ import annotations
 
 import argparse
-import json
-import shlex
 import statistics
 import sys
 from pathlib import Path
@@ -35,10 +33,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from _common import cpu_model
+from _common import setup, write_figures
 from occamgd.compact import SEMI_STRUCTURED_MIN_FEATURES, to_semi_structured
 from occamgd.criteria import nm_magnitude
-from occamgd.io import atomic_write_text
 
 SEED = 0
 SHAPES = ("4096x4096x4096", "16384x4096x4096", "4096x8192x8192", "8192x8192x8192", "16384x8192x8192")
@@ -135,11 +132,7 @@ def main() -> int:
     if min(args.repeats, args.iters, args.min_features, args.threads) < 1 or args.warmup < 0:
         parser.error("--repeats, --iters, --min-features and --threads must be at least 1, --warmup at least 0")
 
-    torch.set_num_threads(args.threads)
-    command = shlex.join([sys.executable, *sys.argv])
-    print("occamgd benchmark: 2:4 semi-structured sparse vs dense F.linear")
-    print(f"command: {command}")
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, CPU: {cpu_model()}")
+    _, command, _ = setup(parser, args, "2:4 semi-structured sparse vs dense F.linear")
     if not torch.cuda.is_available():
         print("needs CUDA: 2:4 sparse kernels run only on NVIDIA GPUs (compute capability >= 8.0); "
               "this torch has no CUDA device. Nothing measured.")
@@ -171,12 +164,10 @@ def main() -> int:
           f"converted: to_semi_structured(min_features={args.min_features}) on a Linear(K, N) of that shape")
 
     if args.json:
-        figures = {"benchmark": "sparse24", "command": command, "torch": torch.__version__,
-                   "device": torch.cuda.get_device_name(), "capability": list(capability), "dtype": args.dtype,
-                   "backend": backend, "repeats": args.repeats, "iters": args.iters,
-                   "min_features": args.min_features, "results": rows}
-        atomic_write_text(json.dumps(figures, indent=2) + "\n", args.json)
-        print(f"figures written to {args.json}")
+        write_figures(args.json, "sparse24", command, {
+            "device": torch.cuda.get_device_name(), "capability": list(capability), "dtype": args.dtype,
+            "backend": backend, "repeats": args.repeats, "iters": args.iters, "min_features": args.min_features,
+            "results": rows})
     return 0
 
 

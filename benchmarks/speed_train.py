@@ -28,8 +28,6 @@ Run from the repository root::
 from __future__ import annotations
 
 import argparse
-import json
-import shlex
 import statistics
 import sys
 import time
@@ -39,8 +37,7 @@ import torch
 import torch.nn.functional as F
 
 import occamgd
-from _common import cpu_model
-from occamgd.io import atomic_write_text
+from _common import setup, write_figures
 from occamgd.models import CNN, MLP, GPT, GPTConfig
 from occamgd.models.gpt import prunable
 
@@ -139,17 +136,7 @@ def main() -> int:
         args.mlp_rows, args.cnn_rows, args.gpt_steps, args.repeats, args.epochs = 256, 128, 4, 2, 1
     if min(args.repeats, args.epochs, args.mlp_rows, args.cnn_rows, args.gpt_steps, args.threads) < 1:
         parser.error("--repeats, --epochs, --threads, --mlp-rows, --cnn-rows and --gpt-steps must be at least 1")
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        parser.error(f"--device {args.device}: CUDA is not available in this torch ({torch.__version__})")
-
-    torch.set_num_threads(args.threads)
-    command = shlex.join([sys.executable, *sys.argv])
-    hardware = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model()
-    print("occamgd benchmark: training seconds per epoch, Occam (paper preset) vs plain")
-    print(f"command: {command}")
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, CPU: {cpu_model()}")
-    print(f"device: {device} ({hardware})")
+    device, command, hardware = setup(parser, args, "training seconds per epoch, Occam (paper preset) vs plain")
     print(f"{args.repeats} runs per method, alternating plain / occam; each: 1 warm-up + {args.epochs} timed epochs")
 
     results = {}
@@ -181,11 +168,9 @@ def main() -> int:
           "closer to 1 than the spread is within noise")
 
     if args.json:
-        figures = {"benchmark": "speed_train", "command": command, "torch": torch.__version__,
-                   "threads": torch.get_num_threads(), "cpu": cpu_model(), "device": str(device),
-                   "hardware": hardware, "repeats": args.repeats, "epochs": args.epochs, "results": results}
-        atomic_write_text(json.dumps(figures, indent=2) + "\n", args.json)
-        print(f"figures written to {args.json}")
+        write_figures(args.json, "speed_train", command, {
+            "device": str(device), "hardware": hardware, "repeats": args.repeats, "epochs": args.epochs,
+            "results": results})
     return 0
 
 
