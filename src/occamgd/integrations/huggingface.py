@@ -20,7 +20,6 @@ before the next training step, so the checkpoint saved after that evaluation, an
 
 from __future__ import annotations
 
-import copy
 import os
 import warnings
 from pathlib import Path
@@ -30,11 +29,12 @@ import torch
 from torch import nn
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
-from ..criteria import Criterion, get_criterion
+from ..criteria import Criterion
 from ..io import atomic_save
 from ..masks import Selection
-from ..occam import ZERO_STATE, Occam
-from ..schedules import Schedule, get_schedule
+from ..occam import Occam
+from ..schedules import Schedule
+from ._common import build_occam, check_arguments
 
 #: File the callback writes into each ``checkpoint-N`` directory of the Trainer.
 STATE_NAME = "occam_state.pt"
@@ -111,16 +111,11 @@ class OccamTrainerCallback(TrainerCallback):
         snapshot_device: str | torch.device | None = "cpu",
         resume_from: str | os.PathLike | bool | None = None,
     ):
-        if not (isinstance(metric, str) and metric):
-            raise ValueError(f"metric must be the name of an evaluation loss such as 'eval_loss', got {metric!r}")
-        if zero_state not in ZERO_STATE:
-            raise ValueError(f"zero_state must be one of {ZERO_STATE}, got {zero_state!r}")
+        check_arguments("metric", metric, "the name of an evaluation loss such as 'eval_loss'",
+                        criterion, schedule, zero_state)
         if resume_from is True or not (resume_from is None or resume_from is False
                                        or isinstance(resume_from, (str, os.PathLike))):
             raise ValueError(f"resume_from must be None, False or a path, got {resume_from!r}")
-        # Fail now, not when training begins, on a criterion or schedule name that does not exist.
-        get_criterion(criterion)
-        get_schedule(schedule)
         self.metric = metric
         self.criterion = criterion
         self.schedule = schedule
@@ -161,14 +156,9 @@ class OccamTrainerCallback(TrainerCallback):
         include, exclude = self.include, self.exclude
         if include is None and exclude is None:
             include, exclude = transformer_weights(model)
-        schedule = copy.deepcopy(self.schedule) if isinstance(self.schedule, Schedule) else self.schedule
-        kwargs = dict(criterion=self.criterion, schedule=schedule, include=include, exclude=exclude,
-                      zero_state=self.zero_state, snapshot_device=self.snapshot_device)
-        if args.world_size > 1:
-            from .distributed import DistributedOccam
-
-            return DistributedOccam(model, optimizer, **kwargs)
-        return Occam(model, optimizer, **kwargs)
+        return build_occam(model, optimizer, args.world_size, criterion=self.criterion, schedule=self.schedule,
+                           include=include, exclude=exclude, zero_state=self.zero_state,
+                           snapshot_device=self.snapshot_device)
 
     # Pruning ----------------------------------------------------------------------------
     def on_evaluate(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,

@@ -17,7 +17,6 @@ the model ``fit`` ends with is the last one validated, never a prune nothing has
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping
 from typing import Any
 
@@ -27,10 +26,11 @@ from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelP
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_warn
 
-from ..criteria import Criterion, get_criterion
+from ..criteria import Criterion
 from ..masks import Selection, select_prunable
-from ..occam import ZERO_STATE, Occam
-from ..schedules import Schedule, get_schedule
+from ..occam import Occam
+from ..schedules import Schedule
+from ._common import build_occam, check_arguments
 
 _STATE_KEYS = {"occam", "pending_signal"}
 #: Strategies that give each rank only a shard of a parameter (see docs/distributed.md).
@@ -73,13 +73,7 @@ class OccamCallback(pl.Callback):
         zero_state: str = "prune",
         snapshot_device: str | torch.device | None = "cpu",
     ):
-        if not (isinstance(monitor, str) and monitor):
-            raise ValueError(f"monitor must be the name of a logged validation loss, got {monitor!r}")
-        if zero_state not in ZERO_STATE:
-            raise ValueError(f"zero_state must be one of {ZERO_STATE}, got {zero_state!r}")
-        # Fail now, not when fitting starts, on a criterion or schedule name that does not exist.
-        get_criterion(criterion)
-        get_schedule(schedule)
+        check_arguments("monitor", monitor, "the name of a logged validation loss", criterion, schedule, zero_state)
         self.monitor = monitor
         self.criterion = criterion
         self.schedule = schedule
@@ -123,16 +117,9 @@ class OccamCallback(pl.Callback):
             self._restore(state)
 
     def _build(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer) -> Occam:
-        schedule = copy.deepcopy(self.schedule) if isinstance(self.schedule, Schedule) else self.schedule
-        kwargs = dict(
-            criterion=self.criterion, schedule=schedule, include=self.include, exclude=self.exclude,
-            zero_state=self.zero_state, snapshot_device=self.snapshot_device,
-        )
-        if trainer.world_size > 1:
-            from .distributed import DistributedOccam
-
-            return DistributedOccam(pl_module, optimizer, **kwargs)
-        return Occam(pl_module, optimizer, **kwargs)
+        return build_occam(pl_module, optimizer, trainer.world_size, criterion=self.criterion, schedule=self.schedule,
+                           include=self.include, exclude=self.exclude, zero_state=self.zero_state,
+                           snapshot_device=self.snapshot_device)
 
     @staticmethod
     def _check_other_optimizers(prunable: Mapping[str, torch.nn.Parameter], optimizers) -> None:
