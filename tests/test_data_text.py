@@ -145,8 +145,11 @@ def test_download_writes_verified_file_and_does_not_fetch_twice(tmp_path, tiny_s
 
 def test_download_with_wrong_checksum_leaves_nothing(tmp_path, tiny_source, monkeypatch):
     monkeypatch.setattr(text_module, "TINYSHAKESPEARE_SHA256", "0" * 64)
-    with pytest.raises(ChecksumError, match="discarded"):
+    with pytest.raises(ChecksumError, match="discarded") as info:
         download_tinyshakespeare(tmp_path / "data", url=tiny_source)
+    # The message names the source and both digests: the SHA-256 of what arrived, and the one expected.
+    message = str(info.value)
+    assert tiny_source in message and hashlib.sha256(TEXT.encode()).hexdigest() in message and "0" * 64 in message
     assert list((tmp_path / "data").iterdir()) == []
 
 

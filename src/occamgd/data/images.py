@@ -114,14 +114,25 @@ def fetch(url: str, out: IO[bytes]) -> None:
 
 
 class _HashingWriter:
-    """Passes writes through to a file while computing their MD5."""
+    """Passes writes through to a file while computing their digest by ``algorithm`` (a
+    :mod:`hashlib` name, such as ``"md5"`` or ``"sha256"``)."""
 
-    def __init__(self, f: IO[bytes]):
-        self.f, self.md5 = f, hashlib.md5()
+    def __init__(self, f: IO[bytes], algorithm: str):
+        self.f, self.algorithm, self.hash = f, algorithm, hashlib.new(algorithm)
 
     def write(self, chunk: bytes) -> int:
-        self.md5.update(chunk)
+        self.hash.update(chunk)
         return self.f.write(chunk)
+
+    def check(self, expected: str, source: str) -> None:
+        """Raise :class:`ChecksumError` naming ``source`` unless the digest so far is ``expected``.
+
+        Called inside :func:`~occamgd.io.atomic_write`, so the temporary file is deleted.
+        """
+        actual = self.hash.hexdigest()
+        if actual != expected:
+            raise ChecksumError(f"{source}: {self.algorithm.upper()} {actual} does not match the published "
+                                f"{expected}; the download was discarded")
 
 
 def _download(name: str, filename: str, dest: Path) -> Path:
@@ -136,13 +147,9 @@ def _download(name: str, filename: str, dest: Path) -> Path:
         url = mirror + filename
 
         def write(f: IO[bytes]) -> None:
-            out = _HashingWriter(f)
+            out = _HashingWriter(f, "md5")
             fetch(url, out)
-            actual = out.md5.hexdigest()
-            if actual != expected:
-                # Raised inside atomic_write, so the temporary file is deleted.
-                raise ChecksumError(f"{filename} from {url}: MD5 {actual} does not match the "
-                                    f"published {expected}; the download was discarded")
+            out.check(expected, f"{filename} from {url}")
 
         try:
             return atomic_write(dest / filename, write)

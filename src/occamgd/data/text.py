@@ -22,7 +22,7 @@ from typing import IO, Union
 import torch
 
 from ..io import atomic_write
-from .images import ChecksumError, cache_dir, data_dirs, fetch
+from .images import ChecksumError, _HashingWriter, cache_dir, data_dirs, fetch
 
 PathLike = Union[str, os.PathLike]
 
@@ -162,17 +162,6 @@ def get_batch(ids: torch.Tensor, block_size: int, batch_size: int, generator: to
 
 
 # Tiny Shakespeare -----------------------------------------------------------------------------
-class _Sha256Writer:
-    """Passes writes through to a file while computing their SHA-256."""
-
-    def __init__(self, f: IO[bytes]):
-        self.f, self.sha = f, hashlib.sha256()
-
-    def write(self, chunk: bytes) -> int:
-        self.sha.update(chunk)
-        return self.f.write(chunk)
-
-
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -198,13 +187,9 @@ def download_tinyshakespeare(root: PathLike | None = None, *, url: str = TINYSHA
         return path
 
     def write(f: IO[bytes]) -> None:
-        out = _Sha256Writer(f)
+        out = _HashingWriter(f, "sha256")
         fetch(url, out)
-        actual = out.sha.hexdigest()
-        if actual != TINYSHAKESPEARE_SHA256:
-            # Raised inside atomic_write, so the temporary file is deleted.
-            raise ChecksumError(f"{url}: SHA-256 {actual} does not match Tiny Shakespeare's "
-                                f"{TINYSHAKESPEARE_SHA256}; the download was discarded")
+        out.check(TINYSHAKESPEARE_SHA256, f"Tiny Shakespeare from {url}")
 
     try:
         return atomic_write(path, write)
