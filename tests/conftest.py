@@ -29,3 +29,15 @@ def tiny_mlp():
 def tiny_data():
     """Factory: ``tiny_data(n=32, features=6, classes=3, seed=0)`` -> (x, y) for classification."""
     return _tiny_data
+
+
+@pytest.fixture
+def one_thread():
+    """Run the test on one torch thread (the test machine is shared), then restore the count.
+
+    Use it for a whole file with ``pytestmark = pytest.mark.usefixtures("one_thread")``.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

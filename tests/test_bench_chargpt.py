@@ -16,12 +16,7 @@ SMOKE = CharGPTConfig(name="smoke", n_layer=1, n_head=2, n_embd=16, block_size=1
 TEXT = "".join(f"{word} the quick brown fox jumps over the lazy dog.\n" for word in ("Alas", "Lo", "Hark") * 20)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

@@ -18,12 +18,7 @@ from occamgd.models import TabularMLP
 FAST = ["--epochs", "3", "--hidden", "16", "--quiet"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _frame(n: int = 120, seed: int = 0) -> pd.DataFrame:

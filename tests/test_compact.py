@@ -215,8 +215,7 @@ def test_structured_pruning_selects_the_layers_whose_units_can_go():
         structured_pruning(nn.ModuleList([nn.Linear(2, 2)]))
 
 
-def test_structured_training_with_fit_then_compact_end_to_end(tiny_data):
-    torch.set_num_threads(1)
+def test_structured_training_with_fit_then_compact_end_to_end(tiny_data, one_thread):
     model = TabularMLP(6, 3, hidden=(16, 16))
     x, y = tiny_data(n=64, features=6)
     result = occamgd.fit(model, (x, y), epochs=3, batch_size=16, progress=False,

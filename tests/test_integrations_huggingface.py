@@ -19,13 +19,12 @@ from occamgd.schedules import ConstantRate  # noqa: E402
 VOCAB, LENGTH = 12, 12
 
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
 @pytest.fixture(autouse=True)
-def _quiet_one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _quiet():
     transformers.logging.set_verbosity_error()
-    yield
-    torch.set_num_threads(threads)
 
 
 def _data(n: int, seed: int) -> list[dict]:

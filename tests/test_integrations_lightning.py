@@ -23,6 +23,7 @@ from occamgd import ConstantRate, Occam
 from occamgd.integrations.lightning import OccamCallback
 
 pytestmark = [
+    pytest.mark.usefixtures("one_thread"),
     pytest.mark.filterwarnings("ignore::lightning.fabric.utilities.warnings.PossibleUserWarning"),
     # Lightning 2.6 calls a pytree API that torch 2.13 deprecates; nothing of ours.
     pytest.mark.filterwarnings("ignore:`isinstance\\(treespec, LeafSpec\\)` is deprecated"),
@@ -112,11 +113,6 @@ def _fit(module, callbacks, epochs, ckpt_path=None, **trainer_kwargs):
     train = DataLoader(TRAIN, batch_size=16, shuffle=False)
     trainer.fit(module, train, DataLoader(VAL, batch_size=32), ckpt_path=ckpt_path)
     return trainer
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    torch.set_num_threads(1)
 
 
 def test_density_drops_across_validations_and_pruned_weights_stay_zero():

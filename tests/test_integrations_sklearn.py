@@ -24,12 +24,7 @@ TABULAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "tabular"
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "sklearn.md"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _small(cls, **kw):
