@@ -11,7 +11,6 @@ from torch import nn
 
 import occamgd
 from occamgd.compact import (
-    CompactCausalSelfAttention,
     compact,
     compaction_report,
     model_size,
@@ -19,6 +18,7 @@ from occamgd.compact import (
     to_semi_structured,
 )
 from occamgd.models import CNN, GPT, MLP, GPTConfig, TabularMLP
+from occamgd.models.gpt import CausalSelfAttention
 
 ATOL = 1e-5
 
@@ -172,10 +172,12 @@ def test_gpt_loses_whole_heads_and_mlp_units_and_keeps_its_outputs(bias):
     idx = torch.randint(0, 11, (3, 8), generator=torch.Generator().manual_seed(3))
     _assert_same_function_and_smaller(model, compacted, idx)
     for block in compacted.transformer.h:
-        assert isinstance(block.attn, CompactCausalSelfAttention)
-        assert block.attn.n_head == 2 and block.attn.c_attn.weight.shape == (3 * 2 * 4, 16)
+        # Fewer heads of the same width (so the same attention scale), in the GPT's own class.
+        assert type(block.attn) is CausalSelfAttention
+        assert block.attn.n_head == 2 and block.attn.head_dim == 4
+        assert block.attn.c_attn.weight.shape == (3 * 2 * 4, 16)
         assert block.mlp.c_fc.out_features == 32 and block.mlp.c_proj.in_features == 32
-    assert type(model.transformer.h[0].attn) is not CompactCausalSelfAttention
+    assert model.transformer.h[0].attn.n_head == 4  # the user's model keeps its heads
     # The compacted model trains and generates like any GPT.
     _, loss = compacted.train()(idx, idx)
     loss.backward()
@@ -239,17 +241,20 @@ def test_pruned_units_before_a_module_compact_cannot_carry_them_through_name_it(
     assert model_size(compact(model, {}))["parameters"] == model_size(model)["parameters"]
 
 
+class Wrapper(nn.Module):
+    """A module compact knows nothing about, around a Linear."""
+
+    def __init__(self, features: int):
+        super().__init__()
+        self.inner = nn.Linear(features, features)
+
+    def forward(self, x):
+        return self.inner(x)
+
+
 def test_unsupported_models_and_bad_masks_are_refused_before_anything_changes():
-    class Net(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.fc = nn.Linear(2, 2)
-
-        def forward(self, x):
-            return self.fc(x)
-
-    with pytest.raises(TypeError, match="compact does not support Net"):
-        compact(Net(), {})
+    with pytest.raises(TypeError, match="compact does not support Wrapper"):
+        compact(Wrapper(2), {})
     model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
     with pytest.raises(ValueError, match="'fc9.weight'"):
         compact(model, {"fc9.weight": torch.ones(4, 3, dtype=torch.bool)})
@@ -260,18 +265,10 @@ def test_unsupported_models_and_bad_masks_are_refused_before_anything_changes():
 
 
 def test_pruned_rows_inside_an_unknown_module_are_refused_not_ignored():
-    class Block(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.inner = nn.Linear(4, 4)
-
-        def forward(self, x):
-            return self.inner(x)
-
-    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), Block(), nn.Linear(4, 2))
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), Wrapper(4), nn.Linear(4, 2))
     masks = {"2.inner.weight": torch.ones(4, 4, dtype=torch.bool)}
     masks["2.inner.weight"][0] = False
-    with pytest.raises(ValueError, match=r"'2' \(Block\)"):
+    with pytest.raises(ValueError, match=r"'2' \(Wrapper\)"):
         compact(model, masks)
 
 

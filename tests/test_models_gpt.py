@@ -9,7 +9,7 @@ import torch
 
 import occamgd
 from occamgd.models import GPT, GPTConfig
-from occamgd.models.gpt import prunable
+from occamgd.models.gpt import CausalSelfAttention, prunable
 
 
 def _tiny(**kwargs) -> GPT:
@@ -74,6 +74,25 @@ def test_attention_is_causal():
     b, _ = model(changed)
     assert torch.equal(a[:, :5], b[:, :5])
     assert not torch.allclose(a[:, 5:], b[:, 5:])
+
+
+def test_attention_splits_n_embd_into_n_head_heads_of_head_dim_features():
+    # The reference, written out head by head: head h reads features [h*d, (h+1)*d) of the query,
+    # key and value thirds of c_attn's output, scores them by 1/sqrt(d) under a causal mask, and
+    # c_proj reads the heads' outputs side by side.
+    torch.manual_seed(0)
+    attn = CausalSelfAttention(GPTConfig(vocab_size=5, block_size=6, n_head=2, n_embd=8, dropout=0.0))
+    assert attn.head_dim == 4
+    x = torch.randn(3, 6, 8)
+    q, k, v = attn.c_attn(x).split(8, dim=2)
+    future = torch.ones(6, 6, dtype=torch.bool).triu(1)
+    heads = []
+    for h in range(2):
+        cols = slice(4 * h, 4 * (h + 1))
+        scores = (q[..., cols] @ k[..., cols].transpose(1, 2) / math.sqrt(4)).masked_fill(future, -math.inf)
+        heads.append(scores.softmax(-1) @ v[..., cols])
+    torch.testing.assert_close(attn(x), attn.c_proj(torch.cat(heads, dim=-1)))
+    assert list(attn.state_dict()) == ["c_attn.weight", "c_attn.bias", "c_proj.weight", "c_proj.bias"]
 
 
 def test_sequence_longer_than_context_is_refused():

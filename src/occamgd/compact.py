@@ -44,7 +44,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd
 
@@ -332,38 +331,10 @@ def _check_leaves(model: nn.Sequential, links: list[_Link], masks: Mapping[str, 
 
 
 # GPT -------------------------------------------------------------------------------------------
-class CompactCausalSelfAttention(CausalSelfAttention):
-    """:class:`occamgd.models.gpt.CausalSelfAttention` with fewer heads than ``n_embd / head_dim``.
-
-    Compaction keeps each head's width (``head_dim``) and therefore its attention scale; only the
-    number of heads, and with it the width of ``c_attn``'s output and ``c_proj``'s input, shrinks.
-    """
-
-    head_dim: int
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, T, _ = x.shape
-        inner = self.n_head * self.head_dim
-        if inner == 0:  # every head removed: only c_proj's bias is left
-            y = x.new_zeros(B, T, 0)
-        else:
-            q, k, v = self.c_attn(x).split(inner, dim=2)
-            q, k, v = (t.view(B, T, self.n_head, self.head_dim).transpose(1, 2) for t in (q, k, v))
-            y = F.scaled_dot_product_attention(
-                q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True
-            )
-            y = y.transpose(1, 2).contiguous().view(B, T, inner)
-        return self.resid_dropout(self.c_proj(y))
-
-
-def _head_dim(attn: CausalSelfAttention) -> int:
-    return attn.head_dim if isinstance(attn, CompactCausalSelfAttention) else attn.n_embd // attn.n_head
-
-
 @torch.no_grad()
 def _compact_heads(attn: CausalSelfAttention, prefix: str, masks: Mapping[str, torch.Tensor]) -> None:
     """Remove the heads whose value rows, or whose columns of ``c_proj``, are all pruned."""
-    heads, d = attn.n_head, _head_dim(attn)
+    heads, d = attn.n_head, attn.head_dim
     if heads == 0:
         return
     inner = heads * d
@@ -399,8 +370,7 @@ def _compact_heads(attn: CausalSelfAttention, prefix: str, masks: Mapping[str, t
     attn.c_attn.out_features = 3 * kept * d
     _set(attn.c_proj, "weight", proj.reshape(proj.shape[0], heads, d)[:, keep].reshape(proj.shape[0], -1).clone())
     attn.c_proj.in_features = kept * d
-    attn.__class__ = CompactCausalSelfAttention
-    attn.head_dim, attn.n_head = d, kept
+    attn.n_head = kept
 
 
 def _compact_gpt(model: GPT, masks: Mapping[str, torch.Tensor]) -> None:
@@ -463,7 +433,7 @@ def structured_pruning(model: nn.Module) -> dict[str, Any]:
         for i, block in enumerate(model.transformer.h):
             c_attn = f"transformer.h.{i}.attn.c_attn.weight"
             include += [c_attn, f"transformer.h.{i}.mlp.c_fc.weight"]
-            units[c_attn] = Units(size=_head_dim(block.attn), chunks=3)
+            units[c_attn] = Units(size=block.attn.head_dim, chunks=3)
         return {"include": include, "criterion": structured_criterion(units)}
     if not isinstance(model, nn.Sequential):
         raise TypeError(f"structured_pruning does not support {type(model).__name__}; supported: {SUPPORTED}")

@@ -48,24 +48,35 @@ class GPTConfig:
 
 
 class CausalSelfAttention(nn.Module):
-    """Multi-head self-attention; each position sees itself and the positions before it."""
+    """Multi-head self-attention; each position sees itself and the positions before it.
+
+    ``n_head`` heads of ``head_dim`` (``n_embd // n_head``) features each. The forward reads both
+    from the module, not from ``n_embd``: :func:`occamgd.compact.compact` removes pruned heads by
+    lowering ``n_head`` (to 0 when every head goes) and keeps ``head_dim``, and so each head's
+    attention scale.
+    """
 
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.n_head, self.n_embd, self.dropout = config.n_head, config.n_embd, config.dropout
+        self.head_dim = config.n_embd // config.n_head
         # Query, key and value of all heads in one matrix; rows [h*d:(h+1)*d] of each third are head h.
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, T, C = x.shape
-        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
-        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
-        y = F.scaled_dot_product_attention(
-            q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True
-        )
-        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        B, T, _ = x.shape
+        inner = self.n_head * self.head_dim
+        if inner == 0:  # every head removed by compaction: only c_proj's bias is left
+            y = x.new_zeros(B, T, 0)
+        else:
+            q, k, v = self.c_attn(x).split(inner, dim=2)
+            q, k, v = (t.view(B, T, self.n_head, self.head_dim).transpose(1, 2) for t in (q, k, v))
+            y = F.scaled_dot_product_attention(
+                q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True
+            )
+            y = y.transpose(1, 2).contiguous().view(B, T, inner)
         return self.resid_dropout(self.c_proj(y))
 
 
