@@ -21,6 +21,11 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
+# The standard CPU set; prune_step.py's default (100 M weights too, four criteria) takes minutes
+# and about 2 GB on its own, so here it times the target's size and the two magnitude criteria.
 bench: $(STAMP)
 	$(PY) benchmarks/overhead.py
-	$(PY) benchmarks/prune_step.py
+	$(PY) benchmarks/prune_step.py --weights 10 --criteria layerwise global
+	$(PY) benchmarks/guard_cost.py
+	$(PY) benchmarks/speed_train.py
+	$(PY) benchmarks/compact_latency.py
