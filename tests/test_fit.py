@@ -113,7 +113,7 @@ def test_regression_and_dataset_input():
 
 def early_guarded():
     """Guarded that starts after one step, so that tiny runs prune (and may roll back)."""
-    return occamgd.Guarded(warmup=1, start_tol=0.5, tol=0.0)
+    return occamgd.Guarded(warmup=1, start_tol=0.9, tol=0.0)
 
 
 @pytest.mark.parametrize("make_schedule", [occamgd.OccamRate, early_guarded])

@@ -342,9 +342,18 @@ def decide_all(schedule, signals, density=1.0):
 
 
 def test_guarded_waits_while_the_signal_improves_fast_then_starts_at_r_start():
-    g = Guarded(r_start=0.2, start_tol=0.02)
-    # 1.0 -> 0.8 -> 0.7 improve by more than 2 %; 0.69 improves by 1.4 %: the network has slowed.
+    g = Guarded(r_start=0.2, start_tol=0.1)
+    # Gains 0.2 then 0.1 (half the largest): still learning; then 0.01, 5 % of the largest: slowed.
     assert decide_all(g, [1.0, 0.8, 0.7, 0.69]) == [("warmup", 0.0)] * 3 + [("pruned", 0.2)]
+
+
+def test_guarded_start_does_not_depend_on_the_scale_of_the_signal():
+    signals = [3.0, 2.5, 2.3, 2.2, 2.17, 2.16]
+    starts = []
+    for scale in (1.0, 0.01, 100.0):
+        actions = [a for a, _ in decide_all(Guarded(), [x * scale for x in signals])]
+        starts.append(actions.index("pruned"))
+    assert starts == [4, 4, 4]  # gains 0.5, 0.2, 0.1, then 0.03 <= 0.1 * 0.5
 
 
 def test_guarded_never_prunes_during_its_minimum_warmup_even_if_the_signal_is_flat():

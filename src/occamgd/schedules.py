@@ -183,8 +183,10 @@ class Guarded(Schedule):
 
     It answers the three failures of the paper's rule measured in ../shared/ANCHORS.md:
 
-    - **Start**: no pruning while the signal still improves by more than ``start_tol`` (relative)
-      per step: the dense network first learns what it can (``warmup`` steps at least).
+    - **Start**: no pruning while the signal still improves by more than ``start_tol`` of the
+      largest improvement it has made in one step: the dense network first learns what it can
+      (``warmup`` steps at least). Comparing improvements with each other, not with the loss,
+      makes the start the same whether a step is an epoch or a few hundred optimizer steps.
     - **Push**: the first prune removes ``r_start`` of the weights; the rate grows by ``grow``
       (capped at ``r0``) only after a prune that the signal fell through, and is otherwise kept.
     - **Guard**: a prune after which the signal rose by more than ``tol`` (relative) over its
@@ -205,7 +207,7 @@ class Guarded(Schedule):
     needs_snapshot = True
 
     def __init__(self, r0: float = 0.4, r_start: float = 0.2, grow: float = 1.5, shrink: float = 0.5,
-                 tol: float = 0.02, start_tol: float = 0.02, warmup: int = 1, max_rollbacks: int = 3,
+                 tol: float = 0.02, start_tol: float = 0.1, warmup: int = 1, max_rollbacks: int = 3,
                  min_rate: float = 0.02, patience: int = 5):
         for name, value, low, high in (("r0", r0, 0.0, 1.0), ("r_start", r_start, 0.0, r0),
                                        ("shrink", shrink, 0.0, 1.0), ("min_rate", min_rate, 0.0, r0)):
@@ -224,7 +226,7 @@ class Guarded(Schedule):
         self.tol, self.start_tol, self.min_rate = float(tol), float(start_tol), float(min_rate)
         self.warmup, self.max_rollbacks, self.patience = warmup, max_rollbacks, patience
         self._state = {"epoch": 0, "phase": "warmup", "rate": self.r_start, "previous": None, "drift": 0.0,
-                       "best": None, "since_best": 0, "pruned_last": False, "rollbacks": 0, "action": None}
+                       "max_gain": 0.0, "best": None, "since_best": 0, "pruned_last": False, "rollbacks": 0, "action": None}
 
     def decide(self, signal: float | None, density: float) -> tuple[str, float]:
         if signal is None:
@@ -235,9 +237,12 @@ class Guarded(Schedule):
         previous = s["previous"]
         action, rate = "stopped", 0.0
         if s["phase"] == "warmup":
-            slowed = previous is not None and previous - signal <= self.start_tol * abs(previous)
+            slowed = False
             if previous is not None:
-                s["drift"] = max(0.0, signal - previous)
+                gain = previous - signal
+                s["max_gain"] = max(s["max_gain"], gain)
+                slowed = gain <= self.start_tol * s["max_gain"]
+                s["drift"] = max(0.0, -gain)
             if s["epoch"] >= self.warmup and slowed:
                 s["phase"] = "pruning"
                 action, rate = "pruned", s["rate"]
