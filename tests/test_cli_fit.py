@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
+import occamgd.schedules
 from occamgd import OccamMLPClassifier, export
 from occamgd.cli import EXIT_BAD_INPUT, EXIT_OK, main
 from occamgd.modeldir import MODELDIR_FORMAT, REQUIRED, fit_csv, infer_task, load_model_dir, read_csv
@@ -55,6 +56,7 @@ def test_fit_predict_report_round_trip_for_classification(tmp_path, capsys):
     assert report["density"] == report["history"][report["best_epoch"]]["density"]
     assert set(report["holdback"]) == {"loss", "accuracy", "rows"} and report["holdback"]["rows"] == 18
     assert report["config"]["hidden"] == [16] and report["config"]["epochs"] == 3
+    assert report["config"]["schedule"] == occamgd.schedules.DEFAULT_PRESET  # the preset used, named
     for name, size in report["files"].items():
         assert size == (out / name).stat().st_size
     assert _leftovers(tmp_path) == []
@@ -75,6 +77,14 @@ def test_fit_predict_report_round_trip_for_classification(tmp_path, capsys):
     assert "classification of 'label' (2 classes)" in printed
     assert "hold-back loss" in printed and f"{report['best_epoch']}*" in printed
     assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_schedule_option_picks_the_guarded_controller_and_the_report_says_so(tmp_path):
+    out = tmp_path / "model"
+    data = _csv(tmp_path, _frame())
+    assert main(["fit", str(data), "--target", "label", "--out", str(out), "--schedule", "guarded", *FAST]) == EXIT_OK
+    report = json.loads((out / "report.json").read_text())
+    assert report["config"]["schedule"] == "guarded" and report["history"][0]["action"] == "warmup"
 
 
 def test_the_sparse_file_of_a_model_directory_predicts_exactly_like_the_dense_one(tmp_path):

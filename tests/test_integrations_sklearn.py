@@ -91,6 +91,7 @@ def test_seeded_fits_repeat_and_leave_the_global_torch_generator_alone():
         ({"holdback": 1.0}, "holdback must be a fraction in [0, 1), got 1.0"),
         ({"learning_rate": -1.0}, "learning_rate must be a number > 0, got -1.0"),
         ({"device": "gpu7"}, "device must be a torch device"),
+        ({"schedule": "zeta"}, "schedule must be one of ['guarded', 'paper'] or None, got 'zeta'"),
     ],
 )
 def test_bad_parameters_are_refused_in_fit_with_the_value(params, message):
@@ -99,6 +100,15 @@ def test_bad_parameters_are_refused_in_fit_with_the_value(params, message):
     with pytest.raises(ValueError, match=re.escape(message)):
         est.fit(X, y)
     assert not hasattr(est, "model_")
+
+
+@pytest.mark.parametrize("schedule, kind", [("paper", "OccamRate"), ("guarded", "Guarded")])
+def test_the_schedule_parameter_picks_the_rate_controller(schedule, kind):
+    X, y = _blobs(80)
+    est = _small(OccamMLPClassifier, schedule=schedule).fit(X, y)
+    actions = {r["action"] for r in est.history_}
+    # The paper's rule prunes from the first epoch; the guarded one warms up first.
+    assert ("warmup" in actions) == (kind == "Guarded")
 
 
 def test_regressor_answers_in_the_targets_units_and_handles_several_targets():
