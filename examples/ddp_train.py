@@ -40,6 +40,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=32, help="per rank")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--schedule", choices=("paper", "guarded"), default=None,
+                        help="rate controller (default: the library's default preset)")
     parser.add_argument("--checkpoint", type=Path, default=None, help="write after every epoch; resume if it exists")
     args = parser.parse_args(argv)
     if args.epochs < 1 or args.batch_size < 1:
@@ -113,7 +115,7 @@ def main(argv: list[str] | None = None) -> None:
     model = DistributedDataParallel(net.to(device), device_ids=[device.index] if device.type == "cuda" else None)
     torch.manual_seed(args.seed + 1 + rank)  # but each rank its own dropout
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
-    occam = DistributedOccam(model, optimizer)  # paper defaults: layerwise magnitude, r0 = 0.4
+    occam = DistributedOccam(model, optimizer, schedule=args.schedule)  # layerwise magnitude
 
     start, pending = 0, None
     if args.checkpoint is not None and args.checkpoint.exists():

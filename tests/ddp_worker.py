@@ -51,7 +51,7 @@ def data(n: int, seed: int) -> TensorDataset:
 def trained(rank: int, world: int) -> dict:
     model = DistributedDataParallel(tiny_model())
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    occam = DistributedOccam(model, optimizer)
+    occam = DistributedOccam(model, optimizer, schedule="paper")
     train = data(128, seed=1)
     loader = DataLoader(train, batch_size=16, sampler=DistributedSampler(train, world, rank, shuffle=False))
     val = data(64, seed=2)
@@ -114,7 +114,7 @@ def lightning_fit() -> dict:
         def configure_optimizers(self):
             return torch.optim.Adam(self.parameters(), lr=1e-2)
 
-    callback, module = OccamCallback(), Tiny()
+    callback, module = OccamCallback(schedule="paper"), Tiny()
     trainer = pl.Trainer(
         max_epochs=3, accelerator="cpu", devices=dist.get_world_size(), strategy="ddp", callbacks=[callback],
         enable_progress_bar=False, logger=False, enable_checkpointing=False, enable_model_summary=False,
@@ -135,7 +135,8 @@ def example(out: str) -> str:
     spec.loader.exec_module(module)
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
-        module.main(["--epochs", "2", "--checkpoint", f"{out}/example.pt"])
+        # The paper's rule prunes from the first epoch: two epochs show pruning.
+        module.main(["--epochs", "2", "--schedule", "paper", "--checkpoint", f"{out}/example.pt"])
     return printed.getvalue()
 
 

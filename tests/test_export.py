@@ -18,7 +18,7 @@ from occamgd import Occam, export
 def _pruned(seed: int = 0, steps: int = 4):
     torch.manual_seed(seed)
     model = nn.Sequential(nn.Linear(20, 32), nn.ReLU(), nn.Linear(32, 3))
-    occam = Occam(model, torch.optim.SGD(model.parameters(), lr=0.1))
+    occam = Occam(model, torch.optim.SGD(model.parameters(), lr=0.1), schedule="paper")
     for _ in range(steps):
         occam.step(1.0)
     return model, occam
@@ -46,7 +46,7 @@ def test_both_layouts_restore_identical_outputs_masks_and_metadata(tmp_path, lay
 def test_reported_sizes_are_the_files_sizes_and_the_sparse_one_is_smaller(tmp_path):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(200, 256), nn.ReLU(), nn.Linear(256, 10))
-    occam = Occam(model)
+    occam = Occam(model, schedule="paper")
     for _ in range(5):
         occam.step(1.0)  # density 0.6^5 ≈ 0.08
     sizes = export.save(model, occam.masks, tmp_path)

@@ -39,7 +39,7 @@ def assert_same_state(a, b):
 
 def test_history_records_every_epoch_and_density_falls():
     X, y = blobs()
-    result = occamgd.fit(mlp(), (X, y), epochs=5, progress=False)
+    result = occamgd.fit(mlp(), (X, y), epochs=5, progress=False, schedule="paper")
     h = result.history
     assert len(h) == 5
     for key in ("train_loss", "train_acc", "holdback_loss", "holdback_acc", "density", "rate", "time"):

@@ -134,8 +134,8 @@ def test_needs_a_process_group():
 def test_ddp_wrapper_is_unwrapped_and_prunes_like_occam(world_of_one):
     plain, wrapped = _model(), _model()
     ddp = nn.parallel.DistributedDataParallel(wrapped)
-    occam = DistributedOccam(ddp, torch.optim.SGD(ddp.parameters(), lr=0.1))
-    reference = Occam(plain, torch.optim.SGD(plain.parameters(), lr=0.1))
+    occam = DistributedOccam(ddp, torch.optim.SGD(ddp.parameters(), lr=0.1), schedule="paper")
+    reference = Occam(plain, torch.optim.SGD(plain.parameters(), lr=0.1), schedule="paper")
     # Masks are named after the module's own parameters, so checkpoints move with or without DDP.
     assert list(occam.masks) == ["0.weight", "2.weight"]
     for signal in (1.0, 0.9, 0.85):

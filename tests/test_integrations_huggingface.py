@@ -64,7 +64,7 @@ class _StepCounter(TrainerCallback):
 
 
 def test_prunes_at_each_evaluation_and_keeps_pruned_weights_zero(tmp_path):
-    callback, counter = OccamTrainerCallback(), _StepCounter()
+    callback, counter = OccamTrainerCallback(schedule="paper"), _StepCounter()
     trainer = _trainer(tmp_path, [callback, counter], gradient_accumulation_steps=2)
     trainer.train()
     occam = callback.occam
@@ -82,7 +82,7 @@ def test_prunes_at_each_evaluation_and_keeps_pruned_weights_zero(tmp_path):
 
 
 def test_evaluation_after_training_does_not_prune(tmp_path):
-    callback = OccamTrainerCallback()
+    callback = OccamTrainerCallback(schedule="paper")
     trainer = _trainer(tmp_path, [callback], max_steps=6)
     trainer.train()
     masks = {n: m.clone() for n, m in callback.occam.masks.items()}
@@ -110,17 +110,17 @@ class _MaskProbe(TrainerCallback):
 
 def test_checkpoints_hold_the_state_and_resume_repeats_an_uninterrupted_run(tmp_path):
     save = dict(save_strategy="steps", save_steps=6)
-    full = OccamTrainerCallback()
+    full = OccamTrainerCallback(schedule="paper")
     _trainer(tmp_path / "full", [full], **save).train()
 
-    first = OccamTrainerCallback()
+    first = OccamTrainerCallback(schedule="paper")
     _trainer(tmp_path / "cut", [first], max_steps=12, **save).train()
     checkpoint = tmp_path / "cut" / "out" / "checkpoint-6"
     saved = torch.load(checkpoint / STATE_NAME, weights_only=True)
     assert saved["global_step"] == 6 and saved["pending_signal"] is not None  # step 6's evaluation waits
     assert (tmp_path / "cut" / "out" / "checkpoint-12" / STATE_NAME).is_file()
 
-    resumed = OccamTrainerCallback()
+    resumed = OccamTrainerCallback(schedule="paper")
     probe = _MaskProbe(resumed)
     trainer = _trainer(tmp_path / "cut", [resumed, probe], **save)
     trainer.train(resume_from_checkpoint=str(checkpoint))
@@ -135,7 +135,7 @@ def test_resume_without_occam_state_is_refused_unless_asked_to_start_afresh(tmp_
     _trainer(tmp_path, [], max_steps=6, save_strategy="steps", save_steps=6).train()
     checkpoint = tmp_path / "out" / "checkpoint-6"
     with pytest.raises(FileNotFoundError, match="resume_from=False"):
-        _trainer(tmp_path, [OccamTrainerCallback()], max_steps=12).train(resume_from_checkpoint=str(checkpoint))
+        _trainer(tmp_path, [OccamTrainerCallback(schedule="paper")], max_steps=12).train(resume_from_checkpoint=str(checkpoint))
     fresh = OccamTrainerCallback(resume_from=False)
     _trainer(tmp_path, [fresh], max_steps=12).train(resume_from_checkpoint=str(checkpoint))
     # Evaluations at 9 (pruned after) and 12 (the last: nothing after it to prune for).
@@ -172,7 +172,7 @@ def test_a_metric_no_evaluation_reports_is_refused(tmp_path):
 
 def test_training_without_evaluations_is_refused(tmp_path):
     with pytest.raises(ValueError, match="eval_strategy"):
-        _trainer(tmp_path, [OccamTrainerCallback()], max_steps=3, eval_strategy="no").train()
+        _trainer(tmp_path, [OccamTrainerCallback(schedule="paper")], max_steps=3, eval_strategy="no").train()
 
 
 @pytest.mark.parametrize(("kwargs", "needle"), [({"metric": ""}, "metric"), ({"zero_state": "never"}, "zero_state"),
@@ -187,5 +187,5 @@ def test_an_optimizer_that_is_not_torch_is_refused():
     args = TrainingArguments(output_dir="unused", eval_strategy="steps", eval_steps=1, report_to=[], use_cpu=True)
     state = transformers.TrainerState()
     with pytest.raises(TypeError, match="torch.optim optimizer"):
-        OccamTrainerCallback().on_train_begin(args, state, transformers.TrainerControl(), model=_model(),
+        OccamTrainerCallback(schedule="paper").on_train_begin(args, state, transformers.TrainerControl(), model=_model(),
                                               optimizer=object())

@@ -116,7 +116,7 @@ def _fit(module, callbacks, epochs, ckpt_path=None, **trainer_kwargs):
 
 
 def test_density_drops_across_validations_and_pruned_weights_stay_zero():
-    module, callback, recorder, logger = Tiny(), OccamCallback(), Recorder(), MemoryLogger()
+    module, callback, recorder, logger = Tiny(), OccamCallback(schedule="paper"), Recorder(), MemoryLogger()
     _fit(module, [callback, recorder], epochs=4, logger=logger)
     # The sanity check is not a validation of the fit: 4 epochs give 4 validations and 3 prunes,
     # each before the training that follows a validation; the last validated model is kept.
@@ -137,7 +137,7 @@ def test_density_drops_across_validations_and_pruned_weights_stay_zero():
 
 def test_checkpoint_at_validation_end_holds_the_model_it_scores(tmp_path):
     saver = ModelCheckpoint(dirpath=tmp_path, monitor="val_loss", save_top_k=-1, filename="{epoch}")
-    _fit(Tiny(), [OccamCallback(), saver], epochs=3, enable_checkpointing=True)
+    _fit(Tiny(), [OccamCallback(schedule="paper"), saver], epochs=3, enable_checkpointing=True)
     for epoch in range(3):
         checkpoint = torch.load(tmp_path / f"epoch={epoch}.ckpt", weights_only=False)
         module = Tiny()
@@ -152,15 +152,15 @@ def test_checkpoint_at_validation_end_holds_the_model_it_scores(tmp_path):
 
 
 def test_resume_from_checkpoint_continues_as_an_uninterrupted_run(tmp_path):
-    whole, whole_cb = Tiny(), OccamCallback()
+    whole, whole_cb = Tiny(), OccamCallback(schedule="paper")
     _fit(whole, [whole_cb], epochs=4)
 
-    first_cb = OccamCallback()
+    first_cb = OccamCallback(schedule="paper")
     trainer = _fit(Tiny(), [first_cb], epochs=2)
     trainer.save_checkpoint(tmp_path / "epoch2.ckpt")
     assert len(first_cb.occam.history) == 1 and first_cb.state_dict()["pending_signal"] is not None
 
-    resumed, resumed_cb = Tiny(), OccamCallback()
+    resumed, resumed_cb = Tiny(), OccamCallback(schedule="paper")
     _fit(resumed, [resumed_cb], epochs=4, ckpt_path=tmp_path / "epoch2.ckpt")
     assert len(resumed_cb.occam.history) == 3
     assert resumed_cb.occam.history == whole_cb.occam.history
@@ -170,7 +170,7 @@ def test_resume_from_checkpoint_continues_as_an_uninterrupted_run(tmp_path):
 
 
 def test_state_loaded_during_fitting_applies_at_once():
-    donor = OccamCallback()
+    donor = OccamCallback(schedule="paper")
     _fit(Tiny(), [donor], epochs=3)
 
     class LoadOnTrainStart(pl.Callback):
@@ -178,7 +178,7 @@ def test_state_loaded_during_fitting_applies_at_once():
             callback.load_state_dict(donor.state_dict())
             seen.append({n: m.clone() for n, m in callback.occam.masks.items()})
 
-    callback, seen = OccamCallback(), []
+    callback, seen = OccamCallback(schedule="paper"), []
     _fit(Tiny(), [callback, LoadOnTrainStart()], epochs=1)
     assert all(torch.equal(seen[0][n], donor.occam.masks[n]) for n in seen[0])
     # The donor's pending signal was pruned on before the first batch.
@@ -200,11 +200,11 @@ def test_fitting_the_same_module_again_keeps_its_masks_and_a_new_module_starts_a
 
 def test_missing_monitor_names_the_key_and_the_logged_metrics():
     with pytest.raises(ValueError, match=r"'val_loss'.*logged metrics: \['valid_loss'\]"):
-        _fit(Tiny(logged="valid_loss"), [OccamCallback()], epochs=1, num_sanity_val_steps=0)
+        _fit(Tiny(logged="valid_loss"), [OccamCallback(schedule="paper")], epochs=1, num_sanity_val_steps=0)
 
 
 def test_fit_without_validation_warns_that_nothing_was_pruned():
-    callback = OccamCallback()
+    callback = OccamCallback(schedule="paper")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         _fit(Tiny(), [callback], epochs=2, limit_val_batches=0)
@@ -226,7 +226,7 @@ def test_sharded_strategies_are_refused_with_the_reason():
     # Lightning's FSDP needs a GPU to run; the refusal comes before anything it would do.
     trainer = SimpleNamespace(strategy=FSDPStrategy(), optimizers=[], world_size=1)
     with pytest.raises(TypeError, match="FSDPStrategy.*only a shard"):
-        OccamCallback().on_fit_start(trainer, Tiny())
+        OccamCallback(schedule="paper").on_fit_start(trainer, Tiny())
 
 
 class TwoOptimizers(Tiny):
@@ -249,11 +249,11 @@ class TwoOptimizers(Tiny):
 
 
 def test_a_prunable_tensor_on_a_second_optimizer_is_refused_and_can_be_excluded():
-    callback = OccamCallback()
+    callback = OccamCallback(schedule="paper")
     with pytest.raises(ValueError, match=r"\['net.2.weight'\].*other than the first"):
         _fit(TwoOptimizers(), [callback], epochs=1)
     assert callback.occam is None
-    callback = OccamCallback(exclude="net.2")
+    callback = OccamCallback(exclude="net.2", schedule="paper")
     _fit(TwoOptimizers(), [callback], epochs=2)
     assert list(callback.occam.masks) == ["net.0.weight"] and callback.occam.density < 1.0
     assert _pruned_are_zero(callback.occam)
@@ -261,4 +261,4 @@ def test_a_prunable_tensor_on_a_second_optimizer_is_refused_and_can_be_excluded(
 
 def test_a_state_from_elsewhere_is_refused():
     with pytest.raises(ValueError, match="pending_signal"):
-        OccamCallback().load_state_dict({"masks": {}})
+        OccamCallback(schedule="paper").load_state_dict({"masks": {}})

@@ -144,8 +144,8 @@ def test_works_in_a_pipeline_with_categorical_columns_encoded():
 
 def test_grid_search_tries_every_setting_and_refits_the_best():
     X, y = _blobs(150)
-    search = GridSearchCV(_small(OccamMLPClassifier), {"r0": [0.1, 0.4], "hidden_layer_sizes": [(8,), (32,)]},
-                          cv=2).fit(X, y)
+    search = GridSearchCV(_small(OccamMLPClassifier, schedule="paper"),
+                          {"r0": [0.1, 0.4], "hidden_layer_sizes": [(8,), (32,)]}, cv=2, error_score="raise").fit(X, y)
     assert len(search.cv_results_["params"]) == 4
     assert search.best_estimator_.r0 == search.best_params_["r0"]
     assert search.best_estimator_.density_ < 1.0

@@ -174,7 +174,7 @@ def test_prunable_embeddings_and_head():
 def test_pruned_gpt_trains_and_keeps_its_zeros():
     model = _tiny()
     optimizer = torch.optim.AdamW(model.param_groups(0.1), lr=1e-2)
-    occam = occamgd.Occam(model, optimizer, include=prunable(model))
+    occam = occamgd.Occam(model, optimizer, include=prunable(model), schedule="paper")
     idx = torch.randint(0, 11, (4, 8), generator=torch.Generator().manual_seed(4))
     first = None
     for step in range(30):

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from occamgd import GMP, ConstantRate, Never, Occam, OccamRate
+from occamgd import GMP, ConstantRate, Guarded, Never, Occam, OccamRate
 from occamgd.criteria import prune_count
 
 
@@ -66,8 +66,13 @@ def setup(tiny_mlp):
 
 
 # End to end ------------------------------------------------------------------------------------
+def test_the_default_preset_is_the_guarded_controller(setup):
+    _, _, occam = setup()
+    assert isinstance(occam.schedule, Guarded) and "Guarded" in repr(occam)
+
+
 def test_end_to_end_density_falls_per_schedule_and_history_records_each_epoch(setup, tiny_data):
-    model, opt, occam = setup()
+    model, opt, occam = setup(schedule="paper")
     x, y = tiny_data()
     assert isinstance(occam.schedule, OccamRate) and occam.density == 1.0
     reference = OccamRate()
@@ -411,7 +416,7 @@ def test_pruning_changes_only_weight_values_not_the_module_structure(setup, tiny
 
 
 def test_repr_mentions_size_and_schedule(setup):
-    _, _, occam = setup()
+    _, _, occam = setup(schedule="paper")
     text = repr(occam)
     assert "Occam(" in text and "OccamRate" in text and "layerwise" in text
 
@@ -445,7 +450,7 @@ def test_loading_a_state_without_history_is_refused_before_anything_changes(setu
 
 
 # Rollback (schedules that need a snapshot) --------------------------------------------------------
-from occamgd.schedules import Guarded, Schedule  # noqa: E402
+from occamgd.schedules import Schedule  # noqa: E402
 
 
 class _Script(Schedule):

@@ -32,7 +32,7 @@ ZERO_STATE = ("prune", "step")
 class Occam:
     """Occam Gradient Descent around any ``nn.Module`` and ``torch.optim`` optimizer.
 
-    >>> occam = Occam(model, optimizer)               # paper defaults: layerwise, r0 = 0.4
+    >>> occam = Occam(model, optimizer)               # guarded controller, layerwise magnitude
     >>> for epoch in range(epochs):
     ...     train_one_epoch(model, optimizer, loader)  # the user's own loop, unchanged
     ...     occam.step(signal=validation_loss(model))  # adapt the rate, prune, enforce masks

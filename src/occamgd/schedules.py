@@ -187,7 +187,7 @@ class Guarded(Schedule):
       largest improvement it has made in one step: the dense network first learns what it can
       (``warmup`` steps at least). Comparing improvements with each other, not with the loss,
       makes the start the same whether a step is an epoch or a few hundred optimizer steps.
-    - **Push**: the first prune removes ``r_start`` of the weights; the rate grows by ``grow``
+    - **Push**: the first prune removes ``r_start`` (default ``r0 / 2``) of the weights; the rate grows by ``grow``
       (capped at ``r0``) only after a prune that the signal fell through, and is otherwise kept.
     - **Guard**: a prune after which the signal rose by more than ``tol`` (relative) over its
       value before that prune, beyond the drift the unpruned network showed (its signal's change
@@ -206,9 +206,10 @@ class Guarded(Schedule):
     #: Occam saves the model and masks before each prune so that it can be undone.
     needs_snapshot = True
 
-    def __init__(self, r0: float = 0.4, r_start: float = 0.2, grow: float = 1.5, shrink: float = 0.5,
+    def __init__(self, r0: float = 0.4, r_start: float | None = None, grow: float = 1.5, shrink: float = 0.5,
                  tol: float = 0.02, start_tol: float = 0.1, warmup: int = 1, max_rollbacks: int = 3,
                  min_rate: float = 0.02, patience: int = 5):
+        r_start = r0 / 2 if r_start is None and isinstance(r0, (int, float)) else r_start
         for name, value, low, high in (("r0", r0, 0.0, 1.0), ("r_start", r_start, 0.0, r0),
                                        ("shrink", shrink, 0.0, 1.0), ("min_rate", min_rate, 0.0, r0)):
             if not (isinstance(value, (int, float)) and low < value <= high) or value == 1.0:
@@ -278,7 +279,7 @@ class Guarded(Schedule):
 
 #: Named controllers: ``paper`` is exactly ../shared/PAPER.md; ``guarded`` is :class:`Guarded`.
 PRESETS = {"paper": OccamRate, "guarded": Guarded}
-DEFAULT_PRESET = "paper"
+DEFAULT_PRESET = "guarded"
 
 
 def get_schedule(schedule: "Schedule | str | None") -> Schedule:
