@@ -155,3 +155,31 @@ def test_macs_count_convolution_positions_and_flops_scale_with_density():
     flops = training_flops(macs, history, samples_per_epoch=100)
     assert flops["flops_dense"] == 2 * 6 * 100 * sum(macs.values())
     assert flops["flops_masked"] == pytest.approx(0.75 * flops["flops_dense"])
+
+
+def _fake_run(root, bench, dataset, method, seed, loss, density):
+    path = root / bench / dataset / method / f"seed{seed}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"dataset": dataset, "method": method, "seed": seed, "test_loss": loss,
+                                "density": density, "train_seconds": 1.0}))
+
+
+def test_ablation_judges_each_target_on_the_numbers_it_prints(tmp_path, capsys):
+    from occamgd.bench import ablation
+
+    for seed, noise in enumerate((-0.01, 0.01)):
+        _fake_run(tmp_path, "tabular", "A", "gd", seed, 0.50 + noise, 1.0)
+        _fake_run(tmp_path, "tabular", "A", "occam-guarded", seed, 0.40 + noise, 0.3)
+        _fake_run(tmp_path, "tabular", "B", "gd", seed, 0.20 + noise, 1.0)
+        _fake_run(tmp_path, "tabular", "B", "occam-guarded", seed, 0.30 + noise, 0.5)  # worse by > 1 std
+        _fake_run(tmp_path, "tabular-e30", "A", "occam-guarded", seed, 0.40, 0.15)  # density halves: unstable
+        _fake_run(tmp_path, "tabular-e30", "B", "occam-guarded", seed, 0.30, 0.5)
+    assert ablation.main([str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "| A | 0.510 ± 0.014 (1.00) | 0.410 ± 0.014 (0.30) |" not in out  # means, not first seeds
+    assert "| A | 0.500 ± 0.014 (1.00) | 0.400 ± 0.014 (0.30) |" in out
+    assert "**missed** on 1 of 2 datasets; worse: tabular/B (0.300 vs 0.200 ± 0.014)" in out
+    assert "better than gd on average over the tabular suite: **met** (mean test loss 0.3500 vs 0.3500" not in out
+    assert "**missed** (mean test loss 0.3500 vs 0.3500; lower on 1 of 2 tables)" in out
+    assert "30 -> 60 epochs (factor < 1.5): **missed**; largest factor 2.00 (A: 0.150 -> 0.300)" in out
+    assert ablation.main([str(tmp_path / "none")]) == 2
