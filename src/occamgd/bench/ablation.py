@@ -5,7 +5,7 @@ Reads the JSON files ``occamgd bench`` wrote (nothing is trained here) and print
     python -m occamgd.bench.ablation runs
 
 Benches read when present under the root: ``fashion-mlp`` (12 epochs) and ``fashion-mlp-e30``,
-``tabular`` (60 epochs) and ``tabular-e30``, ``char-gpt-quick``. Epoch benches report the test
+``fashion-cnn``, ``tabular`` (60 epochs) and ``tabular-e30``, ``char-gpt-quick``. Epoch benches report the test
 loss at the epoch chosen on the hold-back loss; char-gpt reports the best validation loss (it
 has no test split), at the evaluation where it was reached.
 """
@@ -22,7 +22,7 @@ from pathlib import Path
 from .report import markdown_table, mean_std
 
 METHODS = ("gd", "gd-wd", "gmp", "gmp-oracle", "occam", "occam-val", "occam-guarded")
-BENCHES = ("fashion-mlp", "fashion-mlp-e30", "tabular", "tabular-e30", "char-gpt-quick")
+BENCHES = ("fashion-mlp", "fashion-mlp-e30", "fashion-cnn", "tabular", "tabular-e30", "char-gpt-quick")
 
 
 def _metrics(run: dict) -> tuple[float, float | None, float]:
@@ -72,7 +72,7 @@ def tables(runs: dict) -> str:
 def targets(runs: dict) -> str:
     """The guarded controller's targets, each with the numbers it was judged on."""
     lines = []
-    suite = [(bench, dataset, by) for bench in ("fashion-mlp", "tabular", "char-gpt-quick")
+    suite = [(bench, dataset, by) for bench in ("fashion-mlp", "fashion-cnn", "tabular", "char-gpt-quick")
              for dataset, by in runs.get(bench, {}).items() if "gd" in by and "occam-guarded" in by]
     worse = []
     for bench, dataset, by in suite:
