@@ -32,6 +32,7 @@ from torch import nn
 
 import occamgd
 from _common import setup, write_figures
+from occamgd._timing import synchronize
 
 TARGET_SECONDS = 0.5
 TARGET_WEIGHTS = 10  # millions: the size the target is set for
@@ -39,12 +40,6 @@ CRITERIA = ("layerwise", "global", "structured", "nm")
 RATE = 0.4
 WIDTH = 1000  # a WIDTH x WIDTH layer holds 1 M prunable weights
 SEED = 0
-
-
-def sync(device: torch.device) -> None:
-    # GPU kernels run asynchronously: wait for them, or the timer measures only the launches.
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def make_occam(layers: int, criterion: str, device: torch.device, optimizer: str) -> occamgd.Occam:
@@ -67,10 +62,10 @@ def time_steps(occam: occamgd.Occam, steps: int, device: torch.device) -> tuple[
     """Seconds for each of ``steps`` consecutive ``occam.step`` calls, and the density after each."""
     seconds, densities = [], []
     for _ in range(steps):
-        sync(device)
+        synchronize(device)
         start = time.perf_counter()
         occam.step(0.0)
-        sync(device)
+        synchronize(device)
         seconds.append(time.perf_counter() - start)
         densities.append(occam.density)
     return seconds, densities

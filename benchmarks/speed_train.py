@@ -42,17 +42,12 @@ import torch.nn.functional as F
 
 import occamgd
 from _common import setup, write_figures
+from occamgd._timing import synchronize
 from occamgd.models import CNN, MLP, GPT, GPTConfig
 from occamgd.models.gpt import prunable
 
 SEED = 0
 MODELS = ("mlp", "cnn", "gpt")
-
-
-def _sync(device: torch.device) -> None:
-    # GPU kernels run asynchronously: wait for them, or the timer sees only the launches.
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 GPT_CONFIG = dict(vocab_size=65, block_size=64, n_layer=4, n_head=4, n_embd=128, dropout=0.0)
@@ -104,7 +99,7 @@ def run(name: str, method: str, args: argparse.Namespace, device: torch.device) 
     for epoch in range(1 + args.epochs):
         perm = torch.randperm(rows, generator=gen).to(device)
         xs, ys = x[perm], y[perm]  # shuffled before the timer starts; batches below are views
-        _sync(device)
+        synchronize(device)
         start = time.perf_counter()
         total = torch.zeros((), device=device)
         for i in range(0, rows, batch):
@@ -116,7 +111,7 @@ def run(name: str, method: str, args: argparse.Namespace, device: torch.device) 
         signal = float(total) / -(-rows // batch)  # one device sync per epoch, in both methods
         if occam is not None:
             occam.step(signal)
-        _sync(device)
+        synchronize(device)
         if epoch > 0:  # epoch 0 warms up: allocator, kernel selection, optimizer state creation
             times.append(time.perf_counter() - start)
     return {"times": times, "density": occam.density if occam else 1.0}

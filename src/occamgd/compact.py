@@ -47,6 +47,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd
 
+from ._timing import synchronize
 from .criteria import Units, is_nm, structured_criterion
 from .models.gpt import GPT, CausalSelfAttention
 from .occam import Occam
@@ -524,12 +525,6 @@ def model_size(model: nn.Module) -> dict[str, int]:
     }
 
 
-def _sync(device: torch.device) -> None:
-    # GPU kernels run asynchronously: wait for them, or the timer sees only the launches.
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _first_tensor(output: Any) -> torch.Tensor:
     """The model's main output (the logits of a GPT's ``(logits, loss)``)."""
     while isinstance(output, (tuple, list)):
@@ -568,10 +563,10 @@ def compaction_report(
                 m(example)
         for r in range(repeats):
             for key in ("before", "after") if r % 2 == 0 else ("after", "before"):
-                _sync(device)
+                synchronize(device)
                 start = time.perf_counter()
                 models[key](example)
-                _sync(device)
+                synchronize(device)
                 times[key].append(time.perf_counter() - start)
     finally:
         for k, m in models.items():

@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from .._timing import synchronize
 from ..data.text import TINYSHAKESPEARE_SHA256, CharCorpus, find_tinyshakespeare, get_batch, load_text
 from ..io import atomic_write_text
 from ..models.gpt import GPT, GPTConfig, prunable
@@ -177,11 +178,6 @@ def _autocast(device: torch.device, bf16: bool):
     return contextlib.nullcontext
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def train_run(method: str, seed: int, config: CharGPTConfig, corpus: CharCorpus, device: torch.device,
               bf16: bool = False, compile: bool = False, sample: bool = False, progress: bool = False,
               previous: dict | None = None, weight_decay: float | None = None) -> dict:
@@ -206,7 +202,7 @@ def train_run(method: str, seed: int, config: CharGPTConfig, corpus: CharCorpus,
     train_loss_sum = torch.zeros((), device=device)
     bar = tqdm(total=config.steps, desc=f"{TASK} {method} seed{seed}", unit="step", disable=not progress,
                leave=False)
-    _sync(device)
+    synchronize(device)
     started = time.perf_counter()
     for step in range(config.steps):
         lr = config.lr_at(step)
@@ -225,7 +221,7 @@ def train_run(method: str, seed: int, config: CharGPTConfig, corpus: CharCorpus,
             continue
 
         # Evaluation: the training clock stops here and restarts after the prune.
-        _sync(device)
+        synchronize(device)
         train_seconds = time.perf_counter() - started
         val_loss = estimate_loss(forward, eval_batches, autocast)
         train_loss = train_loss_sum.item() / config.interval
@@ -244,11 +240,11 @@ def train_run(method: str, seed: int, config: CharGPTConfig, corpus: CharCorpus,
             start_prune = time.perf_counter()
             record["rate"] = occam.step(val_loss if signal_source == "val" else train_loss)
             record["action"] = occam.history[-1]["action"]
-            _sync(device)
+            synchronize(device)
             record["prune_seconds"] = time.perf_counter() - start_prune
         history.append(record)
         bar.set_postfix(val=f"{val_loss:.3f}", density=f"{density:.3f}")
-        _sync(device)
+        synchronize(device)
         started = time.perf_counter()
     bar.close()
     if occam is not None:
