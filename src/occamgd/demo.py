@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .bench.report import markdown_table, mean_std, plot_curves, text_table
+from .reporting import markdown_table, mean_std, plot_curves, text_table
 from .fit import fit
 from .io import atomic_write_text
 from .models import MLP

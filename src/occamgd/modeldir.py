@@ -460,7 +460,7 @@ def _fmt(value: Any, digits: int = 4) -> str:
 
 def history_table(report: dict[str, Any]) -> str:
     """The per-epoch history as an aligned text table (the kept epoch marked with ``*``)."""
-    from .bench.report import text_table
+    from .reporting import text_table
 
     classification = report["data"]["task"] == "classification"
     header = ["epoch", "train loss", "hold-back loss"] + (["hold-back acc"] if classification else []) + [
@@ -492,7 +492,7 @@ def summary(report: dict[str, Any]) -> str:
 
 def write_plots(report: dict[str, Any], path: str | os.PathLike) -> Path:
     """Loss and density per epoch (training and hold-back loss, density) as a PNG."""
-    from .bench.report import plot_curves
+    from .reporting import plot_curves
 
     histories = {"occam": [report["history"]]}
     panels = [("train_loss", "training loss", True), ("holdback_loss", "hold-back loss", True),

@@ -19,7 +19,7 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-from .report import markdown_table, mean_std
+from ..reporting import markdown_table, mean_std
 
 METHODS = ("gd", "gd-wd", "gmp", "gmp-oracle", "occam", "occam-val", "occam-guarded")
 BENCHES = ("fashion-mlp", "fashion-mlp-e30", "fashion-cnn", "tabular", "tabular-e30", "char-gpt-quick")

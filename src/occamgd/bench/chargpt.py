@@ -36,7 +36,7 @@ from ..io import atomic_write_text
 from ..models.gpt import GPT, GPTConfig, prunable
 from ..occam import Occam
 from ..schedules import GMP, Guarded, OccamRate, Schedule
-from .report import markdown_table, mean_std, plot_curves
+from ..reporting import markdown_table, mean_std, plot_curves
 
 TASK = "char-gpt"
 #: Seed of the generator that draws the fixed validation batches (the same for every run).

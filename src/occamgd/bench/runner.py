@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from ..io import atomic_write_text
 from .methods import METHODS, Context
-from .report import markdown_table, mean_std, plot_curves
+from ..reporting import markdown_table, mean_std, plot_curves
 from .tasks import get_task
 
 

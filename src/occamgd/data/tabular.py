@@ -35,17 +35,15 @@ class TableSpec:
     classes: Optional[int] = None
 
 
+#: The development suite shipped with the package (12 tables, sources in its manifest).
+BUNDLED_MANIFEST = Path(__file__).resolve().parent / "tables" / MANIFEST_NAME
+
+
 def default_manifest() -> Path:
-    """``$OCCAMGD_TABULAR`` if set, else ``../shared/data/tabular`` from the working directory."""
+    """``$OCCAMGD_TABULAR`` if set, else the suite bundled with occamgd (:data:`BUNDLED_MANIFEST`)."""
     if os.environ.get("OCCAMGD_TABULAR"):
         return Path(os.environ["OCCAMGD_TABULAR"]).expanduser()
-    shared = Path.cwd().parent / "shared" / "data" / "tabular"
-    if shared.is_dir():
-        return shared
-    raise FileNotFoundError(
-        f"no tabular manifest: OCCAMGD_TABULAR is not set and {shared} does not exist; set "
-        "OCCAMGD_TABULAR to a directory holding manifest.json, or pass manifest=PATH"
-    )
+    return BUNDLED_MANIFEST
 
 
 def read_manifest(path: PathLike | None = None) -> dict[str, TableSpec]:

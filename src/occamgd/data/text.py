@@ -4,9 +4,10 @@
 >>> x, y = get_batch(corpus.train, 256, 64, torch.Generator().manual_seed(0), "cpu")
 >>> corpus.decode(x[0])
 
-The library ships no corpus. :func:`download_tinyshakespeare` fetches Karpathy's Tiny
-Shakespeare (char-rnn's ``input.txt``, 1 115 394 characters) and checks its SHA-256;
-:func:`find_tinyshakespeare` looks for it where the image loaders look for theirs.
+The package ships Karpathy's Tiny Shakespeare (char-rnn's ``input.txt``, 1 115 394 characters,
+:data:`BUNDLED_TINYSHAKESPEARE`); :func:`find_tinyshakespeare` looks for it where the image loaders
+look for theirs, then falls back to that copy. :func:`download_tinyshakespeare` fetches it from
+its source and checks its SHA-256.
 """
 
 from __future__ import annotations
@@ -162,6 +163,9 @@ def get_batch(ids: torch.Tensor, block_size: int, batch_size: int, generator: to
 
 
 # Tiny Shakespeare -----------------------------------------------------------------------------
+#: The copy shipped with the package (source: TINYSHAKESPEARE_URL; SHA-256 TINYSHAKESPEARE_SHA256).
+BUNDLED_TINYSHAKESPEARE = Path(__file__).resolve().parent / "corpora" / "tinyshakespeare.txt"
+
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -198,13 +202,16 @@ def download_tinyshakespeare(root: PathLike | None = None, *, url: str = TINYSHA
 
 
 def find_tinyshakespeare(root: PathLike | None = None, download: bool = False) -> Path:
-    """Path of Tiny Shakespeare: in ``root`` when given, else ``$OCCAMGD_DATA/tinyshakespeare``
-    or the cache; fetched into ``root`` (or the cache) when absent and ``download`` is true."""
+    """Path of Tiny Shakespeare: in ``root`` when given, else ``$OCCAMGD_DATA/tinyshakespeare``,
+    the cache, or the copy bundled with the package; fetched into ``root`` when absent there and
+    ``download`` is true."""
     dirs = data_dirs("tinyshakespeare", root)
     for d in dirs:
         for name in TINYSHAKESPEARE_FILES:
             if (d / name).is_file():
                 return d / name
+    if root is None and BUNDLED_TINYSHAKESPEARE.is_file():
+        return BUNDLED_TINYSHAKESPEARE
     if download:
         return download_tinyshakespeare(root)
     places = "\n".join(f"  - {d}" for d in dirs)

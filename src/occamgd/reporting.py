@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..io import atomic_write
+from .io import atomic_write
 
 
 def mean_std(values: Sequence[float], digits: int = 3) -> str:
