@@ -11,7 +11,6 @@ import torch
 from occamgd.data import ChecksumError, download_tinyshakespeare, find_tinyshakespeare, get_batch, load_text
 from occamgd.data import text as text_module
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "text" / "tinyshakespeare.txt"
 TEXT = "First Citizen:\nBefore we proceed any further, hear me speak.\n" * 4
 
 
@@ -112,11 +111,10 @@ def test_get_batch_refusals():
         get_batch(torch.rand(20), 4, 2)
 
 
-def test_shared_corpus_matches_the_published_checksum():
-    if not SHARED.is_file():
-        pytest.skip(f"{SHARED} is not here")
-    assert hashlib.sha256(SHARED.read_bytes()).hexdigest() == text_module.TINYSHAKESPEARE_SHA256
-    corpus = load_text(SHARED, block_size=256)
+def test_bundled_corpus_matches_the_published_checksum():
+    bundled = text_module.BUNDLED_TINYSHAKESPEARE
+    assert hashlib.sha256(bundled.read_bytes()).hexdigest() == text_module.TINYSHAKESPEARE_SHA256
+    corpus = load_text(bundled, block_size=256)
     assert corpus.vocab_size == 65
     assert (len(corpus.train), len(corpus.val)) == (1003854, 111540)
 
@@ -169,11 +167,13 @@ def test_download_failure_names_the_url(tmp_path):
     assert not (tmp_path / "data" / "tinyshakespeare.txt").exists()
 
 
-def test_find_looks_in_root_then_environment_and_cache(tmp_path, monkeypatch):
+def test_find_looks_in_root_then_environment_and_cache_then_the_bundled_copy(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.delenv("OCCAMGD_DATA", raising=False)
+    assert find_tinyshakespeare() == text_module.BUNDLED_TINYSHAKESPEARE
+    # An explicit root is looked in alone: the bundled copy does not hide a wrong path.
     with pytest.raises(FileNotFoundError, match="download_tinyshakespeare"):
-        find_tinyshakespeare()
+        find_tinyshakespeare(tmp_path / "empty")
     (tmp_path / "env" / "tinyshakespeare").mkdir(parents=True)
     (tmp_path / "env" / "tinyshakespeare" / "input.txt").write_text(TEXT)
     monkeypatch.setenv("OCCAMGD_DATA", str(tmp_path / "env"))
@@ -183,10 +183,10 @@ def test_find_looks_in_root_then_environment_and_cache(tmp_path, monkeypatch):
     assert find_tinyshakespeare(tmp_path / "root") == tmp_path / "root" / "tinyshakespeare.txt"
 
 
-def test_find_downloads_into_the_cache_when_asked(tmp_path, monkeypatch):
+def test_find_downloads_into_root_when_asked(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.delenv("OCCAMGD_DATA", raising=False)
     calls = []
     monkeypatch.setattr(text_module, "download_tinyshakespeare", lambda root=None: calls.append(root) or Path("x"))
-    assert find_tinyshakespeare(download=True) == Path("x")
-    assert calls == [None]
+    assert find_tinyshakespeare(tmp_path / "root", download=True) == Path("x")
+    assert calls == [tmp_path / "root"]
