@@ -1,8 +1,11 @@
-"""occamgd bench: methods registry, runner (JSON per run, resume), reports, bad input."""
+"""occamgd bench: the one experiment layer (registries, runner, run identity, resume, report, refusals)."""
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,13 +13,13 @@ import torch
 from sklearn.datasets import make_classification
 from torch import nn
 
-from occamgd.bench import methods as methods_module
-from occamgd.bench import runner, tasks
+from occamgd.bench import METHODS, TASKS, BenchData, Method, register_method, runner
 from occamgd.bench.measure import macs_per_sample, model_size, training_flops
-from occamgd.bench.methods import METHODS
-from occamgd.bench.tasks import BenchData, Task
+from occamgd.bench.tasks import epoch_task
 from occamgd.cli import EXIT_BAD_INPUT, main
 from occamgd.models import CNN
+
+ABLATION = Path(__file__).resolve().parents[1] / "benchmarks" / "ablation.py"
 
 
 def _tiny_load(seed, quick, options):
@@ -26,44 +29,53 @@ def _tiny_load(seed, quick, options):
     return [BenchData("blobs", (X[:120], y[:120]), (X[120:], y[120:]), 3)]
 
 
-def _tiny_model(data):
-    return nn.Sequential(nn.Linear(data.train[0].shape[1], 16), nn.ReLU(), nn.Linear(16, data.classes))
+def _tiny_model(ctx):
+    return nn.Sequential(nn.Linear(ctx.data.train[0].shape[1], 16), nn.ReLU(), nn.Linear(16, ctx.data.classes))
 
 
 @pytest.fixture
 def tiny_task(monkeypatch):
     # Every method but hist-gradient-boosting, whose OpenMP threads make it the slowest here.
-    task = Task("tiny", "synthetic blobs", _tiny_load, _tiny_model, epochs=4, quick_epochs=3,
-                methods=tuple(m for m in METHODS if m != "hist-gradient-boosting"))
-    monkeypatch.setitem(tasks.TASKS, "tiny", task)
+    task = epoch_task("tiny", "synthetic blobs", _tiny_load, _tiny_model, epochs=4, quick_epochs=3,
+                      methods=tuple(m for m in METHODS if m != "hist-gradient-boosting"))
+    monkeypatch.setitem(TASKS, "tiny", task)
     return task
 
 
 def _results(root):
-    return {p.relative_to(root).as_posix(): json.loads(p.read_text()) for p in root.glob("*/*/seed*.json")}
+    """``dataset/method/seed<k>`` -> record (the run id left out of the key)."""
+    out = {}
+    for p in root.glob("*/*/seed*.json"):
+        record = json.loads(p.read_text())
+        out[f"{p.parent.parent.name}/{p.parent.name}/seed{record['seed']}"] = record
+    return out
 
 
-def test_every_method_writes_one_json_per_seed_and_a_report(tiny_task, tmp_path):
+def test_every_method_writes_one_record_per_seed_and_a_report(tiny_task, tmp_path):
     report = runner.run_bench("tiny", seeds=2, out=tmp_path, progress=False)
     root = tmp_path / "tiny"
     results = _results(root)
     assert len(results) == 2 * len(tiny_task.methods)
+    for record in results.values():  # one schema for every method
+        assert set(runner.RECORD_FIELDS) <= set(record) and record["schema"] == runner.RECORD_SCHEMA
+        assert record["run_id"] == runner.run_id(record["config"])
     for seed in (0, 1):
-        occam = results[f"blobs/occam-val/seed{seed}.json"]
+        occam = results[f"blobs/occam-val/seed{seed}"]
         assert occam["density"] < 1.0 and occam["selected_epoch"] is not None
         assert len(occam["history"]) == 4 and occam["flops_masked"] < occam["flops_dense"]
         assert occam["bytes_sparse"] < occam["bytes_dense"]
-        pruned = results[f"blobs/gd+prune/seed{seed}.json"]
+        pruned = results[f"blobs/gd+prune/seed{seed}"]
         assert pruned["density"] == pytest.approx(occam["density"], abs=0.02)
-        assert results[f"blobs/gmp/seed{seed}.json"]["target_density"] == tiny_task.gmp_density
-        guarded = results[f"blobs/occam-guarded/seed{seed}.json"]
-        assert results[f"blobs/gmp-oracle/seed{seed}.json"]["target_density"] == guarded["density"]
+        assert f"final_density={tiny_task.gmp_density!r}" in results[f"blobs/gmp/seed{seed}"]["schedule"]
+        guarded = results[f"blobs/occam-guarded/seed{seed}"]
+        assert f"final_density={guarded['density']!r}" in results[f"blobs/gmp-oracle/seed{seed}"]["schedule"]
+        assert results[f"blobs/gmp-oracle/seed{seed}"]["config"]["needs"] == {"occam-guarded": guarded["run_id"]}
         assert {r["action"] for r in guarded["history"]} <= {"warmup", "pruned", "held", "rolled back",
                                                              "stopped", "last epoch"}
-        wd = results[f"blobs/gd-wd/seed{seed}.json"]
+        wd = results[f"blobs/gd-wd/seed{seed}"]
         assert str(wd["weight_decay"]) == min(wd["grid"].items(), key=lambda kv: kv[1])[0]
-        assert results[f"blobs/gd/seed{seed}.json"]["density"] == 1.0
-        assert results[f"blobs/random-forest/seed{seed}.json"]["test_loss"] > 0
+        assert results[f"blobs/gd/seed{seed}"]["density"] == 1.0
+        assert results[f"blobs/random-forest/seed{seed}"]["test_loss"] > 0
     text = report.read_text()
     assert "| occam-val |" in text and "±" in text
     assert (root / "blobs-curves.png").exists() and (root / "blobs-loss-vs-density.png").exists()
@@ -71,7 +83,7 @@ def test_every_method_writes_one_json_per_seed_and_a_report(tiny_task, tmp_path)
 
 def test_the_selected_epoch_is_the_lowest_holdback_loss_never_the_test_loss(tiny_task, tmp_path):
     runner.run_bench("tiny", seeds=1, out=tmp_path, methods=["gd"], progress=False)
-    result = _results(tmp_path / "tiny")["blobs/gd/seed0.json"]
+    result = _results(tmp_path / "tiny")["blobs/gd/seed0"]
     losses = [r["holdback_loss"] for r in result["history"]]
     assert result["selected_epoch"] == int(np.argmin(losses))
     assert result["test_loss"] == result["history"][result["selected_epoch"]]["test_loss"]
@@ -79,27 +91,57 @@ def test_the_selected_epoch_is_the_lowest_holdback_loss_never_the_test_loss(tiny
 
 def test_finished_runs_are_not_redone_and_an_interrupted_bench_resumes(tiny_task, tmp_path, monkeypatch):
     calls = []
-    real = METHODS["gd"]
+    real = tiny_task.train
 
-    def failing_on_seed_1(ctx):
+    def failing_on_seed_1(ctx, spec):
         calls.append(ctx.seed)
         if ctx.seed == 1:
             raise KeyboardInterrupt
-        return real.run(ctx)
+        return real(ctx, spec)
 
-    monkeypatch.setitem(METHODS, "gd", methods_module.Method("gd", real.description, failing_on_seed_1))
+    object.__setattr__(tiny_task, "train", failing_on_seed_1)
     with pytest.raises(KeyboardInterrupt):
         runner.run_bench("tiny", seeds=2, out=tmp_path, methods=["gd"], progress=False)
-    assert list(_results(tmp_path / "tiny")) == ["blobs/gd/seed0.json"]
-    monkeypatch.setitem(METHODS, "gd", real)
+    assert list(_results(tmp_path / "tiny")) == ["blobs/gd/seed0"]
+    object.__setattr__(tiny_task, "train", real)
     runner.run_bench("tiny", seeds=2, out=tmp_path, methods=["gd"], progress=False)
     assert calls == [0, 1]  # seed 0 was not trained again
-    assert sorted(_results(tmp_path / "tiny")) == ["blobs/gd/seed0.json", "blobs/gd/seed1.json"]
+    assert sorted(_results(tmp_path / "tiny")) == ["blobs/gd/seed0", "blobs/gd/seed1"]
 
 
-def test_methods_pull_in_what_they_need():
-    assert runner._order(["gmp-oracle"]) == ["occam-guarded", "gmp-oracle"]
-    assert runner._order(["gd+prune", "gd"]) == ["gd", "occam-val", "gd+prune"]
+def test_a_changed_setting_never_reuses_an_old_result(tiny_task, tmp_path, monkeypatch):
+    runner.run_bench("tiny", seeds=1, out=tmp_path, methods=["occam-guarded"], progress=False)
+    first = list((tmp_path / "tiny" / "blobs" / "occam-guarded").glob("seed0-*.json"))
+    # The controller's defaults change (its repr with them): the old record is not this run's.
+    monkeypatch.setitem(METHODS, "occam-guarded", Method("occam-guarded", "changed",
+                                                         schedule=lambda ctx: __import__("occamgd").Guarded(r0=0.3)))
+    runner.run_bench("tiny", seeds=1, out=tmp_path, methods=["occam-guarded"], progress=False)
+    both = sorted((tmp_path / "tiny" / "blobs" / "occam-guarded").glob("seed0-*.json"))
+    assert len(first) == 1 and len(both) == 2
+    configs = [json.loads(p.read_text())["config"]["schedule"] for p in both]
+    assert any("r0=0.3" in c for c in configs) and any("r0=0.4" in c for c in configs)
+
+
+def test_adding_a_method_is_one_registration(tiny_task, tmp_path, monkeypatch):
+    from occamgd import ConstantRate
+
+    register_method(Method("constant-0.3", "prune 30 % of the remaining weights every epoch",
+                           schedule=lambda ctx: ConstantRate(0.3)))
+    try:
+        object.__setattr__(tiny_task, "methods", tiny_task.methods + ("constant-0.3",))
+        report = runner.run_bench("tiny", seeds=1, out=tmp_path, methods=["constant-0.3"], progress=False)
+    finally:
+        METHODS.pop("constant-0.3")
+    record = _results(tmp_path / "tiny")["blobs/constant-0.3/seed0"]
+    assert record["history"][1]["density"] == pytest.approx(0.7, abs=0.01)
+    assert "| constant-0.3 |" in report.read_text()
+    with pytest.raises(ValueError, match="already registered"):
+        register_method(Method("gd", "again"))
+
+
+def test_methods_pull_in_what_they_need(tiny_task):
+    assert runner.order_methods(tiny_task, ["gmp-oracle"]) == ["occam-guarded", "gmp-oracle"]
+    assert runner.order_methods(tiny_task, ["gd+prune", "gd"]) == ["gd", "occam-val", "gd+prune"]
 
 
 @pytest.mark.parametrize(
@@ -108,12 +150,22 @@ def test_methods_pull_in_what_they_need():
         ({"task_name": "imagenet"}, ValueError, "unknown bench task 'imagenet'"),
         ({"task_name": "tiny", "methods": ["sgd"]}, ValueError, "unknown method 'sgd'"),
         ({"task_name": "tiny", "seeds": 0}, ValueError, "seeds must be an integer >= 1, got 0"),
+        ({"task_name": "tiny", "manifest": "x"}, ValueError, "does not take the options"),
+        ({"task_name": "tiny", "budget": 0}, ValueError, "an integer >= 1; got 0"),
     ],
 )
 def test_bad_bench_arguments_are_refused_before_any_run(tiny_task, tmp_path, kwargs, error, message):
     with pytest.raises(error, match=message):
         runner.run_bench(out=tmp_path, progress=False, **kwargs)
     assert not list(tmp_path.iterdir())
+
+
+def test_a_damaged_record_is_named(tiny_task, tmp_path):
+    runner.run_bench("tiny", seeds=1, out=tmp_path, methods=["gd"], progress=False)
+    path = next((tmp_path / "tiny" / "blobs" / "gd").glob("seed0-*.json"))
+    path.write_text("{")
+    with pytest.raises(ValueError, match=f"{path.name} is not a bench record"):
+        runner.run_bench("tiny", seeds=1, out=tmp_path, methods=["gd"], progress=False)
 
 
 def test_missing_image_data_names_where_it_looked_before_training(tmp_path, capsys):
@@ -135,7 +187,7 @@ def test_tabular_bench_from_the_command_line(tmp_path, capsys):
                  str(tmp_path), "--out", str(tmp_path / "out"), "--quiet"])
     assert code == 0
     assert "wrote" in capsys.readouterr().out
-    assert sorted(_results(tmp_path / "out" / "tabular-quick")) == ["t/gd/seed0.json", "t/random-forest/seed0.json"]
+    assert sorted(_results(tmp_path / "out" / "tabular-quick")) == ["t/gd/seed0", "t/random-forest/seed0"]
 
 
 def test_model_size_counts_kept_values_plus_a_bit_mask():
@@ -158,15 +210,15 @@ def test_macs_count_convolution_positions_and_flops_scale_with_density():
 
 
 def _fake_run(root, bench, dataset, method, seed, loss, density):
-    path = root / bench / dataset / method / f"seed{seed}.json"
+    task = "tabular" if bench.startswith("tabular") else bench
+    path = root / bench / dataset / method / f"seed{seed}-abc.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"dataset": dataset, "method": method, "seed": seed, "test_loss": loss,
-                                "density": density, "train_seconds": 1.0}))
+    path.write_text(json.dumps({"schema": runner.RECORD_SCHEMA, "task": task, "dataset": dataset, "method": method,
+                                "seed": seed, "run_id": "abc", "test_loss": loss, "density": density,
+                                "train_seconds": 1.0}))
 
 
-def test_ablation_judges_each_target_on_the_numbers_it_prints(tmp_path, capsys):
-    from occamgd.bench import ablation
-
+def test_ablation_judges_each_target_on_the_numbers_it_prints(tmp_path):
     for seed, noise in enumerate((-0.01, 0.01)):
         _fake_run(tmp_path, "tabular", "A", "gd", seed, 0.50 + noise, 1.0)
         _fake_run(tmp_path, "tabular", "A", "occam-guarded", seed, 0.40 + noise, 0.3)
@@ -174,12 +226,13 @@ def test_ablation_judges_each_target_on_the_numbers_it_prints(tmp_path, capsys):
         _fake_run(tmp_path, "tabular", "B", "occam-guarded", seed, 0.30 + noise, 0.5)  # worse by > 1 std
         _fake_run(tmp_path, "tabular-e30", "A", "occam-guarded", seed, 0.40, 0.15)  # density halves: unstable
         _fake_run(tmp_path, "tabular-e30", "B", "occam-guarded", seed, 0.30, 0.5)
-    assert ablation.main([str(tmp_path)]) == 0
-    out = capsys.readouterr().out
+    done = subprocess.run([sys.executable, str(ABLATION), str(tmp_path)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
     assert "| A | 0.510 ± 0.014 (1.00) | 0.410 ± 0.014 (0.30) |" not in out  # means, not first seeds
     assert "| A | 0.500 ± 0.014 (1.00) | 0.400 ± 0.014 (0.30) |" in out
     assert "**missed** on 1 of 2 datasets; worse: tabular/B (0.300 vs 0.200 ± 0.014)" in out
     assert "better than gd on average over the tabular suite: **met** (mean test loss 0.3500 vs 0.3500" not in out
     assert "**missed** (mean test loss 0.3500 vs 0.3500; lower on 1 of 2 tables)" in out
     assert "30 -> 60 epochs (factor < 1.5): **missed**; largest factor 2.00 (A: 0.150 -> 0.300)" in out
-    assert ablation.main([str(tmp_path / "none")]) == 2
+    assert subprocess.run([sys.executable, str(ABLATION), str(tmp_path / "none")], capture_output=True).returncode == 2

@@ -12,7 +12,7 @@ from occamgd import __version__
 from occamgd.cli import EXIT_BAD_INPUT, EXIT_ERROR, EXIT_OK, main
 
 
-def test_demo_prints_both_methods_and_writes_table_json_and_plot(tmp_path, capsys):
+def test_demo_prints_every_method_and_writes_the_bench_report(tmp_path, capsys):
     out = tmp_path / "demo"
     code = main(["demo", "--dataset", "iris", "--epochs", "3", "--seeds", "2", "--out", str(out), "--quiet"])
     assert code == EXIT_OK
@@ -20,13 +20,16 @@ def test_demo_prints_both_methods_and_writes_table_json_and_plot(tmp_path, capsy
     for method in ("gd", "occam", "occam-val", "occam-guarded"):
         assert f"\n{method} " in printed
     assert "±" in printed
-    results = json.loads((out / "results.json").read_text())
-    assert {m: len(r) for m, r in results["runs"].items()} == {"gd": 2, "occam": 2, "occam-val": 2, "occam-guarded": 2}
-    assert all(r["density"] == 1.0 for r in results["runs"]["gd"])
-    assert all(r["density"] < 1.0 for r in results["runs"]["occam"])
-    assert (out / "demo.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "| method |" in (out / "demo.md").read_text()
-    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+    root = out / "demo-e3"  # the demo is the bench's demo task: its runs, records and report
+    records = [json.loads(p.read_text()) for p in root.glob("iris/*/seed*.json")]
+    counts = {m: sum(r["method"] == m for r in records) for m in ("gd", "occam", "occam-val", "occam-guarded")}
+    assert counts == {"gd": 2, "occam": 2, "occam-val": 2, "occam-guarded": 2}
+    assert all(r["density"] == 1.0 for r in records if r["method"] == "gd")
+    assert all(r["density"] < 1.0 for r in records if r["method"] == "occam")
+    assert (root / "iris-curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| method |" in (root / "results.md").read_text()
+    assert f"wrote {root / 'results.md'}" in printed
+    assert not list(out.rglob("*.tmp"))
 
 
 def test_demo_bad_seeds_is_a_clear_error_with_exit_code_2(tmp_path, capsys):
@@ -57,10 +60,12 @@ def test_a_disk_error_exits_1_with_a_message_not_a_traceback(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["bench", "char-gpt", "--epochs", "3"], "counts optimizer steps"),
-    (["bench", "tabular", "--gpu"], "char-gpt options"),
+    (["bench", "char-gpt", "--epochs", "3"], "counts steps, not epochs"),
+    (["bench", "tabular", "--steps", "3"], "counts epochs, not steps"),
+    (["bench", "tabular", "--gpu"], "does not take the options ['gpu']; accepted: manifest"),
     (["bench", "char-gpt", "--gpu", "--corpus", "x.txt"], "CUDA"),
-    (["bench", "tabular", "--epochs", "1"], "epochs must be an integer >= 2"),
+    (["bench", "tabular", "--epochs", "0"], "a number of epochs, an integer >= 1; got 0"),
+    (["bench", "char-gpt", "--methods", "gd+prune"], "'gd+prune' is not offered by task 'char-gpt'"),
 ])
 def test_bench_options_of_the_wrong_task_are_refused_before_any_work(argv, message, capsys):
     if "--gpu" in argv and "char-gpt" in argv:

@@ -13,6 +13,7 @@ EXIT_OK, EXIT_ERROR, EXIT_BAD_INPUT = 0, 1, 2
 
 
 def _parser() -> argparse.ArgumentParser:
+    from .bench import METHODS, TASKS
     from .demo import DATASETS
 
     parser = argparse.ArgumentParser(
@@ -21,35 +22,43 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"occamgd {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser(
+    demo = TASKS["demo"]
+    parser_demo = sub.add_parser(
         "demo",
         help="plain gradient descent vs Occam on a dataset bundled with scikit-learn (no download)",
-        description="Train the paper's MLP with plain gradient descent and with Occam Gradient Descent "
-        "on a bundled dataset; print a side-by-side table and write demo.md, results.json and demo.png.",
+        description=f"The bench's demo task: {demo.description}; methods {', '.join(demo.methods)}. Prints a "
+        "side-by-side table and writes results.md and PNGs under OUT/demo (finished runs are resumed).",
     )
-    demo.add_argument("--dataset", default="digits", choices=DATASETS, help="bundled dataset (default: digits)")
-    demo.add_argument("--epochs", type=int, default=20, help="epochs per run (default: 20)")
-    demo.add_argument("--seeds", type=int, default=3, help="seeds per method (default: 3)")
-    demo.add_argument("--out", default="occamgd-demo", help="output directory (default: ./occamgd-demo)")
-    demo.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser_demo.add_argument("--dataset", default="digits", choices=DATASETS, help="bundled dataset (default: digits)")
+    parser_demo.add_argument("--epochs", type=int, help=f"epochs per run (default: {demo.budget})")
+    parser_demo.add_argument("--seeds", type=int, default=3, help="seeds per method (default: 3)")
+    parser_demo.add_argument("--out", default="occamgd-demo", help="output directory (default: ./occamgd-demo)")
+    parser_demo.add_argument("--quiet", action="store_true", help="no progress bars")
+    tasks = "; ".join(f"{t.name}: {t.description}" for t in TASKS.values())
     bench = sub.add_parser(
         "bench",
         help="reproduce the paper's experiments: every method, several seeds, tables and plots",
-        description="Run every method of a task for several seeds (resuming finished runs), then write "
-        "results.md and PNGs under OUT/TASK.",
+        description="Run every method of a task for several seeds (resuming finished runs of the same "
+        f"configuration), then write results.md and PNGs under OUT/TASK. Tasks: {tasks}.",
     )
-    bench.add_argument("task", help="mnist-mlp, fashion-mlp, fashion-cnn, cifar10-cnn, tabular or char-gpt")
+    bench.add_argument("task", choices=list(TASKS), help="the experiment")
     bench.add_argument("--seeds", type=int, default=3, help="seeds per method (default: 3)")
     bench.add_argument("--quick", action="store_true",
                        help="fewer epochs (and a subsample of image data); char-gpt: the small CPU model")
-    bench.add_argument("--epochs", type=int, help="epochs per run instead of the task's (runs go to TASK-eN)")
-    bench.add_argument("--gpu", action="store_true", help="char-gpt: train on CUDA with bf16 and torch.compile")
-    bench.add_argument("--corpus", help="char-gpt: text file (default: Tiny Shakespeare from the search order)")
+    bench.add_argument("--epochs", type=int, help="epochs per run instead of the task's (epoch tasks; runs go to "
+                       "TASK-eN)")
+    bench.add_argument("--steps", type=int, help="optimizer steps per run instead of the task's (step tasks: "
+                       "char-gpt; runs go to TASK-sN)")
+    bench.add_argument("--methods", help=f"comma-separated subset of the task's methods ({', '.join(METHODS)})")
     bench.add_argument("--out", default="runs", help="output directory (default: ./runs)")
-    bench.add_argument("--methods", help="comma-separated subset of the task's methods")
-    bench.add_argument("--manifest", help="tabular manifest file or directory (default: ../shared/data/tabular)")
-    bench.add_argument("--data-root", help="directory holding the image files (default: the search order)")
     bench.add_argument("--quiet", action="store_true", help="no progress bar")
+    options = bench.add_argument_group("task options (each task takes its own; others are refused)")
+    options.add_argument("--manifest", help="tabular: manifest file or directory (default: the 12 bundled tables)")
+    options.add_argument("--data-root", help="image tasks and char-gpt: directory holding the data files "
+                         "(default: the search order)")
+    options.add_argument("--corpus", help="char-gpt: text file (default: Tiny Shakespeare, bundled)")
+    options.add_argument("--gpu", action="store_const", const=True,
+                         help="char-gpt: train on CUDA with bf16 and torch.compile")
     _add_model_commands(sub)
     return parser
 
@@ -173,6 +182,22 @@ def _run_report(args) -> None:
     _print(f"{summary(report)}\n\n{history_table(report)}\n\nwrote {plot}\n")
 
 
+def _run_bench(args) -> None:
+    from .bench import TASKS
+    from .bench.runner import run_bench
+
+    task = TASKS[args.task]
+    for flag, unit in (("epochs", "epochs"), ("steps", "steps")):
+        if getattr(args, flag) is not None and task.unit != unit:
+            raise ValueError(f"task {task.name!r} counts {task.unit}, not {unit}; accepted: --{task.unit}")
+    budget = args.epochs if task.unit == "epochs" else args.steps
+    methods = [m for m in args.methods.split(",") if m] if args.methods else None
+    options = {"manifest": args.manifest, "data_root": args.data_root, "corpus": args.corpus, "gpu": args.gpu}
+    path = run_bench(task.name, seeds=args.seeds, quick=args.quick, out=args.out, methods=methods,
+                     progress=not args.quiet, budget=budget, **options)
+    print(f"wrote {path}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -181,26 +206,7 @@ def main(argv: list[str] | None = None) -> int:
 
             run(dataset=args.dataset, epochs=args.epochs, seeds=args.seeds, out=args.out, progress=not args.quiet)
         elif args.command == "bench":
-            methods = args.methods.split(",") if args.methods else None
-            if args.task == "char-gpt":
-                from .bench.chargpt import run_chargpt
-                from .data.text import find_tinyshakespeare
-
-                if args.epochs is not None:
-                    raise ValueError("char-gpt counts optimizer steps, not epochs; --epochs is accepted only "
-                                     "by the epoch tasks")
-                corpus = args.corpus or find_tinyshakespeare(root=args.data_root)
-                path = run_chargpt(seeds=args.seeds, quick=args.quick, gpu=args.gpu, out=args.out, methods=methods,
-                                   progress=not args.quiet, corpus=corpus)
-            else:
-                from .bench.runner import run_bench
-
-                if args.gpu or args.corpus:
-                    raise ValueError(f"--gpu and --corpus are char-gpt options; task {args.task!r} does not take them")
-                path = run_bench(args.task, seeds=args.seeds, quick=args.quick, out=args.out, methods=methods,
-                                 progress=not args.quiet, epochs=args.epochs, manifest=args.manifest,
-                                 data_root=args.data_root)
-            print(f"wrote {path}")
+            _run_bench(args)
         elif args.command == "fit":
             _run_fit(args)
         elif args.command == "predict":

@@ -51,6 +51,7 @@ def plot_curves(
     path: str | Path,
     title: str = "",
     colors: Mapping[str, str] | None = None,
+    xlabel: str = "epoch",
 ) -> Path:
     """One panel per ``(history key, axis label, log scale)``; one line per method, mean ± std band.
 
@@ -70,7 +71,7 @@ def plot_curves(
                 continue
             (line,) = ax.plot(x, mean, label=method, marker=".", color=(colors or {}).get(method))
             ax.fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.2)
-        ax.set_xlabel("epoch")
+        ax.set_xlabel(xlabel)
         ax.set_ylabel(label)
         if log:
             ax.set_yscale("log")

@@ -1,32 +1,49 @@
-"""``occamgd bench TASK``: run every method for every seed and dataset, then report.
+"""``occamgd bench TASK``: run every method of a task for every seed and dataset, then report.
 
-Each run writes ``<out>/<task>/<dataset>/<method>/seed<k>.json`` atomically when it finishes; a
-run whose file exists is not redone, so an interrupted bench resumes where it stopped. The
-report (``results.md`` and PNGs in ``<out>/<task>``) is rebuilt from those files alone.
+One runner for every task. Each run is named by its configuration: the task's settings, the
+budget, the data options, the method's controller (its ``repr``, so a changed default counts),
+its signal and the runs it read. A run writes
+``<out>/<task>[-quick][-<budget>]/<dataset>/<method>/seed<k>-<run id>.json`` atomically when it
+finishes; a run whose file exists is not redone, so an interrupted bench resumes where it
+stopped, and a changed setting makes a new run id: an old result is never silently reused. The
+report (``results.md`` and PNGs beside the dataset directories) is written from this call's
+records alone.
+
+Every record has the same schema (:data:`RECORD_FIELDS`, whatever task wrote it), so the report and
+``benchmarks/ablation.py`` read every task alike.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
-import statistics
-from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 from tqdm.auto import tqdm
 
 from ..io import atomic_write_text
-from .methods import METHODS, Context
-from ..reporting import markdown_table, mean_std, plot_curves
-from .tasks import get_task
+from .registry import METHODS, Context, Method, Task, TrainSpec, final_model_path, get_method, get_task
+
+#: Version of the record schema written here; other versions are not read.
+RECORD_SCHEMA = 1
+#: What every run reports besides its identity (``None`` where it does not apply): the evaluation
+#: kept (chosen by the selection loss, never by the test split), its losses and density, the
+#: training time and the per-evaluation history.
+RECORD_FIELDS = ("selected_epoch", "selection_loss", "test_loss", "test_acc", "density", "train_seconds", "history")
+#: Options already in a task's settings (the configuration, the device kind).
+_NOT_IDENTITY = ("config", "gpu")
 
 
-def _order(methods: list[str]) -> list[str]:
-    """Methods with what they need first (and what they need added when missing)."""
+def order_methods(task: Task, methods: list[str]) -> list[str]:
+    """Methods with what they need first (added when missing); each must be one the task offers."""
     ordered: list[str] = []
 
     def visit(name: str) -> None:
-        if name not in METHODS:
-            raise ValueError(f"unknown method {name!r}; accepted: {', '.join(METHODS)}")
+        get_method(name)
+        if name not in task.methods:
+            raise ValueError(f"method {name!r} is not offered by task {task.name!r}; accepted: "
+                             f"{', '.join(task.methods)}")
         for need in METHODS[name].needs:
             visit(need)
         if name not in ordered:
@@ -37,125 +54,130 @@ def _order(methods: list[str]) -> list[str]:
     return ordered
 
 
+def run_id(config: dict[str, Any]) -> str:
+    """A short digest of a run's configuration (canonical JSON)."""
+    text = json.dumps(config, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:10]
+
+
+def _check_budget(task: Task, budget: int | None) -> None:
+    if budget is not None and not (isinstance(budget, int) and not isinstance(budget, bool) and budget >= 1):
+        raise ValueError(f"the budget of task {task.name!r} is a number of {task.unit}, an integer >= 1; "
+                         f"got {budget!r}")
+
+
+def _check_options(task: Task, options: dict[str, Any]) -> dict[str, Any]:
+    options = {k: v for k, v in options.items() if v is not None}
+    unknown = sorted(set(options) - set(task.options_accepted))
+    if unknown:
+        raise ValueError(f"task {task.name!r} does not take the options {unknown}; accepted: "
+                         f"{', '.join(task.options_accepted) or 'none'}")
+    return options
+
+
+def _method_config(ctx: Context, method: Method) -> tuple[dict[str, Any], Any]:
+    """The method's part of a run's identity, and the controller it builds."""
+    schedule = None if method.run is not None else method.schedule(ctx)
+    config = {"method": method.name, "schedule": repr(schedule) if schedule is not None else None,
+              "signal": method.signal if schedule is not None else None,
+              "weight_decays": list(ctx.task.weight_decays) if method.tune_weight_decay else None,
+              "needs": {need: ctx.previous[need]["run_id"] for need in method.needs}}
+    return config, schedule
+
+
+def _run(ctx: Context, method: Method, schedule, rid: str, save_final: bool) -> dict[str, Any]:
+    if method.run is not None:
+        return method.run(ctx)
+    if not method.tune_weight_decay:
+        final = final_model_path(ctx, method.name, rid) if save_final else None
+        return ctx.task.train(ctx, TrainSpec(schedule, method.signal, save_final=final))
+    runs = [(wd, ctx.task.train(ctx, TrainSpec(schedule, method.signal, weight_decay=wd)))
+            for wd in ctx.task.weight_decays]
+    wd, best = min(runs, key=lambda run: run[1]["selection_loss"])
+    return {**best, "weight_decay": wd, "grid": {str(w): r["selection_loss"] for w, r in runs},
+            "train_seconds": sum(r["train_seconds"] for _, r in runs)}
+
+
 def run_bench(task_name: str, seeds: int = 3, quick: bool = False, out: str | Path = "runs",
-              methods: list[str] | None = None, progress: bool = True, epochs: int | None = None,
+              methods: list[str] | None = None, progress: bool = True, budget: int | None = None,
               **options) -> Path:
     """Run (or resume) a bench; return the path of its markdown report.
 
-    ``epochs`` overrides the task's epoch count; such runs go to their own directory
-    (``<task>-e<epochs>``) so that they never mix with the default ones.
+    ``budget`` overrides the task's epochs (or steps); such runs go to their own directory
+    (``<task>-e<epochs>`` / ``<task>-s<steps>``). ``options`` are the task's own settings
+    (``task.options_accepted``: a manifest, a data directory, a corpus, ``gpu``...).
     """
+    from .report import write_report
+
+    return write_report(*run_records(task_name, seeds, quick, out, methods, progress, budget, **options))
+
+
+def run_records(task_name: str, seeds: int = 3, quick: bool = False, out: str | Path = "runs",
+                methods: list[str] | None = None, progress: bool = True, budget: int | None = None,
+                **options) -> tuple[Path, Task, list[str], list[dict[str, Any]]]:
+    """What :func:`run_bench` does before its report: ``(root, task, methods in order, records)``."""
     task = get_task(task_name)
-    if not (isinstance(seeds, int) and seeds >= 1):
+    if not (isinstance(seeds, int) and not isinstance(seeds, bool) and seeds >= 1):
         raise ValueError(f"seeds must be an integer >= 1, got {seeds!r}")
-    if epochs is not None and not (isinstance(epochs, int) and epochs >= 2):
-        raise ValueError(f"epochs must be an integer >= 2, got {epochs!r}")
-    order = _order(list(methods or task.methods))
-    default_epochs = task.quick_epochs if quick else task.epochs
-    suffix = f"-e{epochs}" if epochs is not None and epochs != default_epochs else ""
-    epochs = epochs or default_epochs
-    root = Path(out) / (task.name + ("-quick" if quick else "") + suffix)
-    first = task.load(0, quick, options)  # loads (and checks) the data before any training starts
+    _check_budget(task, budget)
+    options = _check_options(task, options)
+    order = order_methods(task, list(methods or task.methods))
+    default = task.default_budget(quick, options)
+    suffix = f"-{task.unit[0]}{budget}" if budget is not None and budget != default else ""
+    budget = budget or default
+    root = Path(out) / (task.name + ("-quick" if quick else "") + task.variant(quick, options) + suffix)
+    # The data and the settings are checked (a missing file, an absent GPU) before any training.
+    first = task.load(0, quick, options)
+    identity = {"task": task.name, "unit": task.unit, "budget": budget, "quick": quick,
+                "settings": task.settings(quick, options),
+                "options": {k: str(v) for k, v in sorted(options.items()) if k not in _NOT_IDENTITY}}
+    # Final models are kept only where a method of this call starts from them.
+    keep_final = {need for m in order for need in METHODS[m].needs if METHODS[need].save_final}
+    records = []
     bar = tqdm(total=seeds * len(first) * len(order), desc=f"occamgd bench {task.name}", unit="run",
                disable=not progress)
     for seed in range(seeds):
         for data in first if seed == 0 else task.load(seed, quick, options):
-            ctx = Context(task, data, seed, epochs, root / data.name)
+            ctx = Context(task, data, seed, quick, budget, options, root / data.name, progress=progress)
             for name in order:
-                path = ctx.run_dir / name / f"seed{seed}.json"
+                method = METHODS[name]
                 bar.set_postfix(dataset=data.name, method=name, seed=seed)
+                method_config, schedule = _method_config(ctx, method)
+                config = {**identity, **method_config}
+                rid = run_id(config)
+                path = ctx.run_dir / name / f"seed{seed}-{rid}.json"
                 if path.exists():
-                    ctx.previous[name] = json.loads(path.read_text())
+                    record = read_record(path)
                 else:
-                    result = {"task": task.name, "dataset": data.name, "method": name, "seed": seed,
-                              "epochs": epochs, "quick": quick, **METHODS[name].run(ctx)}
-                    atomic_write_text(json.dumps(result, indent=1), path)
-                    ctx.previous[name] = result
+                    fields = _run(ctx, method, schedule, rid, name in keep_final)
+                    missing = [f for f in RECORD_FIELDS if f not in fields]
+                    if missing:
+                        raise ValueError(f"method {name!r} on task {task.name!r} returned a record without "
+                                         f"{missing}; accepted: a dict with every field of RECORD_FIELDS")
+                    record = {"schema": RECORD_SCHEMA, "task": task.name, "dataset": data.name, "method": name,
+                              "seed": seed, "run_id": rid, "config": config, **fields}
+                    atomic_write_text(json.dumps(record, indent=1), path)
+                ctx.previous[name] = record
+                records.append(record)
                 bar.update()
     bar.close()
-    return report(root, order)
+    return root, task, order, records
 
 
-def _load_runs(root: Path) -> dict[str, dict[str, list[dict]]]:
-    runs: dict[str, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
-    for path in sorted(root.glob("*/*/seed*.json")):
-        result = json.loads(path.read_text())
-        runs[result["dataset"]][result["method"]].append(result)
-    return runs
-
-
-def report(root: Path, order: list[str]) -> Path:
-    """Tables (mean ± std over seeds) and plots from the JSON files under ``root``."""
-    runs = _load_runs(root)
-    colors = {name: f"C{i}" for i, name in enumerate(order)}
-    header = ["method", "test loss", "test accuracy", "density", "selected epoch", "train time (s)", "seeds"]
-    sections = []
-    for dataset, by_method in runs.items():
-        rows = []
-        for name in [m for m in order if m in by_method]:
-            rs = by_method[name]
-            rows.append([name, mean_std([r["test_loss"] for r in rs]), mean_std([r["test_acc"] for r in rs]),
-                         mean_std([r["density"] for r in rs]), mean_std([r["selected_epoch"] for r in rs], 1),
-                         mean_std([r["train_seconds"] for r in rs], 1), str(len(rs))])
-        png = root / f"{dataset}-curves.png"
-        curves = {m: [r["history"] for r in rs] for m, rs in by_method.items() if rs[0]["history"]}
-        plot_curves(curves, [("test_loss", "test loss", False), ("holdback_loss", "hold-back loss", False),
-                             ("density", "density (kept fraction)", True), ("rate", "rate", False)], png,
-                    title=dataset,
-                    colors=colors)
-        scatter = root / f"{dataset}-loss-vs-density.png"
-        _plot_loss_vs_density(by_method, scatter, dataset, colors)
-        sections.append(f"### {dataset}\n\n{markdown_table(header, rows)}\n\n![curves]({png.name}) "
-                        f"![loss vs density]({scatter.name})\n")
-    summary = _summary_table(runs) if len(runs) > 1 else ""
-    legend = "\n".join(f"- `{m}`: {METHODS[m].description}" for m in order)
-    text = (f"# {root.name}\n\nMean ± std over seeds; every neural method keeps its epoch with the lowest "
-            f"hold-back loss (the test split never selects).\n\n{legend}\n\n{summary}" + "\n".join(sections))
-    return atomic_write_text(text, root / "results.md")
-
-
-def _summary_table(runs: dict[str, dict[str, list[dict]]]) -> str:
-    """One row per dataset: mean test loss of the key methods, and where occam-val beats gd."""
-    cols = [m for m in ("gd", "gd-wd", "occam-val", "occam", "occam-guarded", "gmp", "gmp-oracle", "random-forest",
-                        "hist-gradient-boosting") if any(m in by_method for by_method in runs.values())]
-    pruned = [m for m in ("occam-val", "occam-guarded") if m in cols]
-    header = ["dataset"] + cols + [f"{m} density" for m in pruned]
-    rows, wins = [], {m: 0 for m in pruned}
-    for dataset, by_method in runs.items():
-        mean = {m: statistics.mean(r["test_loss"] for r in by_method[m]) for m in cols if m in by_method}
-        for m in pruned:
-            wins[m] += "gd" in mean and m in mean and mean[m] < mean["gd"]
-        densities = [mean_std([r["density"] for r in by_method.get(m, [])], 2) for m in pruned]
-        rows.append([dataset] + [f"{mean[m]:.3f}" if m in mean else "–" for m in cols] + densities)
-    counts = " ".join(f"{m} has a lower mean test loss than gd on {wins[m]} of {len(runs)} datasets."
-                      for m in pruned)
-    return f"## Test loss (mean over seeds) per dataset\n\n{markdown_table(header, rows)}\n\n{counts}\n\n"
-
-
-def _plot_loss_vs_density(by_method: dict[str, list[dict]], path: Path, title: str, colors: dict[str, str]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from ..io import atomic_write
-
-    fig, ax = plt.subplots(figsize=(5, 3.6))
-    for name, rs in by_method.items():
-        points = [(r["density"], r["test_loss"]) for r in rs if r["density"] is not None]
-        if points:
-            d, loss = zip(*points)
-            ax.errorbar(statistics.mean(d), statistics.mean(loss),
-                        yerr=statistics.stdev(loss) if len(loss) > 1 else 0, fmt="o", label=name, capsize=3,
-                        color=colors.get(name))
-    ax.set_xscale("log")
-    ax.set_xlabel("density (kept fraction)")
-    ax.set_ylabel("test loss")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
+def read_record(path: str | Path) -> dict[str, Any]:
+    """One run's record, after checking it is one (a damaged or foreign file is named)."""
+    path = Path(path)
     try:
-        atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
-    finally:
-        plt.close(fig)
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is not a bench record ({e}); delete it to run that configuration again") from e
+    if not isinstance(record, dict) or record.get("schema") != RECORD_SCHEMA:
+        found = record.get("schema") if isinstance(record, dict) else type(record).__name__
+        raise ValueError(f"{path} has record schema {found!r}; this occamgd reads schema {RECORD_SCHEMA}: "
+                         "run the bench again into another --out")
+    return record
+
+
+def load_records(root: str | Path) -> list[dict[str, Any]]:
+    """Every record under a bench's directory (``<root>/<dataset>/<method>/seed*.json``)."""
+    return [read_record(path) for path in sorted(Path(root).glob("*/*/seed*.json"))]

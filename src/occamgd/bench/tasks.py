@@ -1,44 +1,28 @@
-"""Bench tasks: which data, which model, how long. One registry entry per task."""
+"""The epoch tasks: images, tables and the demo, all trained by :func:`occamgd.fit`.
+
+Every neural method of a seed trains the task's model from the same initial weights on the same
+batches, and reports the epoch with the lowest hold-back loss: the test split never chooses.
+(The step-based char-GPT task is in :mod:`occamgd.bench.chargpt`.)
+"""
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
-from dataclasses import dataclass
+import time
 
 import torch
 from torch import nn
 
+from ..fit import fit
+from ..io import atomic_save
 from ..models import MLP
+from ..schedules import Never
+from .measure import macs_per_sample, model_size, training_flops
+from .registry import BenchData, Context, Task, TrainSpec, register_task
 
-
-@dataclass
-class BenchData:
-    """One dataset of a task for one seed: the training split (``fit`` holds back from it) and
-    the test split (only ever reported)."""
-
-    name: str
-    train: tuple[torch.Tensor, torch.Tensor]
-    test: tuple[torch.Tensor, torch.Tensor]
-    classes: int
-
-
-@dataclass(frozen=True)
-class Task:
-    name: str
-    description: str
-    load: Callable[[int, bool, dict], list[BenchData]]  # (seed, quick, options) -> datasets
-    model: Callable[[BenchData], nn.Module]
-    epochs: int
-    quick_epochs: int
-    batch_size: int = 32
-    lr: float = 1e-3
-    holdback: float = 0.1
-    methods: tuple[str, ...] = ("occam-val", "occam", "occam-guarded", "gd", "gd-wd", "gd+prune", "gd+prune+ft",
-                                "gmp", "gmp-oracle")
-    gmp_density: float = 0.25  # the density gmp is told in advance
-
-
+#: Methods of every epoch task, in report order.
+EPOCH_METHODS = ("occam-val", "occam", "occam-guarded", "gd", "gd-wd", "gd+prune", "gd+prune+ft", "gmp",
+                 "gmp-oracle")
 QUICK_IMAGES = (6000, 1000)  # train / test rows of an image task with --quick
 
 
@@ -49,7 +33,7 @@ def _images(loader_name: str, root: str | None) -> tuple:
     return getattr(images, loader_name)(root=root)
 
 
-def _image_task_loader(loader_name: str, dataset: str):
+def _image_loader(loader_name: str, dataset: str):
     def load(seed: int, quick: bool, options: dict) -> list[BenchData]:
         (X, y), (Xt, yt) = _images(loader_name, options.get("data_root"))
         if quick:
@@ -61,17 +45,6 @@ def _image_task_loader(loader_name: str, dataset: str):
         return [BenchData(dataset, (X, y), (Xt, yt), int(y.max()) + 1)]
 
     return load
-
-
-def _mlp(data: BenchData) -> nn.Module:
-    return MLP(data.train[0][0].numel(), data.classes)
-
-
-def _cnn(data: BenchData) -> nn.Module:
-    from ..models import CNN
-
-    channels, height, width = data.train[0].shape[1:]
-    return CNN(channels, data.classes, n=32, image_size=(height, width))
 
 
 def _tabular_load(seed: int, quick: bool, options: dict) -> list[BenchData]:
@@ -87,30 +60,100 @@ def _tabular_load(seed: int, quick: bool, options: dict) -> list[BenchData]:
     return out
 
 
-def _tabular_mlp(data: BenchData) -> nn.Module:
+def _demo_load(seed: int, quick: bool, options: dict) -> list[BenchData]:
+    from ..demo import load_bundled
+
+    name = options.get("dataset") or "digits"
+    train, test, classes = load_bundled(name, seed)
+    return [BenchData(name, train, test, classes)]
+
+
+def _mlp(ctx: Context) -> nn.Module:
+    return MLP(ctx.data.train[0][0].numel(), ctx.data.classes)
+
+
+def _cnn(ctx: Context) -> nn.Module:
+    from ..models import CNN
+
+    channels, height, width = ctx.data.train[0].shape[1:]
+    return CNN(channels, ctx.data.classes, n=32, image_size=(height, width))
+
+
+def _tabular_mlp(ctx: Context) -> nn.Module:
     from ..models import TabularMLP
 
-    return TabularMLP(data.train[0].shape[1], data.classes, hidden=(256, 256))
+    return TabularMLP(ctx.data.train[0].shape[1], ctx.data.classes, hidden=(256, 256))
 
 
-TASKS: dict[str, Task] = {
-    "mnist-mlp": Task("mnist-mlp", "MNIST, the paper's MLP (784-1024-10, dropout 0.2)",
-                      _image_task_loader("load_mnist", "mnist"), _mlp, epochs=12, quick_epochs=3),
-    "fashion-mlp": Task("fashion-mlp", "Fashion-MNIST, the paper's MLP (784-1024-10, dropout 0.2)",
-                        _image_task_loader("load_fashion_mnist", "fashion-mnist"), _mlp, epochs=12, quick_epochs=3),
-    "fashion-cnn": Task("fashion-cnn", "Fashion-MNIST, the paper's CNN (N = 32)",
-                        _image_task_loader("load_fashion_mnist", "fashion-mnist"), _cnn, epochs=12, quick_epochs=3),
-    "cifar10-cnn": Task("cifar10-cnn", "CIFAR-10, the paper's CNN (N = 32)",
-                        _image_task_loader("load_cifar10", "cifar-10"), _cnn, epochs=12, quick_epochs=3),
-    "tabular": Task("tabular", "every table of a manifest, MLP 256-256 (70/30 stratified split, 15 % hold-back)",
-                    _tabular_load, _tabular_mlp, epochs=60, quick_epochs=20, holdback=0.15,
-                    methods=("occam-val", "occam", "occam-guarded", "gd", "gd-wd", "gd+prune", "gd+prune+ft",
-                             "gmp", "gmp-oracle", "random-forest", "hist-gradient-boosting")),
-}
+def epoch_record(ctx: Context, model: nn.Module, history, selected: int | None, seconds: float,
+                 holdback: float) -> dict:
+    """The record fields of an epoch run, read at the selected epoch (the last one when none)."""
+    record = history[selected if selected is not None else -1]
+    train_rows = len(ctx.data.train[1]) - round(holdback * len(ctx.data.train[1]))
+    macs = macs_per_sample(model, ctx.data.train[0][:1])
+    return {
+        "selected_epoch": record["epoch"],
+        "selection_loss": record.get("holdback_loss"),
+        "test_loss": record.get("test_loss"),
+        "test_acc": record.get("test_acc"),
+        "density": record["density"],
+        **model_size(model, record.get("densities")),
+        **training_flops(macs, history, train_rows),
+        "train_seconds": seconds,
+        "history": history.to_list(),
+    }
 
 
-def get_task(name: str) -> Task:
-    try:
-        return TASKS[name]
-    except KeyError:
-        raise ValueError(f"unknown bench task {name!r}; accepted: {', '.join(TASKS)}") from None
+def epoch_task(name: str, description: str, load, model, *, epochs: int, quick_epochs: int, batch_size: int = 32,
+               lr: float = 1e-3, holdback: float = 0.1, methods: tuple[str, ...] = EPOCH_METHODS,
+               options: tuple[str, ...] = (), **fields) -> Task:
+    """A task trained one epoch at a time by :func:`occamgd.fit` (Adam, ``lr``, ``batch_size``)."""
+
+    def train(ctx: Context, spec: TrainSpec) -> dict:
+        torch.manual_seed(ctx.seed)
+        net = ctx.task.model(ctx)
+        if spec.start is not None:
+            net.load_state_dict(spec.start["model"])
+        optimizer = None
+        if spec.weight_decay is not None:
+            optimizer = lambda params: torch.optim.AdamW(params, lr=lr, weight_decay=spec.weight_decay)  # noqa: E731
+        start = time.perf_counter()
+        result = fit(net, ctx.data.train, test=ctx.data.test, epochs=ctx.budget, batch_size=batch_size, lr=lr,
+                     schedule=spec.schedule or Never(), signal=spec.signal, holdback=holdback, seed=ctx.seed,
+                     keep_best=spec.save_final is None, progress=False, optimizer=optimizer,
+                     initial_masks=None if spec.start is None else spec.start["masks"])
+        seconds = time.perf_counter() - start
+        if spec.save_final is not None:
+            # The final model is what post-training pruning starts from.
+            atomic_save(net.state_dict(), spec.save_final)
+        return {**epoch_record(ctx, net, result.history, result.best_epoch, seconds, holdback),
+                "schedule": repr(result.occam.schedule) if spec.schedule is not None else None}
+
+    def settings(quick: bool, opts: dict) -> dict:
+        return {"batch_size": batch_size, "lr": lr, "holdback": holdback, "optimizer": "Adam"}
+
+    return Task(name, description, load, model, train, settings, evaluations=lambda ctx: ctx.budget,
+                budget=epochs, quick_budget=quick_epochs, unit="epochs", methods=methods, options_accepted=options,
+                **fields)
+
+
+_images_options = ("data_root",)
+register_task(epoch_task("mnist-mlp", "MNIST, the paper's MLP (784-1024-10, dropout 0.2)",
+                         _image_loader("load_mnist", "mnist"), _mlp, epochs=12, quick_epochs=3,
+                         options=_images_options))
+register_task(epoch_task("fashion-mlp", "Fashion-MNIST, the paper's MLP (784-1024-10, dropout 0.2)",
+                         _image_loader("load_fashion_mnist", "fashion-mnist"), _mlp, epochs=12, quick_epochs=3,
+                         options=_images_options))
+register_task(epoch_task("fashion-cnn", "Fashion-MNIST, the paper's CNN (N = 32)",
+                         _image_loader("load_fashion_mnist", "fashion-mnist"), _cnn, epochs=12, quick_epochs=3,
+                         options=_images_options))
+register_task(epoch_task("cifar10-cnn", "CIFAR-10, the paper's CNN (N = 32)",
+                         _image_loader("load_cifar10", "cifar-10"), _cnn, epochs=12, quick_epochs=3,
+                         options=_images_options))
+register_task(epoch_task("tabular", "every table of a manifest (default: the 12 bundled tables), MLP 256-256 "
+                         "(70/30 stratified split, 15 % hold-back)", _tabular_load, _tabular_mlp, epochs=60,
+                         quick_epochs=20, holdback=0.15, options=("manifest",),
+                         methods=EPOCH_METHODS + ("random-forest", "hist-gradient-boosting")))
+register_task(epoch_task("demo", "a dataset bundled with scikit-learn (digits by default), the paper's MLP "
+                         "(25 % stratified test split, 10 % hold-back)", _demo_load, _mlp, epochs=20,
+                         quick_epochs=5, options=("dataset",), methods=("gd", "occam", "occam-val", "occam-guarded")))

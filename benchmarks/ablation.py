@@ -1,43 +1,48 @@
 """The controllers' ablation: one table over every bench, and the guarded controller's targets.
 
-Reads the JSON files ``occamgd bench`` wrote (nothing is trained here) and prints markdown::
+Reads the records ``occamgd bench`` wrote (nothing is trained here) and prints markdown::
 
-    python -m occamgd.bench.ablation runs
+    python benchmarks/ablation.py runs
 
 Benches read when present under the root: ``fashion-mlp`` (12 epochs) and ``fashion-mlp-e30``,
-``fashion-cnn``, ``tabular`` (60 epochs) and ``tabular-e30``, ``char-gpt-quick``. Epoch benches report the test
-loss at the epoch chosen on the hold-back loss; char-gpt reports the best validation loss (it
-has no test split), at the evaluation where it was reached.
+``fashion-cnn``, ``tabular`` (60 epochs) and ``tabular-e30``, ``char-gpt-quick``. Each record is
+scored by its task's own score (the test loss at the epoch chosen on the hold-back loss; for
+char-gpt, which has no test split, the best validation loss). The project's targets judged here
+live with the benchmarks, not in the installed package.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 from collections import defaultdict
 from pathlib import Path
 
-from ..reporting import markdown_table, mean_std
+from occamgd.bench import TASKS, load_records
+from occamgd.reporting import markdown_table, mean_std
 
 METHODS = ("gd", "gd-wd", "gmp", "gmp-oracle", "occam", "occam-val", "occam-guarded")
 BENCHES = ("fashion-mlp", "fashion-mlp-e30", "fashion-cnn", "tabular", "tabular-e30", "char-gpt-quick")
 
 
 def _metrics(run: dict) -> tuple[float, float | None, float]:
-    """(loss, density, seconds) of one run, whatever bench wrote it."""
-    if "best" in run:  # char-gpt
-        return run["best"]["val_loss"], run["best"]["density"], sum(h["train_seconds"] for h in run["history"])
-    return run["test_loss"], run["density"], run["train_seconds"]
+    """(score, density, seconds) of one record, the score being its task's."""
+    return run[TASKS[run["task"]].score[0]], run["density"], run["train_seconds"]
 
 
 def load(root: Path) -> dict[str, dict[str, dict[str, list[tuple]]]]:
-    """bench -> dataset -> method -> [(loss, density, seconds) per seed]."""
+    """bench -> dataset -> method -> [(score, density, seconds) per seed]; one configuration per seed."""
     runs: dict = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
     for bench in BENCHES:
-        for path in sorted((root / bench).glob("*/*/seed*.json")):
-            run = json.loads(path.read_text())
+        seen: dict[tuple, str] = {}
+        for run in load_records(root / bench):
+            key = (run["dataset"], run["method"], run["seed"])
+            if key in seen:
+                raise SystemExit(f"{root / bench} holds two configurations of {'/'.join(map(str, key))} "
+                                 f"(runs {seen[key]} and {run['run_id']}); accepted: one configuration per bench "
+                                 "directory (move the older runs away)")
+            seen[key] = run["run_id"]
             runs[bench][run["dataset"]][run["method"]].append(_metrics(run))
     return runs
 
