@@ -13,7 +13,8 @@ import torch
 from sklearn.utils import Bunch
 
 import occamgd
-from occamgd.data import Table, default_manifest, load_openml, load_table, read_manifest, table_from_frame
+from occamgd.data import Table, default_manifest, load_openml, load_table, read_csv, read_manifest, table_from_frame
+from occamgd.data.tabular import BUNDLED_MANIFEST
 
 COLORS = ["red", "green", "blue"]
 
@@ -206,19 +207,13 @@ def test_bad_split_fractions_are_refused(tmp_path, kw):
         load_table("toy", write(tmp_path, frame()), **kw)
 
 
-def test_default_manifest_is_the_env_var_then_shared_beside_the_working_directory(tmp_path, monkeypatch):
-    monkeypatch.setenv("OCCAMGD_TABULAR", str(tmp_path / "env"))
-    assert default_manifest() == tmp_path / "env"
-    monkeypatch.delenv("OCCAMGD_TABULAR")
-    (tmp_path / "main").mkdir()
-    monkeypatch.chdir(tmp_path / "main")
-    with pytest.raises(FileNotFoundError, match="OCCAMGD_TABULAR"):
-        default_manifest()
-    shared = tmp_path / "shared" / "data" / "tabular"
-    shared.mkdir(parents=True)
-    write(shared, frame())
-    assert default_manifest().resolve() == shared.resolve()
+def test_default_manifest_is_the_env_var_then_the_bundled_suite(tmp_path, monkeypatch):
+    monkeypatch.setenv("OCCAMGD_TABULAR", str(write(tmp_path, frame())))
+    assert default_manifest() == tmp_path
     assert len(load_table("toy").y_test) == 9
+    monkeypatch.delenv("OCCAMGD_TABULAR")
+    assert default_manifest() == BUNDLED_MANIFEST
+    assert len(read_manifest()) == 12
 
 
 # OpenML (fetch_openml faked: no network) ------------------------------------------------------
@@ -243,26 +238,15 @@ def test_load_openml_feeds_the_same_preprocessing(monkeypatch):
     assert calls[1]["data_id"] == 40945 and calls[1]["target_column"] == "class" and "name" not in calls[1]
 
 
-# The real tables beside the project --------------------------------------------------------------
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "tabular"
-
-
-@pytest.mark.skipif(not (SHARED / "manifest.json").is_file(), reason="../shared/data/tabular is absent")
-def test_every_shared_table_loads_with_the_manifest_counts():
-    manifest = json.loads((SHARED / "manifest.json").read_text())["datasets"]
-    specs = read_manifest(SHARED)
-    assert set(specs) == set(manifest)
+# The bundled development suite ---------------------------------------------------------------
+def test_every_bundled_table_loads_with_the_manifest_counts():
+    manifest = json.loads(BUNDLED_MANIFEST.read_text())["datasets"]
+    assert set(read_manifest(BUNDLED_MANIFEST)) == set(manifest)
     for name, entry in manifest.items():
-        missing = int(read_csv_cells(SHARED / entry["file"]))
-        assert missing == entry["missing_cells"], name
-        t = load_table(name, SHARED)
+        path = BUNDLED_MANIFEST.parent / entry["file"]
+        assert int(read_csv(path).isna().to_numpy().sum()) == entry["missing_cells"], name
+        t = load_table(name, BUNDLED_MANIFEST)
         assert len(t.y_train) + len(t.y_test) == entry["rows"], name
         assert len(t.classes) == entry["classes"] == len(np.unique(t.y_test)), name
-        assert not any(c in t.feature_names for c in [entry["target"], *entry["drop"]]), name
+        assert not any(f.split("=")[0] in [entry["target"], *entry["drop"]] for f in t.feature_names), name
         assert np.isfinite(t.X_train).all() and np.isfinite(t.X_test).all(), name
-
-
-def read_csv_cells(path: Path) -> int:
-    from occamgd.data import read_csv
-
-    return read_csv(path).isna().to_numpy().sum()
