@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -216,6 +217,28 @@ def test_manifest_counts_that_disagree_with_the_csv_are_refused(tmp_path):
 def test_bad_split_fractions_are_refused(tmp_path, kw):
     with pytest.raises(ValueError, match="must be a float in \\(0, 1\\)"):
         load_table("toy", write(tmp_path, frame()), **kw)
+
+
+@pytest.mark.parametrize("name, file, what", [
+    ("toy", "../toy.csv", "dataset 'toy': file '../toy.csv'"),
+    ("toy", "/tmp/toy.csv", "dataset 'toy': file '/tmp/toy.csv'"),
+    ("toy", "C:\\toy.csv", "dataset 'toy': file 'C:\\\\toy.csv'"),
+    ("toy", "sub/../../toy.csv", "dataset 'toy': file 'sub/../../toy.csv'"),
+    ("../toy", "toy.csv", "dataset name '../toy'"),
+    ("sub/toy", "toy.csv", "dataset name 'sub/toy'"),
+])
+def test_a_manifest_entry_outside_its_directory_is_refused(tmp_path, name, file, what):
+    (tmp_path / "manifest.json").write_text(json.dumps({"datasets": {name: {"file": file, "target": "label"}}}))
+    with pytest.raises(ValueError, match=re.escape(f"{what} is outside the manifest's directory; accepted: a")):
+        read_manifest(tmp_path)
+
+
+def test_a_manifest_file_in_a_subdirectory_is_accepted(tmp_path):
+    (tmp_path / "sub").mkdir()
+    write(tmp_path / "sub", frame())
+    (tmp_path / "manifest.json").write_text(json.dumps({"datasets": {"toy": {
+        "file": "sub/toy.csv", "target": "label", "drop": ["id"]}}}))
+    assert len(load_table("toy", tmp_path).y_test) == 9
 
 
 def test_default_manifest_is_the_env_var_then_the_bundled_suite(tmp_path, monkeypatch):

@@ -1,8 +1,9 @@
 """Tabular classification data: CSV files described by a manifest, OpenML, or a DataFrame.
 
-A manifest (``manifest.json``) names each table's CSV ``file``, its ``target`` column, the
-columns to ``drop``, optionally the columns to treat as ``categorical`` although their values are
-numbers, and the expected ``rows`` and ``classes``; in the CSV the first row is the header and an empty cell is a missing value. Every loader returns a
+A manifest (``manifest.json``) names each table's CSV ``file`` (inside the manifest's
+directory), its ``target`` column, the columns to ``drop``, optionally the columns to treat as
+``categorical`` although their values are numbers, and the expected ``rows`` and ``classes``; in
+the CSV the first row is the header and an empty cell is a missing value. Every loader returns a
 :class:`Table`: a stratified train/test split (and, on request, a hold-out split carved from the
 training part), encoded by :class:`~occamgd.data.preprocessing.Preprocessing` learned on the
 training rows only: the same encoding ``occamgd fit`` stores in its model directory.
@@ -14,7 +15,7 @@ import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Optional, Union
 
 import numpy as np
@@ -50,6 +51,18 @@ def default_manifest() -> Path:
     return BUNDLED_MANIFEST
 
 
+def _inside(value: str, what: str, manifest: Path, single: bool = False) -> None:
+    """Refuse a manifest path that could leave the manifest's directory (checked on the text, in
+    both path flavours, so a manifest is judged the same on every system)."""
+    for flavour in (PurePosixPath, PureWindowsPath):
+        path = flavour(value)
+        if (not value or path.is_absolute() or path.drive or path.root or ".." in path.parts
+                or (single and len(path.parts) != 1)):
+            accepted = "a plain name (no '/', '\\' or '..')" if single else "a relative path without '..'"
+            raise ValueError(f"manifest {manifest}: {what} {value!r} is outside the manifest's directory; "
+                             f"accepted: {accepted}")
+
+
 def read_manifest(path: PathLike | None = None) -> dict[str, TableSpec]:
     """Read a manifest (the JSON file or its directory; :func:`default_manifest` when ``None``)."""
     path = Path(path).expanduser() if path is not None else default_manifest()
@@ -72,6 +85,9 @@ def read_manifest(path: PathLike | None = None) -> dict[str, TableSpec]:
                 and all(isinstance(v, list) and all(isinstance(c, str) for c in v) for v in lists)):
             raise ValueError(f'manifest {path}: dataset {name!r} needs "file" and "target" strings and optional '
                              f'"drop" and "categorical" lists of column names, got {entry!r}')
+        # Names become file names in the bench's output, files are opened: neither may leave the suite.
+        _inside(name, "dataset name", path, single=True)
+        _inside(entry["file"], f"dataset {name!r}: file", path)
         specs[name] = TableSpec(name=name, path=path.parent / entry["file"], target=entry["target"],
                                 drop=tuple(lists[0]), categorical=tuple(lists[1]), rows=entry.get("rows"),
                                 classes=entry.get("classes"))
