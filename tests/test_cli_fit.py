@@ -13,7 +13,8 @@ import torch
 import occamgd.schedules
 from occamgd import OccamMLPClassifier, export
 from occamgd.cli import EXIT_BAD_INPUT, EXIT_OK, main
-from occamgd.modeldir import MODELDIR_FORMAT, REQUIRED, fit_csv, infer_task, load_model_dir, read_csv
+from occamgd.data.preprocessing import infer_task, read_csv
+from occamgd.modeldir import MODELDIR_FORMAT, REQUIRED, fit_csv, load_model_dir
 from occamgd.models import TabularMLP
 
 FAST = ["--epochs", "3", "--hidden", "16", "--quiet"]

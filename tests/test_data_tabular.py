@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-import warnings
+import re
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +13,16 @@ import torch
 from sklearn.utils import Bunch
 
 import occamgd
-from occamgd.data import Table, default_manifest, load_openml, load_table, read_manifest, table_from_frame
+from occamgd.data import (
+    Table,
+    default_manifest,
+    load_openml,
+    load_table,
+    read_csv,
+    read_manifest,
+    table_from_frame,
+)
+from occamgd.data.tabular import BUNDLED_MANIFEST
 
 COLORS = ["red", "green", "blue"]
 
@@ -40,22 +49,30 @@ def write(tmp_path: Path, df: pd.DataFrame, entry=None, name="toy") -> Path:
     return tmp_path
 
 
+def raw(table: Table, X: np.ndarray) -> np.ndarray:
+    """``X`` before the learned standardisation: imputed numbers and 0/1 one-hot columns."""
+    return X * np.array(table.preprocessor.scale) + np.array(table.preprocessor.mean)
+
+
 def keys(table: Table, X: np.ndarray) -> np.ndarray:
-    """The original ``key`` of each preprocessed row (undoing the fitted standardisation)."""
-    scaler = table.preprocessor.named_transformers_["numeric"][-1]
-    j = table.feature_names.index("key")
-    return np.rint(X[:, j] * scaler.scale_[0] + scaler.mean_[0]).astype(int)
+    """The original ``key`` of each preprocessed row."""
+    return np.rint(raw(table, X)[:, table.feature_names.index("key")]).astype(int)
 
 
 def test_table_is_encoded_with_the_manifest_columns(tmp_path):
     t = load_table("toy", write(tmp_path, frame()))
-    assert t.feature_names == ["key", "size", "color_blue", "color_green", "color_red"]  # id dropped
+    assert t.feature_names == ["key", "size", "color=blue", "color=green", "color=red"]  # id dropped
     assert t.X_train.dtype == np.float32 and t.y_train.dtype == np.int64
     assert t.X_train.shape == (21, 5) and t.X_test.shape == (9, 5)
     assert t.classes == ["no", "yes"]
     assert not np.isnan(t.X_train).any() and not np.isnan(t.X_test).any()
-    one_hot = np.concatenate([t.X_train, t.X_test])[:, 2:]
-    assert set(np.unique(one_hot)) == {0.0, 1.0} and (one_hot.sum(1) == 1).all()
+    # Every encoded column is standardised on the training rows, one-hot ones included.
+    assert np.abs(t.X_train.mean(0)).max() < 1e-5 and np.allclose(t.X_train.std(0), 1.0, atol=1e-5)
+    X = np.concatenate([t.X_train, t.X_test])
+    one_hot = np.rint(raw(t, X)[:, 2:])
+    assert np.allclose(raw(t, X)[:, 2:], one_hot, atol=1e-5) and set(np.unique(one_hot)) == {0.0, 1.0}
+    gaps = frame()["color"].isna().to_numpy()[keys(t, X)]
+    assert (one_hot[~gaps].sum(1) == 1).all() and (one_hot[gaps] == 0).all()  # missing -> all zeros
     # Labels map back to the original strings.
     df = frame()
     for X, y in (t.train, t.test):
@@ -67,33 +84,28 @@ def test_statistics_come_from_the_training_rows_only(tmp_path):
     t = load_table("toy", write(tmp_path, df))
     train_rows, test_rows = keys(t, t.X_train), keys(t, t.X_test)
     train = df.iloc[train_rows]
-    scaler = t.preprocessor.named_transformers_["numeric"][-1]
+    pre = t.preprocessor
     imputed = train["size"].fillna(train["size"].median())
-    assert scaler.mean_[1] == pytest.approx(imputed.mean())
-    assert scaler.scale_[1] == pytest.approx(imputed.std(ddof=0))
-    assert np.abs(t.X_train[:, :2].mean(0)).max() < 1e-5
-    # Missing sizes take the training median; missing colors the training mode.
+    assert pre.numeric["size"] == pytest.approx(train["size"].median())
+    assert pre.mean[1] == pytest.approx(imputed.mean())
+    assert pre.scale[1] == pytest.approx(imputed.std(ddof=0))
+    assert np.abs(t.X_train.mean(0)).max() < 1e-5
+    # Missing sizes take the training median.
     j = t.feature_names.index("size")
     for X, rows in ((t.X_train, train_rows), (t.X_test, test_rows)):
         gaps = df["size"].isna().to_numpy()[rows]
-        assert np.allclose(X[gaps, j], (train["size"].median() - scaler.mean_[1]) / scaler.scale_[1])
-    mode = train["color"].mode()[0]
-    for X, rows in ((t.X_train, train_rows), (t.X_test, test_rows)):
-        gaps = df["color"].isna().to_numpy()[rows]
-        assert (X[gaps, t.feature_names.index(f"color_{mode}")] == 1).all()
+        assert np.allclose(X[gaps, j], (train["size"].median() - pre.mean[1]) / pre.scale[1])
 
     # Extreme values and a new category in the test rows change nothing learned from training.
     wild = df.copy()
     wild["size"] = wild["size"].astype(float)
     wild.loc[test_rows, "size"] = 1e6
     wild.loc[test_rows, "color"] = "purple"
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*unknown categories")
-        w = load_table("toy", write(tmp_path, wild))
+    w = load_table("toy", write(tmp_path, wild))
     np.testing.assert_array_equal(w.X_train, t.X_train)
-    assert w.preprocessor.named_transformers_["numeric"][-1].mean_.tolist() == scaler.mean_.tolist()
+    assert w.preprocessor == pre
     assert w.feature_names == t.feature_names  # no column for 'purple'
-    assert (w.X_test[:, 2:] == 0).all()  # unknown category -> all zeros
+    assert np.allclose(raw(w, w.X_test)[:, 2:], 0.0, atol=1e-5)  # unknown category -> all zeros
     assert (w.X_test[:, 1] > 1e4).all()
 
 
@@ -120,10 +132,11 @@ def test_holdout_is_carved_from_training_and_kept_out_of_the_fitting(tmp_path):
     assert load_table("toy", tmp_path).holdout is None
 
 
-def test_integer_target_keeps_its_labels_and_the_table_trains(tmp_path):
-    df = frame().assign(label=[3 if i % 3 else 7 for i in range(30)])
+def test_number_labels_keep_their_spelling_in_numeric_order_and_the_table_trains(tmp_path):
+    df = frame().assign(label=["10" if i % 3 else "9" for i in range(30)])
     t = load_table("toy", write(tmp_path, df))
-    assert t.classes == [3, 7] and type(t.classes[0]) is int
+    assert t.classes == ["9", "10"]
+    assert (np.array(t.classes)[t.y_train] == df.label.to_numpy()[keys(t, t.X_train)]).all()
     X_new = t.transform(df.drop(columns=["id", "label"]).head(2))
     assert X_new.shape == (2, 5) and X_new.dtype == np.float32
     torch.manual_seed(0)
@@ -143,7 +156,7 @@ def test_a_manifest_column_absent_from_the_csv_is_named(tmp_path, entry, column)
 
 
 def test_a_target_with_one_class_is_refused(tmp_path):
-    with pytest.raises(ValueError, match="target 'label' has one class \\('yes'\\)"):
+    with pytest.raises(ValueError, match="target 'label' has a single class \\('yes'\\)"):
         load_table("toy", write(tmp_path, frame().assign(label="yes")))
 
 
@@ -206,19 +219,35 @@ def test_bad_split_fractions_are_refused(tmp_path, kw):
         load_table("toy", write(tmp_path, frame()), **kw)
 
 
-def test_default_manifest_is_the_env_var_then_shared_beside_the_working_directory(tmp_path, monkeypatch):
-    monkeypatch.setenv("OCCAMGD_TABULAR", str(tmp_path / "env"))
-    assert default_manifest() == tmp_path / "env"
-    monkeypatch.delenv("OCCAMGD_TABULAR")
-    (tmp_path / "main").mkdir()
-    monkeypatch.chdir(tmp_path / "main")
-    with pytest.raises(FileNotFoundError, match="OCCAMGD_TABULAR"):
-        default_manifest()
-    shared = tmp_path / "shared" / "data" / "tabular"
-    shared.mkdir(parents=True)
-    write(shared, frame())
-    assert default_manifest().resolve() == shared.resolve()
+@pytest.mark.parametrize("name, file, what", [
+    ("toy", "../toy.csv", "dataset 'toy': file '../toy.csv'"),
+    ("toy", "/tmp/toy.csv", "dataset 'toy': file '/tmp/toy.csv'"),
+    ("toy", "C:\\toy.csv", "dataset 'toy': file 'C:\\\\toy.csv'"),
+    ("toy", "sub/../../toy.csv", "dataset 'toy': file 'sub/../../toy.csv'"),
+    ("../toy", "toy.csv", "dataset name '../toy'"),
+    ("sub/toy", "toy.csv", "dataset name 'sub/toy'"),
+])
+def test_a_manifest_entry_outside_its_directory_is_refused(tmp_path, name, file, what):
+    (tmp_path / "manifest.json").write_text(json.dumps({"datasets": {name: {"file": file, "target": "label"}}}))
+    with pytest.raises(ValueError, match=re.escape(f"{what} is outside the manifest's directory; accepted: a")):
+        read_manifest(tmp_path)
+
+
+def test_a_manifest_file_in_a_subdirectory_is_accepted(tmp_path):
+    (tmp_path / "sub").mkdir()
+    write(tmp_path / "sub", frame())
+    (tmp_path / "manifest.json").write_text(json.dumps({"datasets": {"toy": {
+        "file": "sub/toy.csv", "target": "label", "drop": ["id"]}}}))
+    assert len(load_table("toy", tmp_path).y_test) == 9
+
+
+def test_default_manifest_is_the_env_var_then_the_bundled_suite(tmp_path, monkeypatch):
+    monkeypatch.setenv("OCCAMGD_TABULAR", str(write(tmp_path, frame())))
+    assert default_manifest() == tmp_path
     assert len(load_table("toy").y_test) == 9
+    monkeypatch.delenv("OCCAMGD_TABULAR")
+    assert default_manifest() == BUNDLED_MANIFEST
+    assert len(read_manifest()) == 12
 
 
 # OpenML (fetch_openml faked: no network) ------------------------------------------------------
@@ -234,7 +263,7 @@ def test_load_openml_feeds_the_same_preprocessing(monkeypatch):
     monkeypatch.setattr("sklearn.datasets.fetch_openml", fake_fetch_openml)
     t = load_openml("toy", drop=["id"], seed=3)
     assert calls[0]["name"] == "toy" and calls[0]["as_frame"] is True
-    assert t.feature_names == ["key", "size", "color_blue", "color_green", "color_red"]
+    assert t.feature_names == ["key", "size", "color=blue", "color=green", "color=red"]
     assert t.classes == ["no", "yes"]
     expected = table_from_frame(df, "label", drop=["id"], seed=3)
     np.testing.assert_array_equal(t.X_train, expected.X_train)
@@ -243,26 +272,15 @@ def test_load_openml_feeds_the_same_preprocessing(monkeypatch):
     assert calls[1]["data_id"] == 40945 and calls[1]["target_column"] == "class" and "name" not in calls[1]
 
 
-# The real tables beside the project --------------------------------------------------------------
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "tabular"
-
-
-@pytest.mark.skipif(not (SHARED / "manifest.json").is_file(), reason="../shared/data/tabular is absent")
-def test_every_shared_table_loads_with_the_manifest_counts():
-    manifest = json.loads((SHARED / "manifest.json").read_text())["datasets"]
-    specs = read_manifest(SHARED)
-    assert set(specs) == set(manifest)
+# The bundled development suite ---------------------------------------------------------------
+def test_every_bundled_table_loads_with_the_manifest_counts():
+    manifest = json.loads(BUNDLED_MANIFEST.read_text())["datasets"]
+    assert set(read_manifest(BUNDLED_MANIFEST)) == set(manifest)
     for name, entry in manifest.items():
-        missing = int(read_csv_cells(SHARED / entry["file"]))
-        assert missing == entry["missing_cells"], name
-        t = load_table(name, SHARED)
+        path = BUNDLED_MANIFEST.parent / entry["file"]
+        assert int(read_csv(path).isna().to_numpy().sum()) == entry["missing_cells"], name
+        t = load_table(name, BUNDLED_MANIFEST)
         assert len(t.y_train) + len(t.y_test) == entry["rows"], name
         assert len(t.classes) == entry["classes"] == len(np.unique(t.y_test)), name
-        assert not any(c in t.feature_names for c in [entry["target"], *entry["drop"]]), name
+        assert not any(f.split("=")[0] in [entry["target"], *entry["drop"]] for f in t.feature_names), name
         assert np.isfinite(t.X_train).all() and np.isfinite(t.X_test).all(), name
-
-
-def read_csv_cells(path: Path) -> int:
-    from occamgd.data import read_csv
-
-    return read_csv(path).isna().to_numpy().sum()

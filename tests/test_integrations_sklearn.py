@@ -18,9 +18,9 @@ from sklearn.preprocessing import OneHotEncoder
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 import occamgd
+from occamgd.data.tabular import BUNDLED_MANIFEST, load_table
 from occamgd.integrations.sklearn import OccamMLPClassifier, OccamMLPRegressor
 
-TABULAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "tabular"
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "sklearn.md"
 
 
@@ -170,13 +170,10 @@ def test_the_sklearn_guide_examples_run():
     assert namespace["sizes"]["sparse"]["bytes"] < namespace["sizes"]["dense"]["bytes"]
 
 
-@pytest.mark.skipif(not (TABULAR / "manifest.json").is_file(), reason="needs ../shared/data/tabular")
 def test_beats_sklearns_mlp_of_the_same_size_on_glass_by_test_log_loss():
     from threadpoolctl import threadpool_limits
 
-    from occamgd.data.tabular import load_table
-
-    table = load_table("Glass", manifest=TABULAR, test_size=0.3, seed=0)
+    table = load_table("Glass", manifest=BUNDLED_MANIFEST, test_size=0.3, seed=0)
     labels = np.arange(len(table.classes))
     # Both with their defaults (Adam 1e-3, 200 iterations for scikit-learn's; 60 epochs for Occam's).
     occam = OccamMLPClassifier(hidden_layer_sizes=(256, 256), random_state=0).fit(*table.train)

@@ -12,19 +12,13 @@ holds:
 The directory is built in a temporary directory beside its destination and renamed into place
 when complete, so an error or Ctrl-C never leaves a half-written model behind.
 
-Reading a CSV: the first row is the header; an empty cell (and only that) is a missing value.
-A feature column whose every value is a number is numeric: a missing value becomes the
-training median and the column is standardised. Any other column is categorical: one-hot
-encoded, a missing or unseen value becoming all zeros. A column that is mostly numbers with a
-few other values is refused as garbage, unless named in ``categorical``. The task is
-classification when the target has a value that is not a number, or when all its values are
-whole numbers with at most :data:`MAX_INTEGER_CLASSES` distinct ones; otherwise regression.
-Rows whose target is empty are dropped with a warning (and counted in the report).
+How the CSV is read, the task inferred and the columns encoded is
+:mod:`occamgd.data.preprocessing`, the same encoding the bench's tables use. Rows whose target
+is empty are dropped with a warning (and counted in the report).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
@@ -40,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from . import __version__
+from .data.preprocessing import TASKS, Preprocessing, encode_target, infer_task, read_csv
 from .export import FILE_NAMES, load_into, save
 from .io import atomic_write_text
 from .schedules import DEFAULT_PRESET
@@ -52,171 +47,9 @@ PREPROCESSING_NAME = "preprocessing.json"
 PLOT_NAME = "curves.png"
 #: Files a model directory must hold to predict (the sparse export is a size figure, not needed).
 REQUIRED = (REPORT_NAME, PREPROCESSING_NAME, FILE_NAMES["dense"])
-#: A numeric target with at most this many distinct whole-number values is taken as classes.
-MAX_INTEGER_CLASSES = 20
-TASKS = ("classification", "regression")
-
-
-# Reading ------------------------------------------------------------------------------------
-def read_csv(path: str | os.PathLike):
-    """A CSV as a DataFrame of strings (``NaN`` only for empty cells), so labels keep their spelling."""
-    import pandas as pd
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"CSV file {path} does not exist")
-    try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
-    except pd.errors.EmptyDataError as e:
-        raise ValueError(f"CSV file {path} is empty (no header, no rows)") from e
-    except (pd.errors.ParserError, UnicodeDecodeError) as e:
-        raise ValueError(f"CSV file {path} cannot be parsed: {e}") from e
-    return frame
-
-
-def _numbers(column) -> tuple[Any, Any]:
-    """The column parsed as float64 (NaN where empty) and the mask of non-empty cells that are not numbers."""
-    import pandas as pd
-
-    parsed = pd.to_numeric(column, errors="coerce").astype(np.float64)
-    # "inf" parses as a number but no network can use it: treat it as the garbage it is.
-    infinite = np.isinf(parsed)
-    return parsed.mask(infinite), (parsed.isna() & column.notna()) | infinite
-
-
-def _first_bad(column, bad) -> str:
-    """``'VALUE' on line N`` for the first flagged cell (rows keep the CSV's index; the header is line 1)."""
-    label = bad[bad].index[0]
-    return f"{column.loc[label]!r} on line {int(label) + 2}"
-
-
-# Preprocessing ------------------------------------------------------------------------------
-def infer_task(labels) -> str:
-    """``"classification"`` or ``"regression"`` for a target column of strings (see the module doc)."""
-    parsed, bad = _numbers(labels)
-    if bad.any():
-        return "classification"
-    values = parsed.dropna().to_numpy()
-    whole = bool(np.all(np.isfinite(values)) and np.all(values == np.round(values)))
-    return "classification" if whole and len(np.unique(values)) <= MAX_INTEGER_CLASSES else "regression"
-
-
-@dataclass
-class Preprocessing:
-    """How CSV rows become network inputs, and outputs become predictions; stored as JSON.
-
-    ``numeric`` maps a column to its training median (the value of a missing cell);
-    ``categorical`` maps a column to its sorted categories; ``mean`` / ``scale`` standardise the
-    encoded features (learned by the estimator); ``classes`` (classification) are the target's
-    labels as spelled in the CSV; ``y_mean`` / ``y_scale`` (regression) undo the target scaling.
-    """
-
-    target: str
-    task: str
-    columns: list[str]
-    numeric: dict[str, float]
-    categorical: dict[str, list[str]]
-    mean: list[float]
-    scale: list[float]
-    classes: list[str] | None = None
-    y_mean: float | None = None
-    y_scale: float | None = None
-
-    @property
-    def features(self) -> list[str]:
-        """Names of the encoded features, in the network's input order."""
-        names = []
-        for column in self.columns:
-            if column in self.numeric:
-                names.append(column)
-            else:
-                names.extend(f"{column}={c}" for c in self.categorical[column])
-        return names
-
-    @classmethod
-    def learn(cls, frame, target: str, task: str, categorical: Sequence[str] = (), source: str = "the CSV"):
-        """Learn the column encodings from the feature columns of ``frame`` (strings).
-
-        ``mean`` / ``scale`` are left empty: the estimator learns them on the encoded matrix.
-        """
-        columns = [c for c in frame.columns if c != target]
-        numeric, cats = {}, {}
-        for column in columns:
-            parsed, bad = _numbers(frame[column])
-            if column not in categorical and not bad.any() and parsed.notna().any():
-                numeric[column] = float(parsed.median())
-                continue
-            if column not in categorical and int(bad.sum()) < int(parsed.notna().sum()):
-                raise ValueError(
-                    f"{source}: column {column!r} holds numbers but also {int(bad.sum())} other values, such "
-                    f"as {_first_bad(frame[column], bad)}; accepted: numbers, or an "
-                    f"empty cell for a missing value (or --categorical {column} to encode it as categories)"
-                )
-            values = sorted(frame[column].dropna().unique().tolist())
-            if len(values) > 50 and len(values) > len(frame) // 2:
-                warnings.warn(f"column {column!r} has {len(values)} distinct values in {len(frame)} rows: "
-                              "if it is an identifier, drop it (--drop)", stacklevel=2)
-            cats[column] = values
-        return cls(target=target, task=task, columns=columns, numeric=numeric, categorical=cats, mean=[], scale=[])
-
-    def encode(self, frame, source: str = "the CSV") -> np.ndarray:
-        """The encoded feature matrix (float64) of ``frame``; extra columns are ignored."""
-        import pandas as pd
-
-        missing = [c for c in self.columns if c not in frame.columns]
-        if missing:
-            raise ValueError(f"{source} lacks the columns {missing} the model was trained with; "
-                             f"columns present: {list(frame.columns)}")
-        parts = []
-        for column in self.columns:
-            values = frame[column]
-            if column in self.numeric:
-                parsed, bad = _numbers(values)
-                if bad.any():
-                    raise ValueError(f"{source}: numeric column {column!r} has the value "
-                                     f"{_first_bad(values, bad)}; accepted: a "
-                                     "number, or an empty cell for a missing value")
-                parts.append(parsed.fillna(self.numeric[column]).to_numpy()[:, None])
-            else:
-                # -1 for a missing or unseen value: its row stays all zeros.
-                codes = pd.Index(self.categorical[column]).get_indexer(values)
-                onehot = np.zeros((len(frame), len(self.categorical[column])))
-                rows = np.flatnonzero(codes >= 0)
-                onehot[rows, codes[rows]] = 1.0
-                parts.append(onehot)
-        return np.hstack(parts) if parts else np.zeros((len(frame), 0))
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, doc: dict[str, Any], source: str) -> "Preprocessing":
-        required = {f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING}
-        missing = sorted(required - set(doc))
-        if missing:
-            raise ValueError(f"{source} lacks the fields {missing}; write the model directory again with occamgd fit")
-        return cls(**{f.name: doc[f.name] for f in dataclasses.fields(cls) if f.name in doc})
 
 
 # The model directory ------------------------------------------------------------------------
-def _labels(column, task: str, source: str) -> tuple[np.ndarray, list[str] | None]:
-    """Integer class codes (classes in numeric order when all are numbers) or float targets."""
-    parsed, bad = _numbers(column)
-    if task == "regression":
-        if bad.any():
-            raise ValueError(f"{source}: target {column.name!r} has the non-numeric value "
-                             f"{_first_bad(column, bad)}; accepted for --task regression: numbers only")
-        return parsed.to_numpy(), None
-    distinct = column.unique().tolist()
-    numeric = not bad.any()
-    classes = sorted(distinct, key=(lambda s: (float(s), s)) if numeric else None)
-    if len(classes) < 2:
-        raise ValueError(f"{source}: target {column.name!r} has a single class ({classes[0]!r}); "
-                         "accepted: at least two classes, or --task regression")
-    index = {c: i for i, c in enumerate(classes)}
-    return column.map(index).to_numpy(dtype=np.int64), classes
-
-
 def _estimator(task: str, config: dict[str, Any], progress: bool):
     from .integrations.sklearn import OccamMLPClassifier, OccamMLPRegressor
 
@@ -270,7 +103,7 @@ def fit_csv(
         raise ValueError(f"output directory {out} exists; accepted: a new path, or --force to replace it")
     frame = read_csv(csv)
     source = f"CSV file {csv}"
-    for column in [target, *categorical, *drop]:
+    for column in [target, *drop]:
         if column not in frame.columns:
             raise ValueError(f"column {column!r} is not in {source}; columns present: {', '.join(map(str, frame.columns))}")
     if target in drop:
@@ -287,8 +120,10 @@ def fit_csv(
     if len(frame.columns) < 2:
         raise ValueError(f"{source} has no feature columns besides the target {target!r}")
     task = task or infer_task(frame[target])
-    y, classes = _labels(frame[target], task, source)
-    pre = Preprocessing.learn(frame, target, task, categorical, source)
+    y, classes = encode_target(frame[target], task, source)
+    pre = Preprocessing.learn(frame, target, task, categorical=categorical, classes=classes, source=source)
+    # The estimator standardises X with the same rule on the same rows, so its mean_ / scale_ are
+    # pre.mean / pre.scale: what load_model_dir gives it back.
     X = pre.encode(frame, source)
     config = {"hidden": list(hidden), "epochs": epochs, "batch_size": batch_size, "learning_rate": learning_rate,
               # The preset actually used, so the report says it even when the default changes.
@@ -297,10 +132,7 @@ def fit_csv(
     t0 = time.perf_counter()
     estimator.fit(X, y)
     train_time = time.perf_counter() - t0
-    pre.mean, pre.scale = estimator.mean_.tolist(), estimator.scale_.tolist()
-    if task == "classification":
-        pre.classes = classes
-    else:
+    if task == "regression":
         pre.y_mean, pre.y_scale = float(estimator.y_mean_[0]), float(estimator.y_scale_[0])
     best = estimator.history_[estimator.best_epoch_]
     holdback_metrics = {"loss": best.get("holdback_loss"), "rows": int(max(1, round(holdback * len(frame))))}

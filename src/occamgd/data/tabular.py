@@ -1,10 +1,12 @@
 """Tabular classification data: CSV files described by a manifest, OpenML, or a DataFrame.
 
-A manifest (``manifest.json``) names each table's CSV ``file``, its ``target`` column, the
-columns to ``drop`` and, optionally, the expected ``rows`` and ``classes``; in the CSV the first
-row is the header and an empty cell is a missing value. Every loader returns a :class:`Table`:
-a stratified train/test split (and, on request, a hold-out split carved from the training
-part), preprocessed by a scikit-learn pipeline fitted on the training rows only.
+A manifest (``manifest.json``) names each table's CSV ``file`` (inside the manifest's
+directory), its ``target`` column, the columns to ``drop``, optionally the columns to treat as
+``categorical`` although their values are numbers, and the expected ``rows`` and ``classes``; in
+the CSV the first row is the header and an empty cell is a missing value. Every loader returns a
+:class:`Table`: a stratified train/test split (and, on request, a hold-out split carved from the
+training part), encoded by :class:`~occamgd.data.preprocessing.Preprocessing` learned on the
+training rows only: the same encoding ``occamgd fit`` stores in its model directory.
 """
 
 from __future__ import annotations
@@ -13,10 +15,12 @@ import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Optional, Union
+from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import Optional, Union
 
 import numpy as np
+
+from .preprocessing import Preprocessing, as_text, encode_target, read_csv
 
 PathLike = Union[str, os.PathLike]
 MANIFEST_NAME = "manifest.json"
@@ -31,6 +35,7 @@ class TableSpec:
     path: Path
     target: str
     drop: tuple[str, ...] = ()
+    categorical: tuple[str, ...] = ()
     rows: Optional[int] = None
     classes: Optional[int] = None
 
@@ -44,6 +49,18 @@ def default_manifest() -> Path:
     if os.environ.get("OCCAMGD_TABULAR"):
         return Path(os.environ["OCCAMGD_TABULAR"]).expanduser()
     return BUNDLED_MANIFEST
+
+
+def _inside(value: str, what: str, manifest: Path, single: bool = False) -> None:
+    """Refuse a manifest path that could leave the manifest's directory (checked on the text, in
+    both path flavours, so a manifest is judged the same on every system)."""
+    for flavour in (PurePosixPath, PureWindowsPath):
+        path = flavour(value)
+        if (not value or path.is_absolute() or path.drive or path.root or ".." in path.parts
+                or (single and len(path.parts) != 1)):
+            accepted = "a plain name (no '/', '\\' or '..')" if single else "a relative path without '..'"
+            raise ValueError(f"manifest {manifest}: {what} {value!r} is outside the manifest's directory; "
+                             f"accepted: {accepted}")
 
 
 def read_manifest(path: PathLike | None = None) -> dict[str, TableSpec]:
@@ -63,13 +80,17 @@ def read_manifest(path: PathLike | None = None) -> dict[str, TableSpec]:
         raise ValueError(f"manifest {path}: task {doc['task']!r} is not supported; accepted: 'classification'")
     specs = {}
     for name, entry in doc["datasets"].items():
-        drop = entry.get("drop", []) if isinstance(entry, dict) else None
+        lists = [entry.get(key, []) for key in ("drop", "categorical")] if isinstance(entry, dict) else [None]
         if not (isinstance(entry, dict) and isinstance(entry.get("file"), str) and isinstance(entry.get("target"), str)
-                and isinstance(drop, list) and all(isinstance(c, str) for c in drop)):
-            raise ValueError(f'manifest {path}: dataset {name!r} needs "file" and "target" strings and an '
-                             f'optional "drop" list of column names, got {entry!r}')
+                and all(isinstance(v, list) and all(isinstance(c, str) for c in v) for v in lists)):
+            raise ValueError(f'manifest {path}: dataset {name!r} needs "file" and "target" strings and optional '
+                             f'"drop" and "categorical" lists of column names, got {entry!r}')
+        # Names become file names in the bench's output, files are opened: neither may leave the suite.
+        _inside(name, "dataset name", path, single=True)
+        _inside(entry["file"], f"dataset {name!r}: file", path)
         specs[name] = TableSpec(name=name, path=path.parent / entry["file"], target=entry["target"],
-                                drop=tuple(drop), rows=entry.get("rows"), classes=entry.get("classes"))
+                                drop=tuple(lists[0]), categorical=tuple(lists[1]), rows=entry.get("rows"),
+                                classes=entry.get("classes"))
     return specs
 
 
@@ -77,8 +98,9 @@ def read_manifest(path: PathLike | None = None) -> dict[str, TableSpec]:
 @dataclass
 class Table:
     """A preprocessed split. ``X_*`` are float32 numpy arrays, ``y_*`` int64 numpy arrays of
-    indices into ``classes`` (the original labels, sorted). ``preprocessor`` is the fitted
-    scikit-learn ``ColumnTransformer``; :meth:`transform` applies it to new rows."""
+    indices into ``classes`` (the labels as text, in numeric order when all are numbers).
+    ``preprocessor`` is the :class:`Preprocessing` learned on the training rows (JSON-storable
+    with ``to_dict``); :meth:`transform` applies it to new rows."""
 
     name: str
     X_train: np.ndarray
@@ -87,7 +109,7 @@ class Table:
     y_test: np.ndarray
     classes: list
     feature_names: list[str]
-    preprocessor: Any = field(repr=False)
+    preprocessor: Preprocessing = field(repr=False)
     X_holdout: Optional[np.ndarray] = None
     y_holdout: Optional[np.ndarray] = None
 
@@ -105,10 +127,10 @@ class Table:
 
     def transform(self, frame) -> np.ndarray:
         """Preprocess new rows (a DataFrame with the original feature columns) as float32."""
-        return self.preprocessor.transform(frame).astype(np.float32)
+        return self.preprocessor.transform(as_text(frame)[0]).astype(np.float32)
 
 
-# Preprocessing ------------------------------------------------------------------------------
+# Splitting and encoding ---------------------------------------------------------------------
 def _check_fraction(name: str, value, allow_none: bool = False) -> None:
     if value is None and allow_none:
         return
@@ -116,29 +138,12 @@ def _check_fraction(name: str, value, allow_none: bool = False) -> None:
         raise ValueError(f"{name} must be a float in (0, 1){' or None' if allow_none else ''}, got {value!r}")
 
 
-def _preprocessor(numeric: list[str], categorical: list[str]):
-    from sklearn.compose import ColumnTransformer
-    from sklearn.impute import SimpleImputer
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import OneHotEncoder, StandardScaler
-
-    return ColumnTransformer(
-        [
-            ("numeric", make_pipeline(SimpleImputer(strategy="median"), StandardScaler()), numeric),
-            # Categories unseen in training become all zeros rather than an error at test time.
-            ("categorical", make_pipeline(SimpleImputer(strategy="most_frequent"),
-                                          OneHotEncoder(handle_unknown="ignore", sparse_output=False)), categorical),
-        ],
-        sparse_threshold=0.0,
-        verbose_feature_names_out=False,
-    )
-
-
 def table_from_frame(
     frame,
     target: str,
     *,
     drop: Sequence[str] = (),
+    categorical: Sequence[str] = (),
     name: str = "frame",
     test_size: float = 0.3,
     seed: int = 0,
@@ -147,16 +152,16 @@ def table_from_frame(
 ) -> Table:
     """Split and preprocess a pandas DataFrame holding the features and the ``target`` column.
 
-    Dropped columns and the target are removed; numeric features are median-imputed and
-    standardised, the others most-frequent-imputed and one-hot encoded — all fitted on the
-    training rows only. The split is stratified on the target with ``random_state=seed``;
-    ``holdout`` (a fraction of the training split, stratified too) is kept apart from the
-    fitting as well. ``source`` names the data in error messages.
+    Dropped columns and the target are removed; the rest is encoded by :class:`Preprocessing`
+    (see :mod:`occamgd.data.preprocessing`) learned on the training rows only: the frame is read
+    as text as if written to CSV (:func:`as_text`), ``categorical`` columns and those of
+    ``category`` dtype are one-hot encoded whatever their values. The split is stratified on the
+    target with ``random_state=seed``; ``holdout`` (a fraction of the training split, stratified
+    too) is kept apart from the learning as well. ``source`` names the data in error messages.
     """
-    import pandas as pd
     from sklearn.model_selection import train_test_split
 
-    # Validate everything before fitting anything.
+    # Validate everything before learning anything.
     _check_fraction("test_size", test_size)
     _check_fraction("holdout", holdout, allow_none=True)
     present = [str(c) for c in frame.columns]
@@ -165,19 +170,20 @@ def table_from_frame(
             raise ValueError(f"column {column!r} is not in {source}; columns present: {', '.join(present)}")
     if len(frame) == 0:
         raise ValueError(f"{source} has no rows")
-    features = frame.drop(columns=list(dict.fromkeys([target, *drop])))
+    text, declared = as_text(frame)
+    target, drop = str(target), {str(c) for c in drop}
+    features = text.drop(columns=list(drop | {target}))
     if features.shape[1] == 0:
         raise ValueError(f"{source}: no feature columns left after removing the target {target!r} "
-                         f"and drop {list(drop)}")
-    labels = frame[target]
+                         f"and drop {sorted(drop)}")
+    labels = text[target]
     if labels.isna().any():
         rows = np.flatnonzero(labels.isna().to_numpy())[:10].tolist()
         raise ValueError(f"{source}: target {target!r} is missing in {int(labels.isna().sum())} rows "
                          f"(first data rows, 0-based: {rows}); accepted: a label in every row")
-    classes, y = np.unique(labels.to_numpy(dtype=object), return_inverse=True)
+    # Classes come from every row: a label is not a statistic of the features.
+    y, classes = encode_target(labels, "classification", source)
     counts = np.bincount(y)
-    if len(classes) < 2:
-        raise ValueError(f"{source}: target {target!r} has one class ({classes[0]!r}); accepted: at least two")
     if counts.min() < 2:
         rare = [c for c, n in zip(classes, counts) if n < 2]
         raise ValueError(f"{source}: classes {rare} of target {target!r} have a single row; a stratified "
@@ -190,42 +196,21 @@ def table_from_frame(
         train_idx, hold_idx = train_test_split(train_idx, test_size=holdout, stratify=y[train_idx],
                                                random_state=seed)
 
-    numeric = [c for c in features.columns if pd.api.types.is_numeric_dtype(features[c])]
-    categorical = [c for c in features.columns if c not in numeric]
-    # Plain float64 / object columns with NaN for missing: what SimpleImputer and OneHotEncoder
-    # accept, whatever dtype the reader produced (bool, nullable Int64, string, category).
-    features = features.astype({**{c: np.float64 for c in numeric}, **{c: object for c in categorical}})
-    features = features.where(features.notna(), np.nan)
-    pre = _preprocessor(numeric, categorical).fit(features.iloc[train_idx])
+    declared = [c for c in declared if c in features.columns]
+    pre = Preprocessing.learn(features.iloc[train_idx], target, "classification",
+                              categorical=list(dict.fromkeys([*declared, *map(str, categorical)])),
+                              classes=classes, source=source)
 
     def part(rows):
-        return pre.transform(features.iloc[rows]).astype(np.float32), y[rows].astype(np.int64)
+        return pre.transform(features.iloc[rows], source).astype(np.float32), y[rows]
 
     (X_train, y_train), (X_test, y_test) = part(train_idx), part(test_idx)
     X_hold, y_hold = part(hold_idx) if hold_idx is not None else (None, None)
-    return Table(name=name, X_train=X_train, y_train=y_train, X_test=X_test, y_test=y_test,
-                 classes=[c.item() if isinstance(c, np.generic) else c for c in classes],
-                 feature_names=[str(f) for f in pre.get_feature_names_out()], preprocessor=pre,
-                 X_holdout=X_hold, y_holdout=y_hold)
+    return Table(name=name, X_train=X_train, y_train=y_train, X_test=X_test, y_test=y_test, classes=classes,
+                 feature_names=pre.features, preprocessor=pre, X_holdout=X_hold, y_holdout=y_hold)
 
 
 # Loaders ------------------------------------------------------------------------------------
-def read_csv(path: PathLike):
-    """Read a CSV as a DataFrame: first row the header, an empty cell (and only that) missing."""
-    import pandas as pd
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"CSV file {path} does not exist")
-    try:
-        # keep_default_na=False: a category spelled "NA" or "None" is a value, not a gap.
-        return pd.read_csv(path, keep_default_na=False, na_values=[""])
-    except pd.errors.EmptyDataError as e:
-        raise ValueError(f"CSV file {path} is empty (no header, no rows)") from e
-    except (pd.errors.ParserError, UnicodeDecodeError) as e:
-        raise ValueError(f"CSV file {path} cannot be parsed: {e}") from e
-
-
 def load_table(
     name: str,
     manifest: PathLike | None = None,
@@ -249,8 +234,8 @@ def load_table(
         if found != spec.classes:
             raise ValueError(f"{spec.path}: target {spec.target!r} has {found} classes but the manifest "
                              f"says {spec.classes}")
-    return table_from_frame(frame, spec.target, drop=spec.drop, name=name, test_size=test_size, seed=seed,
-                            holdout=holdout, source=f"CSV file {spec.path}")
+    return table_from_frame(frame, spec.target, drop=spec.drop, categorical=spec.categorical, name=name,
+                            test_size=test_size, seed=seed, holdout=holdout, source=f"CSV file {spec.path}")
 
 
 def load_openml(
@@ -259,6 +244,7 @@ def load_openml(
     version: str | int = "active",
     target: str | None = None,
     drop: Sequence[str] = (),
+    categorical: Sequence[str] = (),
     test_size: float = 0.3,
     seed: int = 0,
     holdout: float | None = None,
@@ -267,7 +253,8 @@ def load_openml(
     """Fetch an OpenML classification dataset (by name or id; needs a network the first time,
     then scikit-learn's cache in ``data_home``) and preprocess it like :func:`load_table`.
 
-    ``target`` overrides the dataset's default target column.
+    ``target`` overrides the dataset's default target column. OpenML's nominal features arrive
+    as ``category`` columns and are one-hot encoded like ``categorical`` ones.
     """
     from sklearn.datasets import fetch_openml
 
@@ -282,5 +269,5 @@ def load_openml(
     frame = bunch.data.copy()
     label = str(y.name) if y.name is not None else "target"
     frame[label] = y.to_numpy()
-    return table_from_frame(frame, label, drop=drop, name=str(name_or_id), test_size=test_size, seed=seed,
-                            holdout=holdout, source=source)
+    return table_from_frame(frame, label, drop=drop, categorical=categorical, name=str(name_or_id),
+                            test_size=test_size, seed=seed, holdout=holdout, source=source)

@@ -20,6 +20,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from ..data.preprocessing import standardisation
 from ..fit import fit
 from ..models import TabularMLP
 from ..schedules import DEFAULT_PRESET, PRESETS
@@ -68,7 +69,7 @@ _ATTRIBUTES_DOC = """
     history_ : list of dict
         Per epoch: training and hold-back loss, density, rate, time.
     mean_, scale_ : ndarray of shape (n_features_in_,)
-        The input standardisation learned in ``fit`` (a constant column has scale 1).
+        The input standardisation learned in ``fit`` (a column holding one value has scale 1).
     n_features_in_ : int
         Number of input columns.
     feature_names_in_ : ndarray of str
@@ -148,9 +149,8 @@ class _OccamMLP(BaseEstimator):
         if n < 2 and self.holdback > 0:
             raise ValueError(f"{type(self).__name__} needs at least 2 samples (one held back), got {n} sample")
         seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
-        mean = X.mean(axis=0)
-        scale = X.std(axis=0)
-        scale[scale == 0.0] = 1.0  # a constant column carries no information; leave it at zero
+        # The rule the bench's tables and occamgd fit's preprocessing.json use too.
+        mean, scale = standardisation(X)
         x = torch.as_tensor(((X - mean) / scale).astype(np.float32))
         # At least one row is held back, so small data sets (and cross-validation folds) still work.
         holdback = max(float(self.holdback), 1.0 / n) if self.holdback > 0 else 0.0
