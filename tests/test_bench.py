@@ -190,6 +190,14 @@ def test_tabular_bench_from_the_command_line(tmp_path, capsys):
     assert sorted(_results(tmp_path / "out" / "tabular-quick")) == ["t/gd/seed0", "t/random-forest/seed0"]
 
 
+def test_the_tabular_bench_reads_the_bundled_tables_by_default():
+    from occamgd.bench import tasks
+
+    loaded = tasks._tabular_load(0, True, {})
+    assert len(loaded) == 12 and {d.name for d in loaded} >= {"Sonar", "Glass", "TitanicSurvival", "Womenlf"}
+    assert all(len(d.train[0]) > len(d.test[0]) > 0 for d in loaded)
+
+
 def test_model_size_counts_kept_values_plus_a_bit_mask():
     model = nn.Linear(100, 10)  # 1000 prunable weights, 10 biases
     size = model_size(model, {"weight": 0.25})
