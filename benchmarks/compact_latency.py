@@ -10,11 +10,16 @@ gives parameters, bytes, the median latency of one forward pass and the throughp
 second) of each, and the largest output difference (float rounding only). Weights are random
 from a fixed seed: the speed of dense kernels does not depend on the values.
 
+``--models gpt`` (not in the default set) adds occamgd's GPT (``--gpt-size``: quick 4 x 4 x 128,
+context 64, or standard 6 x 6 x 384, context 256; vocabulary 65), whose MLP hidden units and
+attention heads ``structured_pruning`` prunes; each example is one full context of random tokens.
+
 Run from the repository root::
 
     .venv/bin/python benchmarks/compact_latency.py                  # CPU, 2 threads, batch 1 and 256
     .venv/bin/python benchmarks/compact_latency.py --device cuda
     .venv/bin/python benchmarks/compact_latency.py --smoke          # few repeats: checks it runs
+    .venv/bin/python benchmarks/compact_latency.py --device cuda --models gpt --gpt-size standard --batch-sizes 1 64
 """
 
 from __future__ import annotations
@@ -28,20 +33,40 @@ import torch
 import occamgd
 from _common import setup, write_figures
 from occamgd.compact import compact, compaction_report, structured_pruning
-from occamgd.models import CNN, MLP
+from occamgd.models import CNN, GPT, MLP, GPTConfig
 
 SEED = 0
 DENSITIES = (0.5, 0.25, 0.1)
+#: ``--gpt-size``: the GPT's shape (vocabulary 65, no dropout).
+GPT_SIZES = {
+    "quick": dict(vocab_size=65, block_size=64, n_layer=4, n_head=4, n_embd=128, dropout=0.0),
+    "standard": dict(vocab_size=65, block_size=256, n_layer=6, n_head=6, n_embd=384, dropout=0.0),
+}
 MODELS = {
     "mlp": (lambda: MLP(784, 10), (784,), "MLP 784-1024-10"),
     "cnn": (lambda: CNN(3, 10, n=32, image_size=32), (3, 32, 32), "CNN N=32, 3x32x32, 10 classes"),
+    "gpt": (None, None, "occamgd GPT (--gpt-size)"),
 }
+DEFAULT_MODELS = ("mlp", "cnn")
 
 
-def pruned(name: str, density: float, device: torch.device) -> tuple[torch.nn.Module, occamgd.Occam]:
+def build(name: str, gpt_size: str) -> torch.nn.Module:
+    return GPT(GPTConfig(**GPT_SIZES[gpt_size])) if name == "gpt" else MODELS[name][0]()
+
+
+def example_batch(name: str, batch: int, gpt_size: str, gen: torch.Generator) -> torch.Tensor:
+    """A batch of random inputs: images or rows, or for the GPT full contexts of random tokens."""
+    if name == "gpt":
+        config = GPT_SIZES[gpt_size]
+        return torch.randint(0, config["vocab_size"], (batch, config["block_size"]), generator=gen)
+    return torch.randn(batch, *MODELS[name][1], generator=gen)
+
+
+def pruned(name: str, density: float, device: torch.device,
+           gpt_size: str = "quick") -> tuple[torch.nn.Module, occamgd.Occam]:
     """The model from a fixed seed, its prunable layers cut to ``density`` of their units."""
     torch.manual_seed(SEED)
-    model = MODELS[name][0]().to(device)
+    model = build(name, gpt_size).to(device)
     with torch.no_grad():  # nonzero biases, so compaction has constants to fold as after training
         for n, p in model.named_parameters():
             if n.endswith("bias"):
@@ -55,7 +80,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda / cuda:N")
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
-    parser.add_argument("--models", nargs="+", choices=sorted(MODELS), default=list(MODELS), help="default: both")
+    parser.add_argument("--models", nargs="+", choices=sorted(MODELS), default=list(DEFAULT_MODELS),
+                        help="default: mlp cnn (gpt on request)")
+    parser.add_argument("--gpt-size", choices=sorted(GPT_SIZES), default="quick",
+                        help="the GPT's shape: quick (default, 4 x 4 x 128, context 64) or standard "
+                             "(6 x 6 x 384, context 256)")
     parser.add_argument("--densities", type=float, nargs="+", default=list(DENSITIES),
                         help="kept fraction of units (default: 0.5 0.25 0.1)")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 256], help="default: 1 256")
@@ -78,12 +107,11 @@ def main() -> int:
     gen = torch.Generator().manual_seed(SEED + 1)
     rows = []
     for name in args.models:
-        shape = MODELS[name][1]
         for density in args.densities:
-            model, occam = pruned(name, density, device)
+            model, occam = pruned(name, density, device, args.gpt_size)
             small = compact(model, occam)
             for batch in args.batch_sizes:
-                example = torch.randn(batch, *shape, generator=gen).to(device)
+                example = example_batch(name, batch, args.gpt_size, gen).to(device)
                 report = compaction_report(model, small, example, repeats=args.repeats, warmup=args.warmup)
                 rows.append({"model": name, "density": density, "weight_density": occam.density, **report})
 
@@ -101,7 +129,7 @@ def main() -> int:
     if args.json:
         write_figures(args.json, "compact_latency", command, {
             "device": str(device), "hardware": hardware, "repeats": args.repeats, "warmup": args.warmup,
-            "results": rows})
+            **({"gpt_config": GPT_SIZES[args.gpt_size]} if "gpt" in args.models else {}), "results": rows})
     return 0
 
 

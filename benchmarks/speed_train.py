@@ -10,7 +10,8 @@ values):
 - ``gpt``: occamgd's character GPT at the char-GPT bench's quick size (4 layers, 4 heads, 128
   wide, context 64, vocabulary 65, no dropout), AdamW(1e-3, weight decay 0.1), batch 32; an
   "epoch" is ``--gpt-steps`` (50, the quick bench's pruning interval) steps, and Occam prunes the
-  block weights (``occamgd.models.gpt.prunable``).
+  block weights (``occamgd.models.gpt.prunable``). ``--gpt-size standard``: the standard size
+  instead (6 layers, 6 heads, 384 wide, context 256, batch 64; for a GPU), float32, eager.
 
 Occam runs with the paper's preset (``Occam(model, optimizer, schedule="paper")``: layerwise
 magnitude, OccamRate r0 = 0.4), which prunes 40 % at the end of the untimed warm-up epoch, so every
@@ -50,17 +51,27 @@ SEED = 0
 MODELS = ("mlp", "cnn", "gpt")
 
 
-GPT_CONFIG = dict(vocab_size=65, block_size=64, n_layer=4, n_head=4, n_embd=128, dropout=0.0)
-BATCH = {"mlp": 128, "cnn": 128, "gpt": 32}
+#: ``--gpt-size``: (GPTConfig arguments, batch size); quick is the default.
+GPT_SIZES = {
+    "quick": (dict(vocab_size=65, block_size=64, n_layer=4, n_head=4, n_embd=128, dropout=0.0), 32),
+    "standard": (dict(vocab_size=65, block_size=256, n_layer=6, n_head=6, n_embd=384, dropout=0.0), 64),
+}
+BATCH = {"mlp": 128, "cnn": 128}
+
+
+def batch_size(name: str, args: argparse.Namespace) -> int:
+    return GPT_SIZES[args.gpt_size][1] if name == "gpt" else BATCH[name]
 
 
 def describe(name: str, args: argparse.Namespace) -> str:
     if name == "mlp":
-        return f"MLP 784-1024-10, Dropout(0.2), Adam(1e-3), {args.mlp_rows:,} rows, batch {BATCH[name]}"
+        return f"MLP 784-1024-10, Dropout(0.2), Adam(1e-3), {args.mlp_rows:,} rows, batch {batch_size(name, args)}"
     if name == "cnn":
-        return f"CNN N=32 on 3x32x32, 10 classes, Adam(1e-3), {args.cnn_rows:,} rows, batch {BATCH[name]}"
-    return (f"GPT 4 layers x 4 heads x 128, context 64, vocabulary 65, no dropout, AdamW(1e-3, wd 0.1), "
-            f"{args.gpt_steps} steps of batch {BATCH[name]} per epoch")
+        return f"CNN N=32 on 3x32x32, 10 classes, Adam(1e-3), {args.cnn_rows:,} rows, batch {batch_size(name, args)}"
+    c = GPT_SIZES[args.gpt_size][0]
+    return (f"GPT {c['n_layer']} layers x {c['n_head']} heads x {c['n_embd']}, context {c['block_size']}, "
+            f"vocabulary {c['vocab_size']}, no dropout, AdamW(1e-3, wd 0.1), "
+            f"{args.gpt_steps} steps of batch {batch_size(name, args)} per epoch")
 
 
 def make(name: str, args: argparse.Namespace, device: torch.device):
@@ -68,9 +79,10 @@ def make(name: str, args: argparse.Namespace, device: torch.device):
     torch.manual_seed(SEED)
     gen = torch.Generator().manual_seed(SEED)
     if name == "gpt":
-        model = GPT(GPTConfig(**GPT_CONFIG)).to(device)
-        rows = args.gpt_steps * BATCH[name]
-        tokens = torch.randint(0, GPT_CONFIG["vocab_size"], (rows, GPT_CONFIG["block_size"] + 1), generator=gen)
+        config = GPT_SIZES[args.gpt_size][0]
+        model = GPT(GPTConfig(**config)).to(device)
+        rows = args.gpt_steps * batch_size(name, args)
+        tokens = torch.randint(0, config["vocab_size"], (rows, config["block_size"] + 1), generator=gen)
         opt = torch.optim.AdamW(model.param_groups(0.1), lr=1e-3)
         data = (tokens[:, :-1], tokens[:, 1:])
         return model, opt, {"include": prunable(model)}, data, lambda m, x, y: m(x, y)[1]
@@ -89,7 +101,7 @@ def make(name: str, args: argparse.Namespace, device: torch.device):
 def run(name: str, method: str, args: argparse.Namespace, device: torch.device) -> dict:
     """One run: a fresh model, 1 untimed warm-up epoch, then ``args.epochs`` timed ones."""
     model, opt, occam_kwargs, (x, y), loss_fn = make(name, args, device)
-    batch = BATCH[name]
+    batch = batch_size(name, args)
     occam = occamgd.Occam(model, opt, schedule="paper", **occam_kwargs) if method == "occam" else None
     x, y = x.to(device), y.to(device)
     rows = x.shape[0]
@@ -127,6 +139,9 @@ def main() -> int:
     parser.add_argument("--mlp-rows", type=int, default=60_000, help="MLP rows per epoch (default 60000)")
     parser.add_argument("--cnn-rows", type=int, default=10_000, help="CNN rows per epoch (default 10000)")
     parser.add_argument("--gpt-steps", type=int, default=50, help="GPT optimizer steps per epoch (default 50)")
+    parser.add_argument("--gpt-size", choices=sorted(GPT_SIZES), default="quick",
+                        help="quick (default): 4 x 4 x 128, context 64, batch 32; standard: 6 x 6 x 384, "
+                             "context 256, batch 64")
     parser.add_argument("--smoke", action="store_true",
                         help="tiny sizes (256 MLP rows, 128 CNN rows, 4 GPT steps, 2 runs, 1 epoch): checks it runs")
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the figures as JSON here")
@@ -169,7 +184,8 @@ def main() -> int:
     if args.json:
         write_figures(args.json, "speed_train", command, {
             "device": str(device), "hardware": hardware, "repeats": args.repeats, "epochs": args.epochs,
-            "results": results})
+            "gpt_size": args.gpt_size, "gpt_config": GPT_SIZES[args.gpt_size][0],
+            "gpt_batch": GPT_SIZES[args.gpt_size][1], "results": results})
     return 0
 
 
