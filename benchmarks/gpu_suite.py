@@ -430,11 +430,11 @@ def targets(records: dict, dry_run: bool) -> list[dict]:
     row = {"target": f"default controller's best validation loss vs gd at {steps} steps (1 seed)",
            "source": "a. chargpt: best val loss (lower is better)"}
     if len(done) == 2:
-        gd, occ = runs["gd"]["best"], runs["occam-guarded"]["best"]
-        row.update(value=occ["val_loss"] - gd["val_loss"],
-                   measured=(f"occam-guarded {occ['val_loss']:.4f} (density {occ['density']:.3f}, step {occ['step']}) "
-                             f"vs gd {gd['val_loss']:.4f} (step {gd['step']})"),
-                   verdict="met" if occ["val_loss"] < gd["val_loss"] else "missed")
+        gd, occ = runs["gd"], runs["occam-guarded"]
+        row.update(value=occ["selection_loss"] - gd["selection_loss"],
+                   measured=(f"occam-guarded {occ['selection_loss']:.4f} (density {occ['density']:.3f}, step "
+                             f"{occ['best_step']}) vs gd {gd['selection_loss']:.4f} (step {gd['best_step']})"),
+                   verdict="met" if occ["selection_loss"] < gd["selection_loss"] else "missed")
     else:
         row.update(_missing(records.get("chargpt"), note or "a method failed"))
     rows.append(row)
@@ -490,8 +490,8 @@ def part_chargpt(raw: Path, dry_run: bool) -> int:
 
     import torch
 
-    # Only these names of the bench module (it is being refactored): a rename is a one-line fix here.
-    from occamgd.bench.chargpt import METHODS, QUICK, STANDARD, CharGPTConfig, train_run
+    from occamgd.bench import METHODS, TASKS, TrainSpec
+    from occamgd.bench.chargpt import QUICK, STANDARD, CharGPTConfig, train_run
     from occamgd.data.text import find_tinyshakespeare, load_text
     from occamgd.io import atomic_write_text
 
@@ -504,9 +504,15 @@ def part_chargpt(raw: Path, dry_run: bool) -> int:
         config = dataclasses.replace(STANDARD, steps=CHARGPT_STEPS)
         device = torch.device("cuda")
     assert isinstance(config, CharGPTConfig)
-    unknown = [m for m in CHARGPT_METHODS if m not in METHODS]
+    offered = TASKS["char-gpt"].methods
+    unknown = [m for m in CHARGPT_METHODS if m not in offered]
     if unknown:
-        raise SystemExit(f"chargpt: the bench has no method {unknown}; it has {sorted(METHODS)}")
+        raise SystemExit(f"chargpt: the bench's char-gpt task has no method {unknown}; it has {list(offered)}")
+
+    def spec(method: str) -> TrainSpec:
+        # gd and occam-guarded build their controllers without reading the bench's context.
+        return TrainSpec(METHODS[method].schedule(None), METHODS[method].signal)
+
     bf16 = device.type == "cuda"
     try:
         import triton  # noqa: F401  torch.compile's GPU backend needs it
@@ -532,7 +538,8 @@ def part_chargpt(raw: Path, dry_run: bool) -> int:
         started = time.perf_counter()
         compile_error = None
         try:
-            result = train_run(method, CHARGPT_SEED, config, corpus, device, bf16=bf16, compile=compile_ok)
+            result = train_run(config, corpus, device, spec(method), CHARGPT_SEED, bf16=bf16, compile=compile_ok,
+                               label=method)
             used_compile = compile_ok
         except Exception as e:
             if not compile_ok:
@@ -545,7 +552,8 @@ def part_chargpt(raw: Path, dry_run: bool) -> int:
             compile_error = f"{type(e).__name__}: {e}"
             print(f"chargpt {method}: compiled run failed ({compile_error}); retrying without torch.compile")
             try:
-                result = train_run(method, CHARGPT_SEED, config, corpus, device, bf16=bf16, compile=False)
+                result = train_run(config, corpus, device, spec(method), CHARGPT_SEED, bf16=bf16, compile=False,
+                                   label=method)
                 used_compile = False
             except Exception as e2:
                 figures["runs"][method] = {"error": f"{type(e2).__name__}: {e2}", "compile_error": compile_error}
@@ -555,15 +563,14 @@ def part_chargpt(raw: Path, dry_run: bool) -> int:
         result.pop("sample", None)
         figures["runs"][method] = {**result, "compile": used_compile, "compile_error": compile_error,
                                    "seconds": time.perf_counter() - started}
-        best = result["best"]
-        print(f"chargpt {method}: best val {best['val_loss']:.4f} at step {best['step']} (density "
-              f"{best['density']:.3f}), final {result['final_val_loss']:.4f}, {result['tokens_per_s']:,.0f} tokens/s, "
+        print(f"chargpt {method}: best val {result['selection_loss']:.4f} at step {result['best_step']} (density "
+              f"{result['density']:.3f}), final {result['final_loss']:.4f}, {result['tokens_per_s']:,.0f} tokens/s, "
               f"{time.perf_counter() - started:.1f} s")
         save()
     runs = figures["runs"]
     if all(m in runs and "error" not in runs[m] for m in CHARGPT_METHODS):
         figures["throughput_ratio"] = runs["occam-guarded"]["tokens_per_s"] / runs["gd"]["tokens_per_s"]
-        figures["best_val_loss"] = {m: runs[m]["best"]["val_loss"] for m in CHARGPT_METHODS}
+        figures["best_val_loss"] = {m: runs[m]["selection_loss"] for m in CHARGPT_METHODS}
         save()
     return 1 if failed else 0
 
