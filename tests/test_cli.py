@@ -75,3 +75,24 @@ def test_bench_options_of_the_wrong_task_are_refused_before_any_work(argv, messa
             pytest.skip("this machine has CUDA")
     assert main(argv) == EXIT_BAD_INPUT
     assert message in capsys.readouterr().err
+
+
+def test_a_library_bug_is_not_reported_as_bad_input(monkeypatch, tmp_path):
+    # A ValueError that occamgd did not raise as a refusal is a fault: it keeps its traceback
+    # (the console script then exits 1), it is not dressed up as exit code 2.
+    import occamgd.demo
+
+    def broken(**kwargs):
+        raise ValueError("an internal shape mismatch")
+
+    monkeypatch.setattr(occamgd.demo, "run", broken)
+    with pytest.raises(ValueError, match="internal shape mismatch"):
+        main(["demo", "--out", str(tmp_path / "x"), "--quiet"])
+
+
+def test_occamgds_own_refusals_are_bad_input(capsys):
+    from occamgd.errors import InvalidValueError, OccamgdError
+
+    assert issubclass(InvalidValueError, ValueError) and issubclass(InvalidValueError, OccamgdError)
+    assert main(["bench", "tabular", "--seeds", "0", "--quiet"]) == EXIT_BAD_INPUT
+    assert "seeds must be an integer >= 1, got 0" in capsys.readouterr().err

@@ -7,6 +7,7 @@ import os
 import sys
 
 from . import __version__
+from .errors import InvalidValueError, OccamgdError
 
 #: Exit codes scripts can rely on.
 EXIT_OK, EXIT_ERROR, EXIT_BAD_INPUT = 0, 1, 2
@@ -189,7 +190,7 @@ def _run_bench(args) -> None:
     task = TASKS[args.task]
     for flag, unit in (("epochs", "epochs"), ("steps", "steps")):
         if getattr(args, flag) is not None and task.unit != unit:
-            raise ValueError(f"task {task.name!r} counts {task.unit}, not {unit}; accepted: --{task.unit}")
+            raise InvalidValueError(f"task {task.name!r} counts {task.unit}, not {unit}; accepted: --{task.unit}")
     budget = args.epochs if task.unit == "epochs" else args.steps
     methods = [m for m in args.methods.split(",") if m] if args.methods else None
     options = {"manifest": args.manifest, "data_root": args.data_root, "corpus": args.corpus, "gpu": args.gpu}
@@ -213,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
             _run_predict(args)
         elif args.command == "report":
             _run_report(args)
-    except (ValueError, TypeError, FileNotFoundError) as exc:
+    except OccamgdError as exc:  # input occamgd checked and refused; anything else is a fault, with its traceback
         print(f"occamgd: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except OSError as exc:  # a disk or permission problem, not bad input: say so without a traceback

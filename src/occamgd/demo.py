@@ -12,6 +12,8 @@ from pathlib import Path
 
 import torch
 
+from .errors import InvalidValueError
+
 DATASETS = ("digits", "breast_cancer", "wine", "iris")
 
 
@@ -22,7 +24,7 @@ def load_bundled(name: str, seed: int, test_size: float = 0.25):
     from sklearn.preprocessing import StandardScaler
 
     if name not in DATASETS:
-        raise ValueError(f"unknown demo dataset {name!r}; accepted: {', '.join(DATASETS)}")
+        raise InvalidValueError(f"unknown demo dataset {name!r}; accepted: {', '.join(DATASETS)}")
     X, y = getattr(datasets, f"load_{name}")(return_X_y=True)
     X_tr, X_te, y_tr, y_te = train_test_split(X, y, test_size=test_size, random_state=seed, stratify=y)
     scaler = StandardScaler().fit(X_tr)
@@ -40,7 +42,7 @@ def run(dataset: str = "digits", epochs: int | None = None, seeds: int = 3, out:
     from .reporting import text_table
 
     if dataset not in DATASETS:
-        raise ValueError(f"unknown demo dataset {dataset!r}; accepted: {', '.join(DATASETS)}")
+        raise InvalidValueError(f"unknown demo dataset {dataset!r}; accepted: {', '.join(DATASETS)}")
     # One untimed epoch first, so the first method's wall time does not carry torch's start-up.
     train, _, classes = load_bundled(dataset, 0)
     fit(MLP(train[0].shape[1], classes), train, epochs=1, progress=False)

@@ -29,6 +29,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as _safetensors_bytes
 from torch import nn
 
+from .errors import InvalidTypeError, InvalidValueError, MissingFileError
 from .io import atomic_write
 
 FORMAT_NAME = "occamgd.export"
@@ -58,20 +59,20 @@ def _state_and_masks(model: nn.Module | Mapping[str, torch.Tensor],
     elif isinstance(model, Mapping):
         state = model
     else:
-        raise TypeError(f"model must be a torch.nn.Module or a state_dict, got {type(model).__name__}")
+        raise InvalidTypeError(f"model must be a torch.nn.Module or a state_dict, got {type(model).__name__}")
     state = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in state.items()}
     masks = dict(masks or {})
     unknown = sorted(set(masks) - set(state))
     if unknown:
-        raise ValueError(f"masks name tensors the model does not have: {unknown}; accepted: names of "
+        raise InvalidValueError(f"masks name tensors the model does not have: {unknown}; accepted: names of "
                          f"its state_dict, such as {sorted(state)[:4]}")
     out = {}
     for name, mask in masks.items():
         if not (torch.is_tensor(mask) and mask.dtype == torch.bool):
-            raise TypeError(f"mask {name!r} must be a bool tensor, got "
+            raise InvalidTypeError(f"mask {name!r} must be a bool tensor, got "
                             f"{getattr(mask, 'dtype', type(mask).__name__)}")
         if tuple(mask.shape) != tuple(state[name].shape):
-            raise ValueError(f"mask {name!r} has shape {tuple(mask.shape)} but the tensor has shape "
+            raise InvalidValueError(f"mask {name!r} has shape {tuple(mask.shape)} but the tensor has shape "
                              f"{tuple(state[name].shape)}; accepted: the tensor's shape")
         out[name] = mask.detach().to("cpu", copy=True).contiguous()
     return state, out
@@ -81,7 +82,7 @@ def _header(layout: str, metadata: Mapping[str, Any] | None, **extra: Any) -> di
     try:
         user = json.dumps(dict(metadata or {}), sort_keys=True)
     except TypeError as e:
-        raise TypeError(f"metadata must be JSON-serialisable: {e}") from e
+        raise InvalidTypeError(f"metadata must be JSON-serialisable: {e}") from e
     header = {"format": FORMAT_NAME, "format_version": str(EXPORT_FORMAT), "layout": layout, "metadata": user}
     header.update({k: json.dumps(v, sort_keys=True) for k, v in extra.items()})
     return header
@@ -118,7 +119,7 @@ def save_sparse(model: nn.Module | Mapping[str, torch.Tensor], masks: Mapping[st
             continue
         stray = int(torch.count_nonzero(value[~mask]))
         if stray:
-            raise ValueError(f"tensor {key!r} has {stray} non-zero weights where its mask prunes; the "
+            raise InvalidValueError(f"tensor {key!r} has {stray} non-zero weights where its mask prunes; the "
                              "sparse layout would drop them. Zero them first (occam.enforce()), or "
                              "save the dense layout")
         flat = mask.reshape(-1)
@@ -152,25 +153,25 @@ def save(model: nn.Module | Mapping[str, torch.Tensor], masks: Mapping[str, torc
 # Loading ------------------------------------------------------------------------------------
 def _open(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
     if not path.is_file():
-        raise FileNotFoundError(f"export file {path} does not exist")
+        raise MissingFileError(f"export file {path} does not exist")
     try:
         with safe_open(str(path), framework="pt") as f:
             header = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except SafetensorError as e:
-        raise ValueError(f"{path} is not a readable safetensors file: {e}") from e
+        raise InvalidValueError(f"{path} is not a readable safetensors file: {e}") from e
     if header.get("format") != FORMAT_NAME:
-        raise ValueError(f"{path} is not an occamgd export (its metadata has format "
+        raise InvalidValueError(f"{path} is not an occamgd export (its metadata has format "
                          f"{header.get('format')!r}; accepted: {FORMAT_NAME!r})")
     try:
         version = int(header.get("format_version", ""))
     except ValueError:
-        raise ValueError(f"{path}: format_version {header.get('format_version')!r} is not an integer") from None
+        raise InvalidValueError(f"{path}: format_version {header.get('format_version')!r} is not an integer") from None
     if version > EXPORT_FORMAT:
-        raise ValueError(f"{path} has format version {version}, written by a newer occamgd; this one reads "
+        raise InvalidValueError(f"{path} has format version {version}, written by a newer occamgd; this one reads "
                          f"versions up to {EXPORT_FORMAT}: upgrade occamgd")
     if header.get("layout") not in LAYOUTS:
-        raise ValueError(f"{path}: layout {header.get('layout')!r} is unknown; accepted: {LAYOUTS}")
+        raise InvalidValueError(f"{path}: layout {header.get('layout')!r} is unknown; accepted: {LAYOUTS}")
     return header, tensors
 
 
@@ -178,7 +179,7 @@ def _json(header: dict[str, str], key: str, path: Path) -> Any:
     try:
         return json.loads(header.get(key, "{}"))
     except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: metadata {key!r} is not valid JSON: {e}") from e
+        raise InvalidValueError(f"{path}: metadata {key!r} is not valid JSON: {e}") from e
 
 
 def _split_names(tensors: dict[str, torch.Tensor], path: Path) -> dict[str, dict[str, torch.Tensor]]:
@@ -186,7 +187,7 @@ def _split_names(tensors: dict[str, torch.Tensor], path: Path) -> dict[str, dict
     for name, tensor in tensors.items():
         kind, sep, key = name.partition("/")
         if not sep or kind not in ("weights", "masks", "values", "bitmask", "indices"):
-            raise ValueError(f"{path}: tensor name {name!r} is not one of weights/, masks/, values/, "
+            raise InvalidValueError(f"{path}: tensor name {name!r} is not one of weights/, masks/, values/, "
                              "bitmask/ or indices/ followed by a state_dict key")
         groups.setdefault(kind, {})[key] = tensor
     return groups
@@ -198,19 +199,19 @@ def _unpack(key: str, shape: list[int], values: torch.Tensor, groups: dict, path
     if key in groups.get("bitmask", {}):
         packed = groups["bitmask"][key]
         if packed.dtype != torch.uint8 or packed.numel() != math.ceil(numel / 8):
-            raise ValueError(f"{path}: bitmask of {key!r} has {packed.numel()} {packed.dtype} entries; a tensor "
+            raise InvalidValueError(f"{path}: bitmask of {key!r} has {packed.numel()} {packed.dtype} entries; a tensor "
                              f"of shape {shape} needs {math.ceil(numel / 8)} uint8")
         flat = torch.from_numpy(np.unpackbits(packed.numpy(), count=numel, bitorder="little").astype(bool))
     elif key in groups.get("indices", {}):
         index = groups["indices"][key].to(torch.int64)
         if index.numel() and (index.min() < 0 or index.max() >= numel or not bool((index[1:] > index[:-1]).all())):
-            raise ValueError(f"{path}: indices of {key!r} are not increasing positions in [0, {numel})")
+            raise InvalidValueError(f"{path}: indices of {key!r} are not increasing positions in [0, {numel})")
         flat = torch.zeros(numel, dtype=torch.bool)
         flat[index] = True
     else:
-        raise ValueError(f"{path}: sparse tensor {key!r} has values but neither bitmask/ nor indices/")
+        raise InvalidValueError(f"{path}: sparse tensor {key!r} has values but neither bitmask/ nor indices/")
     if values.dim() != 1 or values.numel() != int(flat.sum()):
-        raise ValueError(f"{path}: {key!r} stores {values.numel()} values for {int(flat.sum())} kept entries")
+        raise InvalidValueError(f"{path}: {key!r} stores {values.numel()} values for {int(flat.sum())} kept entries")
     dense = torch.zeros(numel, dtype=values.dtype)
     dense[flat] = values
     return dense.reshape(shape), flat.reshape(shape)
@@ -225,15 +226,15 @@ def load(path: str | os.PathLike) -> Exported:
     masks = {k: m for k, m in groups.get("masks", {}).items()}
     for key, mask in masks.items():
         if key not in state or mask.dtype != torch.bool or mask.shape != state[key].shape:
-            raise ValueError(f"{path}: mask {key!r} has no tensor of the same shape, or is not bool")
+            raise InvalidValueError(f"{path}: mask {key!r} has no tensor of the same shape, or is not bool")
     if header["layout"] == "sparse":
         shapes = _json(header, "shapes", path)
         if set(shapes) != set(groups.get("values", {})):
-            raise ValueError(f"{path}: the sparse tensors {sorted(groups.get('values', {}))} do not match "
+            raise InvalidValueError(f"{path}: the sparse tensors {sorted(groups.get('values', {}))} do not match "
                              f"the shapes recorded for {sorted(shapes)}")
         for key, shape in shapes.items():
             if key in state:
-                raise ValueError(f"{path}: {key!r} is stored both dense and sparse")
+                raise InvalidValueError(f"{path}: {key!r} is stored both dense and sparse")
             state[key], masks[key] = _unpack(key, shape, groups["values"][key], groups, path)
     return Exported(state_dict=state, masks=masks, metadata=_json(header, "metadata", path), layout=header["layout"])
 
@@ -246,7 +247,7 @@ def check_compatible(state: Mapping[str, torch.Tensor], model: nn.Module, source
     shapes = [f"{k}: {theirs[k]} in the {source}, {ours[k]} in the model"
               for k in sorted(set(ours) & set(theirs)) if ours[k] != theirs[k]]
     if missing or unexpected or shapes:
-        raise ValueError(f"the {source} does not fit {type(model).__name__}: missing tensors {missing}, "
+        raise InvalidValueError(f"the {source} does not fit {type(model).__name__}: missing tensors {missing}, "
                          f"unexpected tensors {unexpected}, shape mismatches {shapes}; accepted: a file saved "
                          "from the same architecture")
 

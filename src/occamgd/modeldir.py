@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from .errors import InvalidValueError, MissingFileError
 from . import __version__
 from .data.preprocessing import TASKS, Preprocessing, encode_target, infer_task, read_csv
 from .export import FILE_NAMES, load_into, save
@@ -63,15 +64,15 @@ def _estimator(task: str, config: dict[str, Any], progress: bool):
 def _check_settings(task: str | None, epochs: int, holdback: float, seed: int,
                     hidden: Sequence[int]) -> None:
     if task not in (None, *TASKS):
-        raise ValueError(f"task must be one of {TASKS} or None (inferred), got {task!r}")
+        raise InvalidValueError(f"task must be one of {TASKS} or None (inferred), got {task!r}")
     if not (isinstance(epochs, int) and epochs >= 1):
-        raise ValueError(f"epochs must be an integer >= 1, got {epochs!r}")
+        raise InvalidValueError(f"epochs must be an integer >= 1, got {epochs!r}")
     if not (isinstance(holdback, (int, float)) and 0.0 < holdback < 1.0):
-        raise ValueError(f"holdback must be a fraction in (0, 1), got {holdback!r}")
+        raise InvalidValueError(f"holdback must be a fraction in (0, 1), got {holdback!r}")
     if not (isinstance(seed, int) and seed >= 0):
-        raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
+        raise InvalidValueError(f"seed must be an integer >= 0, got {seed!r}")
     if not (len(hidden) >= 1 and all(isinstance(h, int) and h >= 1 for h in hidden)):
-        raise ValueError(f"hidden must be one or more layer widths >= 1, got {list(hidden)!r}")
+        raise InvalidValueError(f"hidden must be one or more layer widths >= 1, got {list(hidden)!r}")
 
 
 def fit_csv(
@@ -100,25 +101,25 @@ def fit_csv(
     out = Path(out)
     _check_settings(task, epochs, holdback, seed, hidden)
     if out.exists() and not force:
-        raise ValueError(f"output directory {out} exists; accepted: a new path, or --force to replace it")
+        raise InvalidValueError(f"output directory {out} exists; accepted: a new path, or --force to replace it")
     frame = read_csv(csv)
     source = f"CSV file {csv}"
     for column in [target, *drop]:
         if column not in frame.columns:
-            raise ValueError(f"column {column!r} is not in {source}; columns present: {', '.join(map(str, frame.columns))}")
+            raise InvalidValueError(f"column {column!r} is not in {source}; columns present: {', '.join(map(str, frame.columns))}")
     if target in drop:
-        raise ValueError(f"the target {target!r} cannot also be dropped")
+        raise InvalidValueError(f"the target {target!r} cannot also be dropped")
     frame = frame.drop(columns=list(drop))
     empty = frame[target].isna().to_numpy()
     if empty.all():
-        raise ValueError(f"{source}: target {target!r} is empty in all {len(frame)} rows")
+        raise InvalidValueError(f"{source}: target {target!r} is empty in all {len(frame)} rows")
     if empty.any():
         lines = [int(i) + 2 for i in frame.index[empty][:5]]
         warnings.warn(f"dropped {int(empty.sum())} of {len(frame)} rows whose target {target!r} is empty "
                       f"(lines {', '.join(map(str, lines))}{', ...' if empty.sum() > 5 else ''})", stacklevel=2)
         frame = frame[~empty]
     if len(frame.columns) < 2:
-        raise ValueError(f"{source} has no feature columns besides the target {target!r}")
+        raise InvalidValueError(f"{source} has no feature columns besides the target {target!r}")
     task = task or infer_task(frame[target])
     y, classes = encode_target(frame[target], task, source)
     pre = Preprocessing.learn(frame, target, task, categorical=categorical, classes=classes, source=source)
@@ -182,7 +183,7 @@ def _write_directory(out: Path, estimator, pre: Preprocessing, report: dict, for
             os.chmod(file, 0o666 & ~umask)
         if out.exists():
             if not force:
-                raise ValueError(f"output directory {out} appeared while training; accepted: --force to replace it")
+                raise InvalidValueError(f"output directory {out} appeared while training; accepted: --force to replace it")
             old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".old"))
             os.replace(out, old / out.name)
             os.replace(tmp, out)
@@ -222,9 +223,9 @@ def _read_json(path: Path) -> dict[str, Any]:
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path} is not valid JSON ({e}); write the model directory again with occamgd fit") from e
+        raise InvalidValueError(f"{path} is not valid JSON ({e}); write the model directory again with occamgd fit") from e
     if not isinstance(doc, dict):
-        raise ValueError(f"{path} holds {type(doc).__name__}, not an object; write it again with occamgd fit")
+        raise InvalidValueError(f"{path} holds {type(doc).__name__}, not an object; write it again with occamgd fit")
     return doc
 
 
@@ -232,22 +233,22 @@ def read_report(path: str | os.PathLike) -> dict[str, Any]:
     """The report of model directory ``path``, after checking it is complete and not too new."""
     path = Path(path)
     if not path.is_dir():
-        raise FileNotFoundError(f"model directory {path} does not exist (or is not a directory)")
+        raise MissingFileError(f"model directory {path} does not exist (or is not a directory)")
     missing = [name for name in REQUIRED if not (path / name).is_file()]
     if missing:
-        raise ValueError(f"model directory {path} is incomplete: missing {', '.join(missing)}; "
+        raise InvalidValueError(f"model directory {path} is incomplete: missing {', '.join(missing)}; "
                          "write it again with occamgd fit")
     report = _read_json(path / REPORT_NAME)
     version = report.get("format_version")
     if report.get("format") != FORMAT_NAME or not isinstance(version, int):
-        raise ValueError(f"{path / REPORT_NAME} is not an occamgd model report (format {report.get('format')!r}, "
+        raise InvalidValueError(f"{path / REPORT_NAME} is not an occamgd model report (format {report.get('format')!r}, "
                          f"version {version!r})")
     if version > MODELDIR_FORMAT:
-        raise ValueError(f"model directory {path} has format version {version}, written by a newer occamgd; "
+        raise InvalidValueError(f"model directory {path} has format version {version}, written by a newer occamgd; "
                          f"this one ({__version__}) reads versions up to {MODELDIR_FORMAT}: upgrade occamgd")
     missing = sorted({"data", "config", "model", "history", "best_epoch", "density", "holdback"} - set(report))
     if missing:
-        raise ValueError(f"{path / REPORT_NAME} lacks the fields {missing}; write the model directory again "
+        raise InvalidValueError(f"{path / REPORT_NAME} lacks the fields {missing}; write the model directory again "
                          "with occamgd fit")
     return report
 
@@ -264,7 +265,7 @@ def load_model_dir(path: str | os.PathLike) -> ModelDir:
     masks = load_into(model, path / FILE_NAMES["dense"])
     model.eval()
     if len(pre.mean) != model.fc1.in_features or len(pre.features) != model.fc1.in_features:
-        raise ValueError(f"{path / PREPROCESSING_NAME} encodes {len(pre.features)} features but the model takes "
+        raise InvalidValueError(f"{path / PREPROCESSING_NAME} encodes {len(pre.features)} features but the model takes "
                          f"{model.fc1.in_features}; write the model directory again with occamgd fit")
     estimator = _estimator(pre.task, report["config"], progress=False)
     # A fitted estimator is its parameters plus these attributes (what fit sets).

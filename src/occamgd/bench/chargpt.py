@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from ..errors import InvalidTypeError, InvalidValueError
 from .._timing import synchronize
 from ..data.text import TINYSHAKESPEARE_SHA256, CharCorpus, find_tinyshakespeare, get_batch, load_text
 from ..models.gpt import GPT, GPTConfig, prunable
@@ -70,14 +71,14 @@ class CharGPTConfig:
                      "eval_batches", "sample_chars"):
             value = getattr(self, name)
             if not (isinstance(value, int) and value >= 1):
-                raise ValueError(f"CharGPTConfig.{name} must be an integer >= 1, got {value!r}")
+                raise InvalidValueError(f"CharGPTConfig.{name} must be an integer >= 1, got {value!r}")
         if self.interval > self.steps:
-            raise ValueError(f"CharGPTConfig.interval ({self.interval}) exceeds steps ({self.steps}); accepted: "
+            raise InvalidValueError(f"CharGPTConfig.interval ({self.interval}) exceeds steps ({self.steps}); accepted: "
                              "an interval <= steps, so that at least one evaluation happens")
         if not (isinstance(self.warmup, int) and 0 <= self.warmup < self.steps):
-            raise ValueError(f"CharGPTConfig.warmup must be an integer in [0, steps), got {self.warmup!r}")
+            raise InvalidValueError(f"CharGPTConfig.warmup must be an integer in [0, steps), got {self.warmup!r}")
         if self.corpus_chars is not None and not (isinstance(self.corpus_chars, int) and self.corpus_chars >= 1):
-            raise ValueError(f"CharGPTConfig.corpus_chars must be None or an integer >= 1, got {self.corpus_chars!r}")
+            raise InvalidValueError(f"CharGPTConfig.corpus_chars must be None or an integer >= 1, got {self.corpus_chars!r}")
 
     @property
     def evaluations(self) -> int:
@@ -233,7 +234,7 @@ def train_run(config: CharGPTConfig, corpus: CharCorpus, device: torch.device, s
 def _device(gpu: bool) -> torch.device:
     if gpu:
         if not torch.cuda.is_available():
-            raise ValueError(f"gpu=True needs a CUDA device, but torch {torch.__version__} sees none; "
+            raise InvalidValueError(f"gpu=True needs a CUDA device, but torch {torch.__version__} sees none; "
                              "accepted: gpu=False (CPU), or a CUDA build of torch on a machine with a GPU")
         return torch.device("cuda")
     return torch.device("cpu")
@@ -264,7 +265,7 @@ def _base_config(quick: bool, options: dict) -> CharGPTConfig:
     if config is None:
         return QUICK if quick else STANDARD
     if not isinstance(config, CharGPTConfig):
-        raise TypeError(f"config must be a CharGPTConfig, got {type(config).__name__}")
+        raise InvalidTypeError(f"config must be a CharGPTConfig, got {type(config).__name__}")
     return config
 
 

@@ -21,6 +21,7 @@ from typing import Any
 
 from torch import nn
 
+from ..errors import InvalidValueError
 from ..schedules import Schedule
 
 #: What a method's controller reads: the loss on held-back data (validation) or the training loss.
@@ -100,7 +101,7 @@ class Method:
 
     def __post_init__(self):
         if self.signal not in SIGNALS:
-            raise ValueError(f"method {self.name!r}: signal must be one of {SIGNALS}, got {self.signal!r}")
+            raise InvalidValueError(f"method {self.name!r}: signal must be one of {SIGNALS}, got {self.signal!r}")
 
 
 @dataclass(frozen=True)
@@ -147,7 +148,7 @@ class Task:
 
     def __post_init__(self):
         if self.unit not in UNITS:
-            raise ValueError(f"task {self.name!r}: unit must be one of {UNITS}, got {self.unit!r}")
+            raise InvalidValueError(f"task {self.name!r}: unit must be one of {UNITS}, got {self.unit!r}")
 
 
 def final_model_path(ctx: Context, method: str, run: str) -> Path:
@@ -162,7 +163,7 @@ METHODS: dict[str, Method] = {}
 def register_task(task: Task) -> Task:
     """Add ``task`` to :data:`TASKS` (the command line's choices); a name is registered once."""
     if task.name in TASKS:
-        raise ValueError(f"a bench task named {task.name!r} is already registered")
+        raise InvalidValueError(f"a bench task named {task.name!r} is already registered")
     TASKS[task.name] = task
     return task
 
@@ -170,7 +171,7 @@ def register_task(task: Task) -> Task:
 def register_method(method: Method) -> Method:
     """Add ``method`` to :data:`METHODS`; a name is registered once."""
     if method.name in METHODS:
-        raise ValueError(f"a bench method named {method.name!r} is already registered")
+        raise InvalidValueError(f"a bench method named {method.name!r} is already registered")
     METHODS[method.name] = method
     return method
 
@@ -179,11 +180,11 @@ def get_task(name: str) -> Task:
     try:
         return TASKS[name]
     except KeyError:
-        raise ValueError(f"unknown bench task {name!r}; accepted: {', '.join(TASKS)}") from None
+        raise InvalidValueError(f"unknown bench task {name!r}; accepted: {', '.join(TASKS)}") from None
 
 
 def get_method(name: str) -> Method:
     try:
         return METHODS[name]
     except KeyError:
-        raise ValueError(f"unknown method {name!r}; accepted: {', '.join(METHODS)}") from None
+        raise InvalidValueError(f"unknown method {name!r}; accepted: {', '.join(METHODS)}") from None

@@ -22,6 +22,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from ..errors import InvalidValueError
 from ..io import atomic_write_text
 from .registry import METHODS, Context, Method, Task, TrainSpec, final_model_path, get_method, get_task
 
@@ -42,7 +43,7 @@ def order_methods(task: Task, methods: list[str]) -> list[str]:
     def visit(name: str) -> None:
         get_method(name)
         if name not in task.methods:
-            raise ValueError(f"method {name!r} is not offered by task {task.name!r}; accepted: "
+            raise InvalidValueError(f"method {name!r} is not offered by task {task.name!r}; accepted: "
                              f"{', '.join(task.methods)}")
         for need in METHODS[name].needs:
             visit(need)
@@ -62,7 +63,7 @@ def run_id(config: dict[str, Any]) -> str:
 
 def _check_budget(task: Task, budget: int | None) -> None:
     if budget is not None and not (isinstance(budget, int) and not isinstance(budget, bool) and budget >= 1):
-        raise ValueError(f"the budget of task {task.name!r} is a number of {task.unit}, an integer >= 1; "
+        raise InvalidValueError(f"the budget of task {task.name!r} is a number of {task.unit}, an integer >= 1; "
                          f"got {budget!r}")
 
 
@@ -70,7 +71,7 @@ def _check_options(task: Task, options: dict[str, Any]) -> dict[str, Any]:
     options = {k: v for k, v in options.items() if v is not None}
     unknown = sorted(set(options) - set(task.options_accepted))
     if unknown:
-        raise ValueError(f"task {task.name!r} does not take the options {unknown}; accepted: "
+        raise InvalidValueError(f"task {task.name!r} does not take the options {unknown}; accepted: "
                          f"{', '.join(task.options_accepted) or 'none'}")
     return options
 
@@ -118,7 +119,7 @@ def run_records(task_name: str, seeds: int = 3, quick: bool = False, out: str | 
     """What :func:`run_bench` does before its report: ``(root, task, methods in order, records)``."""
     task = get_task(task_name)
     if not (isinstance(seeds, int) and not isinstance(seeds, bool) and seeds >= 1):
-        raise ValueError(f"seeds must be an integer >= 1, got {seeds!r}")
+        raise InvalidValueError(f"seeds must be an integer >= 1, got {seeds!r}")
     _check_budget(task, budget)
     options = _check_options(task, options)
     order = order_methods(task, list(methods or task.methods))
@@ -152,7 +153,7 @@ def run_records(task_name: str, seeds: int = 3, quick: bool = False, out: str | 
                     fields = _run(ctx, method, schedule, rid, name in keep_final)
                     missing = [f for f in RECORD_FIELDS if f not in fields]
                     if missing:
-                        raise ValueError(f"method {name!r} on task {task.name!r} returned a record without "
+                        raise InvalidValueError(f"method {name!r} on task {task.name!r} returned a record without "
                                          f"{missing}; accepted: a dict with every field of RECORD_FIELDS")
                     record = {"schema": RECORD_SCHEMA, "task": task.name, "dataset": data.name, "method": name,
                               "seed": seed, "run_id": rid, "config": config, **fields}
@@ -170,10 +171,10 @@ def read_record(path: str | Path) -> dict[str, Any]:
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path} is not a bench record ({e}); delete it to run that configuration again") from e
+        raise InvalidValueError(f"{path} is not a bench record ({e}); delete it to run that configuration again") from e
     if not isinstance(record, dict) or record.get("schema") != RECORD_SCHEMA:
         found = record.get("schema") if isinstance(record, dict) else type(record).__name__
-        raise ValueError(f"{path} has record schema {found!r}; this occamgd reads schema {RECORD_SCHEMA}: "
+        raise InvalidValueError(f"{path} has record schema {found!r}; this occamgd reads schema {RECORD_SCHEMA}: "
                          "run the bench again into another --out")
     return record
 

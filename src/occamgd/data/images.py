@@ -27,13 +27,14 @@ from typing import IO, Union
 import numpy as np
 import torch
 
+from ..errors import InvalidValueError, MissingFileError
 from ..io import atomic_write
 
 PathLike = Union[str, os.PathLike]
 Split = tuple[torch.Tensor, torch.Tensor]
 
 
-class ChecksumError(ValueError):
+class ChecksumError(InvalidValueError):
     """A downloaded file's MD5 differs from the published one (the file was discarded)."""
 
 IDX_FILES = {
@@ -100,7 +101,7 @@ def _not_found(name: str, dirs: list[Path], wanted: str) -> FileNotFoundError:
         how.append(f"on Debian/Ubuntu: apt-get install {APT_PACKAGES[name]}")
     how.append(f"fetch {', '.join(MD5[name])} by hand from {MIRRORS[name][0]} into one of the places above")
     how.append(f"or set OCCAMGD_DATA=DIR with the files in DIR/{name}/")
-    return FileNotFoundError(
+    return MissingFileError(
         f"{name}: no directory holds {wanted}. Looked in:\n{places}\nTo get the data:\n"
         + "\n".join(f"  - {h}" for h in how)
     )
@@ -175,22 +176,22 @@ def read_idx(path: PathLike, magic: int) -> np.ndarray:
         if raw[:2] == b"\x1f\x8b":  # gzip magic: decide by content, not by name
             raw = gzip.decompress(raw)
     except (OSError, EOFError) as e:  # gzip.BadGzipFile is an OSError; a cut gzip is EOFError
-        raise ValueError(f"{path}: not a readable gzip file ({e})") from e
+        raise InvalidValueError(f"{path}: not a readable gzip file ({e})") from e
     if len(raw) < 4:
-        raise ValueError(f"{path}: {len(raw)} bytes, too short for an idx header")
+        raise InvalidValueError(f"{path}: {len(raw)} bytes, too short for an idx header")
     found = int.from_bytes(raw[:4], "big")
     if found != magic:
-        raise ValueError(f"{path}: idx magic number {found}, expected {magic} "
+        raise InvalidValueError(f"{path}: idx magic number {found}, expected {magic} "
                          f"({'images' if magic == IMAGES_MAGIC else 'labels'})")
     ndim = raw[3]
     header = 4 + 4 * ndim
     if len(raw) < header:
-        raise ValueError(f"{path}: truncated idx header ({len(raw)} bytes, expected {header})")
+        raise InvalidValueError(f"{path}: truncated idx header ({len(raw)} bytes, expected {header})")
     dims = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
     expected = header + int(np.prod(dims, dtype=np.int64))
     if len(raw) != expected:
         what = "truncated" if len(raw) < expected else "has trailing bytes"
-        raise ValueError(f"{path}: {what}: {len(raw)} bytes, expected {expected} for dimensions {dims}")
+        raise InvalidValueError(f"{path}: {what}: {len(raw)} bytes, expected {expected} for dimensions {dims}")
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
 
 
@@ -198,11 +199,11 @@ def _idx_pair(images: Path, labels: Path, size: tuple[int, int]) -> Split:
     X = read_idx(images, IMAGES_MAGIC)
     y = read_idx(labels, LABELS_MAGIC)
     if X.ndim != 3 or X.shape[1:] != size:
-        raise ValueError(f"{images}: images of shape {X.shape[1:]}, expected {size}")
+        raise InvalidValueError(f"{images}: images of shape {X.shape[1:]}, expected {size}")
     if len(X) != len(y):
-        raise ValueError(f"{images} holds {len(X)} images but {labels} holds {len(y)} labels")
+        raise InvalidValueError(f"{images} holds {len(X)} images but {labels} holds {len(y)} labels")
     if y.size and y.max() > 9:
-        raise ValueError(f"{labels}: label {int(y.max())} out of range; accepted: 0..9")
+        raise InvalidValueError(f"{labels}: label {int(y.max())} out of range; accepted: 0..9")
     x = torch.from_numpy(X.astype(np.float32)).div_(255.0).unsqueeze(1)
     return x, torch.from_numpy(y.astype(np.int64))
 
@@ -264,16 +265,16 @@ def _read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
             batch = _BatchUnpickler(f, encoding="bytes").load()
         data, labels = batch[b"data"], batch[b"labels"]
     except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError, AttributeError) as e:
-        raise ValueError(f"{path}: not a CIFAR-10 python batch (a pickled dict with b'data' and "
+        raise InvalidValueError(f"{path}: not a CIFAR-10 python batch (a pickled dict with b'data' and "
                          f"b'labels'): {type(e).__name__}: {e}") from e
     data, labels = np.asarray(data), np.asarray(labels, dtype=np.int64)
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
-        raise ValueError(f"{path}: data of dtype {data.dtype} and shape {data.shape}, "
+        raise InvalidValueError(f"{path}: data of dtype {data.dtype} and shape {data.shape}, "
                          "expected uint8 of shape (n, 3072)")
     if labels.shape != (len(data),):
-        raise ValueError(f"{path}: {len(data)} images but {labels.size} labels")
+        raise InvalidValueError(f"{path}: {len(data)} images but {labels.size} labels")
     if labels.size and (labels.min() < 0 or labels.max() > 9):
-        raise ValueError(f"{path}: labels outside 0..9")
+        raise InvalidValueError(f"{path}: labels outside 0..9")
     return data, labels
 
 
@@ -317,7 +318,7 @@ def _extract_cifar(archive: Path) -> Path:
                         raise KeyError(member)
                     (tmp / member).write_bytes(f.read())
         except (tarfile.TarError, KeyError, OSError, EOFError) as e:
-            raise ValueError(f"{archive}: not a complete CIFAR-10 python archive (expected "
+            raise InvalidValueError(f"{archive}: not a complete CIFAR-10 python archive (expected "
                              f"{CIFAR_DIR}/{{{', '.join([*CIFAR_TRAIN, CIFAR_TEST])}}}): {e}") from e
         (tmp / marker.name).write_text(stamp)
         if target.exists():

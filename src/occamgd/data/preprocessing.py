@@ -36,6 +36,8 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import InvalidValueError, MissingFileError
+
 #: A numeric target with at most this many distinct whole-number values is taken as classes.
 MAX_INTEGER_CLASSES = 20
 TASKS = ("classification", "regression")
@@ -48,13 +50,13 @@ def read_csv(path: str | os.PathLike):
 
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"CSV file {path} does not exist")
+        raise MissingFileError(f"CSV file {path} does not exist")
     try:
         return pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
     except pd.errors.EmptyDataError as e:
-        raise ValueError(f"CSV file {path} is empty (no header, no rows)") from e
+        raise InvalidValueError(f"CSV file {path} is empty (no header, no rows)") from e
     except (pd.errors.ParserError, UnicodeDecodeError) as e:
-        raise ValueError(f"CSV file {path} cannot be parsed: {e}") from e
+        raise InvalidValueError(f"CSV file {path} cannot be parsed: {e}") from e
 
 
 def as_text(frame):
@@ -113,14 +115,14 @@ def encode_target(labels, task: str, source: str = "the data") -> tuple[np.ndarr
     parsed, bad = _numbers(labels)
     if task == "regression":
         if bad.any():
-            raise ValueError(f"{source}: target {labels.name!r} has the non-numeric value "
+            raise InvalidValueError(f"{source}: target {labels.name!r} has the non-numeric value "
                              f"{_first_bad(labels, bad)}; accepted for a regression target: numbers only")
         return parsed.to_numpy(), None
     if task != "classification":
-        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+        raise InvalidValueError(f"task must be one of {TASKS}, got {task!r}")
     classes = sorted(labels.unique().tolist(), key=(lambda s: (float(s), s)) if not bad.any() else None)
     if len(classes) < 2:
-        raise ValueError(f"{source}: target {labels.name!r} has a single class ({classes[0]!r}); "
+        raise InvalidValueError(f"{source}: target {labels.name!r} has a single class ({classes[0]!r}); "
                          "accepted: at least two classes")
     index = {c: i for i, c in enumerate(classes)}
     return labels.map(index).to_numpy(dtype=np.int64), classes
@@ -178,7 +180,7 @@ class Preprocessing:
         columns = [c for c in frame.columns if c != target]
         unknown = [c for c in categorical if c not in columns]
         if unknown:
-            raise ValueError(f"categorical columns {unknown} are not feature columns of {source}; "
+            raise InvalidValueError(f"categorical columns {unknown} are not feature columns of {source}; "
                              f"feature columns: {', '.join(columns)}")
         numeric, cats = {}, {}
         for column in columns:
@@ -187,7 +189,7 @@ class Preprocessing:
                 numeric[column] = float(parsed.median())
                 continue
             if column not in categorical and int(bad.sum()) < int(parsed.notna().sum()):
-                raise ValueError(
+                raise InvalidValueError(
                     f"{source}: column {column!r} holds numbers but also {int(bad.sum())} other values, such "
                     f"as {_first_bad(frame[column], bad)}; accepted: numbers, or an empty cell for a missing "
                     f"value; or declare it categorical to encode it as categories (occamgd fit --categorical "
@@ -211,7 +213,7 @@ class Preprocessing:
 
         missing = [c for c in self.columns if c not in frame.columns]
         if missing:
-            raise ValueError(f"{source} lacks the columns {missing} the model was trained with; "
+            raise InvalidValueError(f"{source} lacks the columns {missing} the model was trained with; "
                              f"columns present: {list(frame.columns)}")
         parts = []
         for column in self.columns:
@@ -219,7 +221,7 @@ class Preprocessing:
             if column in self.numeric:
                 parsed, bad = _numbers(values)
                 if bad.any():
-                    raise ValueError(f"{source}: numeric column {column!r} has the value "
+                    raise InvalidValueError(f"{source}: numeric column {column!r} has the value "
                                      f"{_first_bad(values, bad)}; accepted: a "
                                      "number, or an empty cell for a missing value")
                 parts.append(parsed.fillna(self.numeric[column]).to_numpy()[:, None])
@@ -244,5 +246,5 @@ class Preprocessing:
         required = {f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING}
         missing = sorted(required - set(doc))
         if missing:
-            raise ValueError(f"{source} lacks the fields {missing}; write the model directory again with occamgd fit")
+            raise InvalidValueError(f"{source} lacks the fields {missing}; write the model directory again with occamgd fit")
         return cls(**{f.name: doc[f.name] for f in dataclasses.fields(cls) if f.name in doc})

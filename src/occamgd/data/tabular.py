@@ -20,6 +20,7 @@ from typing import Optional, Union
 
 import numpy as np
 
+from ..errors import InvalidValueError, MissingFileError
 from .preprocessing import Preprocessing, as_text, encode_target, read_csv
 
 PathLike = Union[str, os.PathLike]
@@ -59,7 +60,7 @@ def _inside(value: str, what: str, manifest: Path, single: bool = False) -> None
         if (not value or path.is_absolute() or path.drive or path.root or ".." in path.parts
                 or (single and len(path.parts) != 1)):
             accepted = "a plain name (no '/', '\\' or '..')" if single else "a relative path without '..'"
-            raise ValueError(f"manifest {manifest}: {what} {value!r} is outside the manifest's directory; "
+            raise InvalidValueError(f"manifest {manifest}: {what} {value!r} is outside the manifest's directory; "
                              f"accepted: {accepted}")
 
 
@@ -69,21 +70,21 @@ def read_manifest(path: PathLike | None = None) -> dict[str, TableSpec]:
     if path.is_dir():
         path = path / MANIFEST_NAME
     if not path.is_file():
-        raise FileNotFoundError(f"manifest {path} does not exist; accepted: a {MANIFEST_NAME} file or its directory")
+        raise MissingFileError(f"manifest {path} does not exist; accepted: a {MANIFEST_NAME} file or its directory")
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"manifest {path} is not valid JSON: {e}") from e
+        raise InvalidValueError(f"manifest {path} is not valid JSON: {e}") from e
     if not (isinstance(doc, dict) and isinstance(doc.get("datasets"), dict)):
-        raise ValueError(f'manifest {path}: expected an object with "datasets": {{name: {{"file", "target", ...}}}}')
+        raise InvalidValueError(f'manifest {path}: expected an object with "datasets": {{name: {{"file", "target", ...}}}}')
     if doc.get("task", "classification") != "classification":
-        raise ValueError(f"manifest {path}: task {doc['task']!r} is not supported; accepted: 'classification'")
+        raise InvalidValueError(f"manifest {path}: task {doc['task']!r} is not supported; accepted: 'classification'")
     specs = {}
     for name, entry in doc["datasets"].items():
         lists = [entry.get(key, []) for key in ("drop", "categorical")] if isinstance(entry, dict) else [None]
         if not (isinstance(entry, dict) and isinstance(entry.get("file"), str) and isinstance(entry.get("target"), str)
                 and all(isinstance(v, list) and all(isinstance(c, str) for c in v) for v in lists)):
-            raise ValueError(f'manifest {path}: dataset {name!r} needs "file" and "target" strings and optional '
+            raise InvalidValueError(f'manifest {path}: dataset {name!r} needs "file" and "target" strings and optional '
                              f'"drop" and "categorical" lists of column names, got {entry!r}')
         # Names become file names in the bench's output, files are opened: neither may leave the suite.
         _inside(name, "dataset name", path, single=True)
@@ -135,7 +136,7 @@ def _check_fraction(name: str, value, allow_none: bool = False) -> None:
     if value is None and allow_none:
         return
     if not (isinstance(value, float) and 0.0 < value < 1.0):
-        raise ValueError(f"{name} must be a float in (0, 1){' or None' if allow_none else ''}, got {value!r}")
+        raise InvalidValueError(f"{name} must be a float in (0, 1){' or None' if allow_none else ''}, got {value!r}")
 
 
 def table_from_frame(
@@ -167,26 +168,26 @@ def table_from_frame(
     present = [str(c) for c in frame.columns]
     for column in [target, *drop]:
         if column not in frame.columns:
-            raise ValueError(f"column {column!r} is not in {source}; columns present: {', '.join(present)}")
+            raise InvalidValueError(f"column {column!r} is not in {source}; columns present: {', '.join(present)}")
     if len(frame) == 0:
-        raise ValueError(f"{source} has no rows")
+        raise InvalidValueError(f"{source} has no rows")
     text, declared = as_text(frame)
     target, drop = str(target), {str(c) for c in drop}
     features = text.drop(columns=list(drop | {target}))
     if features.shape[1] == 0:
-        raise ValueError(f"{source}: no feature columns left after removing the target {target!r} "
+        raise InvalidValueError(f"{source}: no feature columns left after removing the target {target!r} "
                          f"and drop {sorted(drop)}")
     labels = text[target]
     if labels.isna().any():
         rows = np.flatnonzero(labels.isna().to_numpy())[:10].tolist()
-        raise ValueError(f"{source}: target {target!r} is missing in {int(labels.isna().sum())} rows "
+        raise InvalidValueError(f"{source}: target {target!r} is missing in {int(labels.isna().sum())} rows "
                          f"(first data rows, 0-based: {rows}); accepted: a label in every row")
     # Classes come from every row: a label is not a statistic of the features.
     y, classes = encode_target(labels, "classification", source)
     counts = np.bincount(y)
     if counts.min() < 2:
         rare = [c for c, n in zip(classes, counts) if n < 2]
-        raise ValueError(f"{source}: classes {rare} of target {target!r} have a single row; a stratified "
+        raise InvalidValueError(f"{source}: classes {rare} of target {target!r} have a single row; a stratified "
                          "split needs at least two rows per class")
 
     idx = np.arange(len(frame))
@@ -223,16 +224,16 @@ def load_table(
     ``None``) as a preprocessed :class:`Table`; see :func:`table_from_frame` for the splits."""
     specs = read_manifest(manifest)
     if name not in specs:
-        raise ValueError(f"unknown dataset {name!r}; known: {', '.join(sorted(specs))}")
+        raise InvalidValueError(f"unknown dataset {name!r}; known: {', '.join(sorted(specs))}")
     spec = specs[name]
     frame = read_csv(spec.path)
     # The manifest's counts guard against a truncated or swapped file.
     if spec.rows is not None and len(frame) != spec.rows:
-        raise ValueError(f"{spec.path} has {len(frame)} rows but the manifest says {spec.rows}")
+        raise InvalidValueError(f"{spec.path} has {len(frame)} rows but the manifest says {spec.rows}")
     if spec.classes is not None and spec.target in frame.columns:
         found = frame[spec.target].nunique()
         if found != spec.classes:
-            raise ValueError(f"{spec.path}: target {spec.target!r} has {found} classes but the manifest "
+            raise InvalidValueError(f"{spec.path}: target {spec.target!r} has {found} classes but the manifest "
                              f"says {spec.classes}")
     return table_from_frame(frame, spec.target, drop=spec.drop, categorical=spec.categorical, name=name,
                             test_size=test_size, seed=seed, holdout=holdout, source=f"CSV file {spec.path}")
@@ -264,7 +265,7 @@ def load_openml(
     source = f"OpenML dataset {name_or_id!r}"
     y = bunch.target
     if y is None or getattr(y, "ndim", 1) != 1:
-        raise ValueError(f"{source}: expected one target column, got "
+        raise InvalidValueError(f"{source}: expected one target column, got "
                          f"{None if y is None else list(y.columns)}; pass target=COLUMN")
     frame = bunch.data.copy()
     label = str(y.name) if y.name is not None else "target"

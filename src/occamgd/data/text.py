@@ -22,6 +22,7 @@ from typing import IO, Union
 
 import torch
 
+from ..errors import InvalidTypeError, InvalidValueError, MissingFileError
 from ..io import atomic_write
 from .images import ChecksumError, _HashingWriter, cache_dir, data_dirs, fetch
 
@@ -57,7 +58,7 @@ class CharCorpus:
         index = {c: i for i, c in enumerate(self.chars)}
         unknown = sorted(set(text) - index.keys())
         if unknown:
-            raise ValueError(f"characters {unknown[:10]} are not in this corpus's vocabulary; accepted: "
+            raise InvalidValueError(f"characters {unknown[:10]} are not in this corpus's vocabulary; accepted: "
                              f"characters of {self.chars!r}")
         return torch.tensor([index[c] for c in text], dtype=torch.long)
 
@@ -66,14 +67,14 @@ class CharCorpus:
         ids = ids.tolist() if torch.is_tensor(ids) else list(ids)
         bad = [i for i in ids if not 0 <= i < len(self.chars)]
         if bad:
-            raise ValueError(f"ids {bad[:10]} are outside this vocabulary; accepted: 0..{len(self.chars) - 1}")
+            raise InvalidValueError(f"ids {bad[:10]} are outside this vocabulary; accepted: 0..{len(self.chars) - 1}")
         return "".join(self.chars[i] for i in ids)
 
     def check_context(self, block_size: int) -> None:
         """Raise ``ValueError`` unless each split holds at least one window of ``block_size``."""
         for name, ids in (("training", self.train), ("validation", self.val)):
             if len(ids) < block_size + 1:
-                raise ValueError(
+                raise InvalidValueError(
                     f"{self.path or 'corpus'}: the {name} split has {len(ids)} characters, fewer than the "
                     f"{block_size + 1} one window of block_size={block_size} needs (inputs plus the next "
                     f"character); accepted: a corpus of at least "
@@ -111,18 +112,18 @@ def load_text(path: PathLike, *, val_fraction: float = 0.1, encoding: str = "utf
     split too short for one window of that many characters (the message says how many are needed).
     """
     if not (isinstance(val_fraction, (int, float)) and 0.0 < val_fraction < 1.0):
-        raise ValueError(f"val_fraction must be a number in (0, 1), got {val_fraction!r}")
+        raise InvalidValueError(f"val_fraction must be a number in (0, 1), got {val_fraction!r}")
     for name, value in (("block_size", block_size), ("max_chars", max_chars)):
         if value is not None and not (isinstance(value, int) and value >= 1):
-            raise ValueError(f"{name} must be None or an integer >= 1, got {value!r}")
+            raise InvalidValueError(f"{name} must be None or an integer >= 1, got {value!r}")
     path = Path(path).expanduser()
     raw = path.read_bytes()
     if not raw:
-        raise ValueError(f"{path}: the file is empty; accepted: a text file with at least one character")
+        raise InvalidValueError(f"{path}: the file is empty; accepted: a text file with at least one character")
     try:
         text = raw.decode(encoding)
     except UnicodeDecodeError as e:
-        raise ValueError(f"{path}: not valid {encoding} at byte offset {e.start} ({e.reason}: "
+        raise InvalidValueError(f"{path}: not valid {encoding} at byte offset {e.start} ({e.reason}: "
                          f"{raw[e.start:e.end]!r}); pass the file's encoding= or fix the file") from e
     text = text[:max_chars]
     chars = "".join(sorted(set(text)))
@@ -144,13 +145,13 @@ def get_batch(ids: torch.Tensor, block_size: int, batch_size: int, generator: to
     batches on every device.
     """
     if not (torch.is_tensor(ids) and ids.dim() == 1 and not ids.is_floating_point() and not ids.is_complex()):
-        raise TypeError(f"ids must be a 1-D integer tensor, got {type(ids).__name__} "
+        raise InvalidTypeError(f"ids must be a 1-D integer tensor, got {type(ids).__name__} "
                         f"{getattr(ids, 'dtype', '')} {tuple(getattr(ids, 'shape', ()))}")
     for name, value in (("block_size", block_size), ("batch_size", batch_size)):
         if not (isinstance(value, int) and value >= 1):
-            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+            raise InvalidValueError(f"{name} must be an integer >= 1, got {value!r}")
     if len(ids) < block_size + 1:
-        raise ValueError(f"ids holds {len(ids)} characters; a window of block_size={block_size} needs "
+        raise InvalidValueError(f"ids holds {len(ids)} characters; a window of block_size={block_size} needs "
                          f"at least {block_size + 1}")
     starts = torch.randint(len(ids) - block_size, (batch_size,), generator=generator)
     windows = ids[(starts[:, None] + torch.arange(block_size + 1)).to(ids.device)].long()
@@ -215,7 +216,7 @@ def find_tinyshakespeare(root: PathLike | None = None, download: bool = False) -
     if download:
         return download_tinyshakespeare(root)
     places = "\n".join(f"  - {d}" for d in dirs)
-    raise FileNotFoundError(
+    raise MissingFileError(
         f"tinyshakespeare: no directory holds {' or '.join(TINYSHAKESPEARE_FILES)}. Looked in:\n{places}\n"
         f"To get it: occamgd.data.download_tinyshakespeare() (or download=True) fetches {TINYSHAKESPEARE_URL} "
         "into the cache; or pass the path of any text file"

@@ -20,6 +20,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from ..errors import InvalidValueError
 from ..data.preprocessing import standardisation
 from ..fit import fit
 from ..models import TabularMLP
@@ -86,7 +87,7 @@ def _hidden_sizes(value) -> tuple[int, ...]:
         and len(value) >= 1
         and all(isinstance(h, numbers.Integral) and not isinstance(h, bool) and h >= 1 for h in value)
     ):
-        raise ValueError(
+        raise InvalidValueError(
             f"hidden_layer_sizes must be an integer >= 1 or a non-empty sequence of them, got {value!r}"
         )
     return tuple(int(h) for h in value)
@@ -127,19 +128,19 @@ class _OccamMLP(BaseEstimator):
         for name in ("epochs", "batch_size"):
             value = getattr(self, name)
             if not (isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 1):
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+                raise InvalidValueError(f"{name} must be an integer >= 1, got {value!r}")
         if not (isinstance(self.learning_rate, numbers.Real) and self.learning_rate > 0):
-            raise ValueError(f"learning_rate must be a number > 0, got {self.learning_rate!r}")
+            raise InvalidValueError(f"learning_rate must be a number > 0, got {self.learning_rate!r}")
         if not (isinstance(self.holdback, numbers.Real) and 0.0 <= self.holdback < 1.0):
-            raise ValueError(f"holdback must be a fraction in [0, 1), got {self.holdback!r}")
+            raise InvalidValueError(f"holdback must be a fraction in [0, 1), got {self.holdback!r}")
         if not (isinstance(self.r0, numbers.Real) and 0.0 < self.r0 < 1.0):
-            raise ValueError(f"r0 must be a number in (0, 1), got {self.r0!r}")
+            raise InvalidValueError(f"r0 must be a number in (0, 1), got {self.r0!r}")
         if self.schedule is not None and self.schedule not in PRESETS:
-            raise ValueError(f"schedule must be one of {sorted(PRESETS)} or None, got {self.schedule!r}")
+            raise InvalidValueError(f"schedule must be one of {sorted(PRESETS)} or None, got {self.schedule!r}")
         try:
             device = torch.device(self.device)
         except (RuntimeError, TypeError) as e:
-            raise ValueError(f"device must be a torch device such as 'cpu' or 'cuda', got {self.device!r}") from e
+            raise InvalidValueError(f"device must be a torch device such as 'cpu' or 'cuda', got {self.device!r}") from e
         return hidden, device
 
     def _train(self, X: np.ndarray, y: torch.Tensor, outputs: int, hidden: tuple[int, ...],
@@ -147,7 +148,7 @@ class _OccamMLP(BaseEstimator):
         """Standardise ``X``, train a fresh network with Occam and set the learned attributes."""
         n = len(X)
         if n < 2 and self.holdback > 0:
-            raise ValueError(f"{type(self).__name__} needs at least 2 samples (one held back), got {n} sample")
+            raise InvalidValueError(f"{type(self).__name__} needs at least 2 samples (one held back), got {n} sample")
         seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
         # The rule the bench's tables and occamgd fit's preprocessing.json use too.
         mean, scale = standardisation(X)
@@ -234,7 +235,7 @@ class OccamMLPClassifier(ClassifierMixin, _OccamMLP):
         check_classification_targets(y)
         classes, encoded = np.unique(y, return_inverse=True)
         if len(classes) < 2:
-            raise ValueError(
+            raise InvalidValueError(
                 f"{type(self).__name__} needs at least 2 classes in y, got one class: {classes.tolist()}"
             )
         self._train(X, torch.as_tensor(encoded.astype(np.int64)), len(classes), hidden, device)

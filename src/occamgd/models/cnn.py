@@ -6,6 +6,8 @@ from collections import OrderedDict
 
 from torch import nn
 
+from ..errors import InvalidValueError
+
 MIN_IMAGE_SIZE = 18  # 18 -> 16 -> 8 -> 6 -> 3 -> 1: the smallest side the three convolutions accept
 
 
@@ -35,24 +37,24 @@ class CNN(nn.Sequential):
     ):
         for name, value in (("in_channels", in_channels), ("classes", classes), ("n", n)):
             if not (isinstance(value, int) and value >= 1):
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+                raise InvalidValueError(f"{name} must be an integer >= 1, got {value!r}")
         size = (image_size, image_size) if isinstance(image_size, int) else image_size
         if not (
             isinstance(size, (tuple, list))
             and len(size) == 2
             and all(isinstance(s, int) and s >= 1 for s in size)
         ):
-            raise ValueError(
+            raise InvalidValueError(
                 f"image_size must be an integer >= 1 or a (height, width) pair of them, got {image_size!r}"
             )
         height, width = size
         if min(height, width) < MIN_IMAGE_SIZE:
-            raise ValueError(
+            raise InvalidValueError(
                 f"image_size {image_size!r} is too small for the three 3x3 convolutions; "
                 f"accepted: height and width >= {MIN_IMAGE_SIZE}"
             )
         if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+            raise InvalidValueError(f"dropout must be in [0, 1), got {dropout!r}")
         flat = 2 * n * _conv_stack_side(height) * _conv_stack_side(width)
         layers = OrderedDict(
             conv1=nn.Conv2d(in_channels, n, 3),

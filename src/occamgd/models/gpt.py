@@ -19,6 +19,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..errors import InvalidTypeError, InvalidValueError
+
 
 @dataclass
 class GPTConfig:
@@ -37,14 +39,14 @@ class GPTConfig:
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
             value = getattr(self, name)
             if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
-                raise ValueError(f"GPTConfig.{name} must be an integer >= 1, got {value!r}")
+                raise InvalidValueError(f"GPTConfig.{name} must be an integer >= 1, got {value!r}")
         if self.n_embd % self.n_head:
-            raise ValueError(
+            raise InvalidValueError(
                 f"GPTConfig.n_embd ({self.n_embd}) must be a multiple of n_head ({self.n_head}); "
                 f"accepted: for example n_embd={self.n_head * max(1, round(self.n_embd / self.n_head))}"
             )
         if not (isinstance(self.dropout, (int, float)) and 0.0 <= self.dropout < 1.0):
-            raise ValueError(f"GPTConfig.dropout must be a number in [0, 1), got {self.dropout!r}")
+            raise InvalidValueError(f"GPTConfig.dropout must be a number in [0, 1), got {self.dropout!r}")
 
 
 class CausalSelfAttention(nn.Module):
@@ -115,7 +117,7 @@ class GPT(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
         if not isinstance(config, GPTConfig):
-            raise TypeError(f"config must be a GPTConfig, got {type(config).__name__}")
+            raise InvalidTypeError(f"config must be a GPTConfig, got {type(config).__name__}")
         self.config = config
         self.transformer = nn.ModuleDict(
             dict(
@@ -161,15 +163,15 @@ class GPT(nn.Module):
         """``(logits, loss)``: logits ``(B, T, vocab)``; loss is the mean cross-entropy against
         ``targets`` (entries ``-1`` ignored), or ``None`` without targets."""
         if idx.dim() != 2:
-            raise ValueError(f"idx must have shape (batch, time), got {tuple(idx.shape)}")
+            raise InvalidValueError(f"idx must have shape (batch, time), got {tuple(idx.shape)}")
         T = idx.size(1)
         if T > self.config.block_size:
-            raise ValueError(
+            raise InvalidValueError(
                 f"sequence length {T} exceeds the model's context (block_size={self.config.block_size}); "
                 f"accepted: at most {self.config.block_size} tokens per row"
             )
         if targets is not None and targets.shape != idx.shape:
-            raise ValueError(f"targets must have idx's shape {tuple(idx.shape)}, got {tuple(targets.shape)}")
+            raise InvalidValueError(f"targets must have idx's shape {tuple(idx.shape)}, got {tuple(targets.shape)}")
         pos = torch.arange(T, device=idx.device)
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
         for block in self.transformer.h:
@@ -196,13 +198,13 @@ class GPT(nn.Module):
         ``generator`` (on the model's device) makes sampling reproducible.
         """
         if idx.dim() != 2 or idx.size(1) < 1:
-            raise ValueError(f"idx must have shape (batch, time) with time >= 1, got {tuple(idx.shape)}")
+            raise InvalidValueError(f"idx must have shape (batch, time) with time >= 1, got {tuple(idx.shape)}")
         if not (isinstance(max_new_tokens, int) and max_new_tokens >= 0):
-            raise ValueError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
+            raise InvalidValueError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
         if not (isinstance(temperature, (int, float)) and temperature > 0):
-            raise ValueError(f"temperature must be a number > 0, got {temperature!r}")
+            raise InvalidValueError(f"temperature must be a number > 0, got {temperature!r}")
         if top_k is not None and not (isinstance(top_k, int) and top_k >= 1):
-            raise ValueError(f"top_k must be None or an integer >= 1, got {top_k!r}")
+            raise InvalidValueError(f"top_k must be None or an integer >= 1, got {top_k!r}")
         was_training = self.training
         self.eval()
         try:
@@ -243,10 +245,10 @@ def prunable(model: GPT, embeddings: bool = False, head: bool = False) -> list[s
     prunes the other.
     """
     if not isinstance(model, GPT):
-        raise TypeError(f"prunable expects an occamgd.models.GPT, got {type(model).__name__}; for "
+        raise InvalidTypeError(f"prunable expects an occamgd.models.GPT, got {type(model).__name__}; for "
                         "other models pass your own include= selection to occamgd.Occam")
     if model.config.tie_weights and embeddings != head:
-        raise ValueError(
+        raise InvalidValueError(
             f"embeddings={embeddings!r} and head={head!r} disagree, but this GPT ties its head to the "
             "token embedding (one tensor); accepted: both True or both False, or a GPT built with "
             "tie_weights=False"

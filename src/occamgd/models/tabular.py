@@ -7,6 +7,8 @@ from collections.abc import Sequence
 
 from torch import nn
 
+from ..errors import InvalidValueError
+
 
 class TabularMLP(nn.Sequential):
     """The reference MLP of the tabular experiments (256-256 hidden units, no dropout, by default).
@@ -24,16 +26,16 @@ class TabularMLP(nn.Sequential):
     ):
         for name, value in (("in_features", in_features), ("classes", classes)):
             if not (isinstance(value, int) and value >= 1):
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+                raise InvalidValueError(f"{name} must be an integer >= 1, got {value!r}")
         if not (
             isinstance(hidden, Sequence)
             and not isinstance(hidden, (str, bytes))
             and len(hidden) >= 1
             and all(isinstance(h, int) and h >= 1 for h in hidden)
         ):
-            raise ValueError(f"hidden must be a non-empty sequence of integers >= 1, got {hidden!r}")
+            raise InvalidValueError(f"hidden must be a non-empty sequence of integers >= 1, got {hidden!r}")
         if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+            raise InvalidValueError(f"dropout must be in [0, 1), got {dropout!r}")
         layers: OrderedDict[str, nn.Module] = OrderedDict()
         width = in_features
         for i, h in enumerate(hidden, start=1):
