@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -21,7 +20,6 @@ import occamgd
 from occamgd.data.tabular import BUNDLED_MANIFEST, load_table
 from occamgd.integrations.sklearn import OccamMLPClassifier, OccamMLPRegressor
 
-DOCS = Path(__file__).resolve().parents[1] / "docs" / "sklearn.md"
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -159,15 +157,6 @@ def test_dataframes_record_feature_names_and_refuse_renamed_columns():
     assert list(est.feature_names_in_) == ["a", "b"]
     with pytest.raises(ValueError, match="feature names"):
         est.predict(frame.rename(columns={"a": "z"}))
-
-
-def test_the_sklearn_guide_examples_run():
-    code = "\n".join(re.findall(r"```python\n(.*?)```", DOCS.read_text(), re.S))
-    assert "OneHotEncoder" in code and "GridSearchCV" in code
-    namespace: dict = {}
-    exec(compile(code, str(DOCS), "exec"), namespace)
-    assert namespace["model"].score(namespace["X_test"], namespace["y_test"]) > 0.8
-    assert namespace["sizes"]["sparse"]["bytes"] < namespace["sizes"]["dense"]["bytes"]
 
 
 def test_beats_sklearns_mlp_of_the_same_size_on_glass_by_test_log_loss():
