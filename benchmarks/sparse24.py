@@ -9,7 +9,7 @@ is the ratio of the median times, dense / sparse (above 1: 2:4 is faster). The s
 checked against the dense one. Then ``occamgd.compact.to_semi_structured`` is run on a Linear
 layer of each shape with ``--min-features`` to show which layers it converts.
 
-Reference (../shared/ANCHORS.md, H100, float16): 1.20x at 8192 x 8192 x 8192, 0.99x at
+Reference (docs/anchors.md, H100, float16): 1.20x at 8192 x 8192 x 8192, 0.99x at
 16384 x 4096 x 4096, 0.23x at 4096 x 4096 x 4096; ``to_semi_structured`` converts by default only
 layers with at least 8192 input and output features.
 

@@ -54,7 +54,10 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--out", default="runs", help="output directory (default: ./runs)")
     bench.add_argument("--quiet", action="store_true", help="no progress bar")
     options = bench.add_argument_group("task options (each task takes its own; others are refused)")
-    options.add_argument("--manifest", help="tabular: manifest file or directory (default: the 12 bundled tables)")
+    options.add_argument("--manifest", help="tabular: manifest file or directory (default: $OCCAMGD_TABULAR, else "
+                         "the 12 tables bundled with occamgd)")
+    options.add_argument("--datasets", type=_names, help="tabular: comma-separated tables of the manifest to run "
+                         "(default: all)")
     options.add_argument("--data-root", help="image tasks and char-gpt: directory holding the data files "
                          "(default: the search order)")
     options.add_argument("--corpus", help="char-gpt: text file (default: Tiny Shakespeare, bundled)")
@@ -193,7 +196,8 @@ def _run_bench(args) -> None:
             raise InvalidValueError(f"task {task.name!r} counts {task.unit}, not {unit}; accepted: --{task.unit}")
     budget = args.epochs if task.unit == "epochs" else args.steps
     methods = [m for m in args.methods.split(",") if m] if args.methods else None
-    options = {"manifest": args.manifest, "data_root": args.data_root, "corpus": args.corpus, "gpu": args.gpu}
+    options = {"manifest": args.manifest, "datasets": args.datasets, "data_root": args.data_root,
+               "corpus": args.corpus, "gpu": args.gpu}
     path = run_bench(task.name, seeds=args.seeds, quick=args.quick, out=args.out, methods=methods,
                      progress=not args.quiet, budget=budget, **options)
     print(f"wrote {path}")

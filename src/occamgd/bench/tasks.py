@@ -13,6 +13,7 @@ import time
 import torch
 from torch import nn
 
+from ..errors import InvalidValueError
 from ..fit import fit
 from ..io import atomic_save
 from ..models import MLP
@@ -51,8 +52,16 @@ def _tabular_load(seed: int, quick: bool, options: dict) -> list[BenchData]:
     from ..data.tabular import load_table, read_manifest
 
     manifest = options.get("manifest")
+    names = list(read_manifest(manifest))
+    chosen = options.get("datasets")
+    if chosen is not None:
+        unknown = [n for n in chosen if n not in names]
+        if unknown or not chosen:
+            raise InvalidValueError(f"datasets {unknown or chosen} are not tables of the manifest; accepted: "
+                                    f"one or more of {', '.join(names)}")
+        names = [n for n in names if n in chosen]
     out = []
-    for name in read_manifest(manifest):
+    for name in names:
         table = load_table(name, manifest, test_size=0.3, seed=seed)
         as_xy = lambda X, y: (torch.as_tensor(X), torch.as_tensor(y))  # noqa: E731
         out.append(BenchData(name, as_xy(table.X_train, table.y_train), as_xy(table.X_test, table.y_test),
@@ -152,7 +161,7 @@ register_task(epoch_task("cifar10-cnn", "CIFAR-10, the paper's CNN (N = 32)",
                          options=_images_options))
 register_task(epoch_task("tabular", "every table of a manifest (default: the 12 bundled tables), MLP 256-256 "
                          "(70/30 stratified split, 15 % hold-back)", _tabular_load, _tabular_mlp, epochs=60,
-                         quick_epochs=20, holdback=0.15, options=("manifest",),
+                         quick_epochs=20, holdback=0.15, options=("manifest", "datasets"),
                          methods=EPOCH_METHODS + ("random-forest", "hist-gradient-boosting")))
 register_task(epoch_task("demo", "a dataset bundled with scikit-learn (digits by default), the paper's MLP "
                          "(25 % stratified test split, 10 % hold-back)", _demo_load, _mlp, epochs=20,

@@ -237,7 +237,7 @@ def prunable(model: GPT, embeddings: bool = False, head: bool = False) -> list[s
     ``c_proj``, ``c_fc``): nearly all the weights (98.6 % of the standard model). The embeddings
     (``embeddings=True``: ``wte`` and ``wpe``) and the head (``head=True``) are a small share, but
     every prediction passes through them: pruning them saves little and touches every output. The
-    anchor runs (../shared/ANCHORS.md) kept the embeddings dense; pruning them is an explicit
+    anchor runs (docs/anchors.md) kept the embeddings dense; pruning them is an explicit
     choice. Biases and LayerNorms are never pruned.
 
     With ``tie_weights`` the head *is* the token embedding (one tensor, named
