@@ -8,7 +8,7 @@ from .criteria import CRITERIA, global_magnitude, layerwise_magnitude, nm_magnit
 from .fit import FitResult, History, NonFiniteLossError, fit
 from .masks import DEFAULT_PRUNABLE_TYPES, Masks, select_prunable
 from .occam import Occam
-from .schedules import GMP, PRESETS, ConstantRate, Guarded, Never, OccamRate, Schedule
+from .schedules import GMP, PRESETS, ConstantRate, Decision, Guarded, Never, OccamRate, Schedule
 
 __version__ = "0.1.0"
 
@@ -36,6 +36,7 @@ __all__ = [
     "DistributedOccam",
     "GMP",
     "ConstantRate",
+    "Decision",
     "FitResult",
     "Guarded",
     "History",

@@ -81,7 +81,7 @@ class OccamTrainerCallback(TrainerCallback):
       no evaluation of a step reports it, the next step (or the end of training) raises
       ``ValueError`` naming the metrics they did report.
     - ``criterion``, ``schedule``, ``zero_state``, ``snapshot_device``: as for
-      :class:`occamgd.Occam`. A schedule object is copied when training begins.
+      :class:`occamgd.Occam`. A schedule object holds configuration only: runs never share state.
     - ``include`` / ``exclude``: which weights are prunable. By default every ``nn.Linear`` and
       ``Conv1D`` weight except the output embeddings (see :func:`transformer_weights`).
     - ``resume_from``: where the Occam state is read when ``trainer.train(resume_from_checkpoint=...)``
