@@ -12,11 +12,13 @@ from .schedules import GMP, PRESETS, ConstantRate, Decision, Guarded, Never, Occ
 
 __version__ = "0.1.0"
 
-# Names whose modules import optional or heavy libraries load on first use.
+# Names whose modules import optional or heavy libraries load on first use. ``compact`` is a function
+# only: its module is ``occamgd.compaction``, so importing that never rebinds the name.
 _LAZY = {
     "OccamMLPClassifier": "occamgd.integrations.sklearn",
     "OccamMLPRegressor": "occamgd.integrations.sklearn",
-    "compact": "occamgd.compact",
+    "compact": "occamgd.compaction",
+    "to_semi_structured": "occamgd.compaction",
     "DistributedOccam": "occamgd.integrations.distributed",
     "OccamCallback": "occamgd.integrations.lightning",
     "OccamTrainerCallback": "occamgd.integrations.huggingface",
@@ -58,4 +60,5 @@ __all__ = [
     "nm_magnitude",
     "select_prunable",
     "structured_magnitude",
+    "to_semi_structured",
 ]
