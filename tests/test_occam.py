@@ -631,3 +631,66 @@ def test_a_rollback_by_a_schedule_that_takes_no_snapshot_is_refused(setup):
     with pytest.raises(ValueError, match="needs_snapshot is True"):
         occam.step(1.0)
     assert_snapshot_equal(before, snapshot(occam))
+
+
+# Wrapped optimizers ----------------------------------------------------------------------------------
+@pytest.fixture
+def accelerator():
+    accelerate = pytest.importorskip("accelerate")
+    yield accelerate.Accelerator(cpu=True)
+    # Accelerate's state is a process-wide singleton: leave none behind for other tests.
+    accelerate.state.AcceleratorState._reset_state(reset_partial_state=True)
+    accelerate.state.GradientState._reset_state()
+
+
+def test_occam_hooks_the_torch_optimizer_inside_an_accelerate_prepared_one(accelerator, tiny_mlp, tiny_data):
+    model = tiny_mlp()
+    inner = torch.optim.Adam(model.parameters(), lr=1e-2)
+    model, wrapped = accelerator.prepare(model, inner)
+    assert type(wrapped).__name__ == "AcceleratedOptimizer"
+    occam = Occam(model, wrapped, schedule=ConstantRate(0.5))
+    assert occam.optimizer is inner
+    occam.step(1.0)
+    x, y = tiny_data()
+    for _ in range(3):
+        wrapped.zero_grad()
+        accelerator.backward(F.cross_entropy(model(x), y))
+        wrapped.step()
+    assert_pruned_zero(occam)  # the hook on the inner optimizer re-zeroed them after each step
+
+
+class _Averaging(torch.optim.Optimizer):
+    """A Lookahead-like wrapper: it keeps state of its own and moves the weights after the inner step."""
+
+    def __init__(self, optimizer):
+        self.optimizer = optimizer
+        super().__init__([p for g in optimizer.param_groups for p in g["params"]], {})
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        self.optimizer.step()
+        for group in self.param_groups:
+            for p in group["params"]:
+                slow = self.state[p].setdefault("slow", p.detach().clone())
+                slow.add_(p - slow, alpha=0.5)
+                p.copy_(slow)
+
+
+def test_a_wrapper_with_state_of_its_own_is_hooked_itself_so_its_own_update_cannot_revive_weights(setup, tiny_data):
+    model, inner, _ = setup()
+    wrapper = _Averaging(inner)
+    occam = Occam(model, wrapper, schedule=ConstantRate(0.5))
+    assert occam.optimizer is wrapper
+    occam.step(1.0)
+    train(model, wrapper, *tiny_data(), steps=2)
+    assert_pruned_zero(occam)
+
+
+class _Uninitialised(torch.optim.Optimizer):
+    def __init__(self):  # never runs torch.optim.Optimizer.__init__: it takes no hooks
+        self.state = {}
+
+
+def test_an_optimizer_that_takes_no_hooks_is_refused_with_type_error_naming_it(tiny_mlp):
+    with pytest.raises(TypeError, match="_Uninitialised takes no step hooks"):
+        Occam(tiny_mlp(), _Uninitialised())

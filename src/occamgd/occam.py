@@ -30,6 +30,32 @@ STATE_FORMAT = 2
 ZERO_STATE = ("prune", "step")
 
 
+def unwrap_optimizer(optimizer: Any) -> torch.optim.Optimizer:
+    """The torch optimizer to hook: ``optimizer`` itself, or the one inside pass-through wrappers.
+
+    A pass-through wrapper keeps the optimizer it wraps in ``.optimizer`` and shares its
+    ``state``: it holds nothing of its own, so the weights change only in the inner step, and the
+    hook goes there (accelerate's ``AcceleratedOptimizer`` is one, found by this shape, without
+    importing accelerate: it takes no hooks itself, and its inner step runs once per real update,
+    after gradient accumulation and never for a step the loss scaler skipped). A wrapper with state
+    of its own (Lookahead and the like) may move the weights after the inner step, so it is the one
+    hooked. Raises ``TypeError`` when what remains is not a ``torch.optim.Optimizer``.
+    """
+    inner = optimizer
+    while True:
+        wrapped = getattr(inner, "optimizer", None)
+        if not (isinstance(wrapped, torch.optim.Optimizer) and wrapped is not inner
+                and getattr(inner, "state", None) is wrapped.state):
+            break
+        inner = wrapped
+    if not isinstance(inner, torch.optim.Optimizer):
+        raise TypeError(
+            f"optimizer must be a torch.optim.Optimizer (or a wrapper keeping one in .optimizer), got "
+            f"{type(optimizer).__name__}"
+        )
+    return inner
+
+
 class Occam:
     """Occam Gradient Descent around any ``nn.Module`` and ``torch.optim`` optimizer.
 
@@ -38,6 +64,8 @@ class Occam:
     ...     train_one_epoch(model, optimizer, loader)  # the user's own loop, unchanged
     ...     occam.step(signal=validation_loss(model))  # adapt the rate, prune, enforce masks
 
+    - ``optimizer``: a ``torch.optim`` optimizer, also inside accelerate's wrapper (see
+      :func:`unwrap_optimizer`); ``None`` to :meth:`attach` one later.
     - ``schedule``: a preset name (``"paper"``: the paper's rule exactly; ``"guarded"``: see
       :class:`occamgd.schedules.Guarded`) or a schedule object; ``None`` is the default preset.
     - ``include`` / ``exclude`` select the prunable tensors (see :func:`select_prunable`).
@@ -88,15 +116,26 @@ class Occam:
 
     # Optimizer hooks --------------------------------------------------------------------
     def attach(self, optimizer: torch.optim.Optimizer) -> None:
-        """Keep the masks after every ``optimizer.step()`` (replaces any earlier optimizer)."""
-        if not isinstance(optimizer, torch.optim.Optimizer):
-            raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
+        """Keep the masks after every ``optimizer.step()`` (replaces any earlier optimizer).
+
+        A pass-through wrapper such as accelerate's ``AcceleratedOptimizer`` is opened and the
+        optimizer inside it hooked (see :func:`unwrap_optimizer`); ``self.optimizer`` is that one.
+        """
+        optimizer = unwrap_optimizer(optimizer)
+        keep = self.enforce if self.zero_state == "step" else self.masks.apply
+        try:
+            handles = [optimizer.register_step_post_hook(lambda opt, args, kwargs: keep())]
+        except AttributeError as error:
+            raise TypeError(
+                f"{type(optimizer).__name__} takes no step hooks (torch.optim.Optimizer.__init__ never ran on "
+                "it); accepted: a torch.optim optimizer, or a wrapper keeping one in .optimizer and sharing its "
+                "state"
+            ) from error
+        if self.every is not None:
+            handles.append(optimizer.register_step_post_hook(lambda opt, args, kwargs: self._count()))
         self.detach()
         self.optimizer = optimizer
-        keep = self.enforce if self.zero_state == "step" else self.masks.apply
-        self._handles = [optimizer.register_step_post_hook(lambda opt, args, kwargs: keep())]
-        if self.every is not None:
-            self._handles.append(optimizer.register_step_post_hook(lambda opt, args, kwargs: self._count()))
+        self._handles = handles
 
     def _count(self) -> None:
         self.optimizer_steps += 1
