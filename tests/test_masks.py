@@ -409,3 +409,15 @@ def test_a_selection_name_that_matches_nothing_is_refused(tiny_mlp):
         select_prunable(tiny_mlp(), include=["0", "fc3"])
     with pytest.raises(ValueError, match="selection 'head.\\*' matches no parameter"):
         select_prunable(tiny_mlp(), exclude="head.*")
+
+
+class _Holder(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.module = nn.Linear(2, 2)  # the user's own submodule that happens to be called "module"
+
+
+def test_names_leave_out_a_wrappers_prefix_but_not_a_submodule_of_the_same_name():
+    assert list(select_prunable(nn.DataParallel(_Holder()))) == ["module.weight"]
+    assert list(select_prunable(nn.DataParallel(_Holder()), include="module")) == ["module.weight"]
+    assert list(select_prunable(_Holder())) == ["module.weight"]

@@ -694,3 +694,59 @@ class _Uninitialised(torch.optim.Optimizer):
 def test_an_optimizer_that_takes_no_hooks_is_refused_with_type_error_naming_it(tiny_mlp):
     with pytest.raises(TypeError, match="_Uninitialised takes no step hooks"):
         Occam(tiny_mlp(), _Uninitialised())
+
+
+# Wrapped models: torch.compile, DataParallel / DDP -----------------------------------------------------
+def _plain(model):
+    return model
+
+
+def _compiled(model):
+    return torch.compile(model)  # building the OptimizedModule is enough: it is never run here
+
+
+def _data_parallel(model):
+    return nn.DataParallel(model)  # names its parameters "module.*" like DistributedDataParallel
+
+
+def _compiled_data_parallel(model):
+    return torch.compile(nn.DataParallel(model))
+
+
+@pytest.mark.parametrize("wrap_source, wrap_target", [
+    (_compiled, _plain), (_plain, _compiled), (_data_parallel, _compiled), (_compiled_data_parallel, _plain),
+])
+def test_occam_state_moves_between_compiled_plain_and_wrapped_models(wrap_source, wrap_target, tiny_mlp):
+    source = wrap_source(tiny_mlp())
+    occam = Occam(source, schedule=Guarded(warmup=0), include="0")  # names as in the plain model
+    assert list(occam.masks) == ["0.weight"]
+    before_prune = {k: v.clone() for k, v in tiny_mlp().state_dict().items()}
+    occam.step(1.0)
+    occam.step(1.0)  # the first prune, with a snapshot
+    target_model = tiny_mlp(seed=1)
+    target = Occam(wrap_target(target_model), schedule=Guarded(warmup=0), include="0")
+    target.load_state_dict(occam.state_dict())
+    assert torch.equal(target.masks["0.weight"], occam.masks["0.weight"]) and target.density < 1.0
+    target.step(5.0)  # roll back, from the snapshot the other model's Occam took
+    assert target.history[-1]["action"] == "rolled back" and target.density == 1.0
+    assert all(torch.equal(before_prune[k], v) for k, v in target_model.state_dict().items())
+
+
+def test_a_state_whose_snapshot_is_of_another_model_is_refused_before_anything_changes(setup):
+    _, _, source = setup(schedule=Guarded(warmup=0))
+    source.step(1.0)
+    source.step(1.0)  # pruned: a snapshot is held
+    state = source.state_dict()
+    state["snapshot"]["model"]["extra.weight"] = torch.zeros(1)
+    _, _, target = setup(schedule=Guarded(warmup=0))
+    before = snapshot(target)
+    with pytest.raises(ValueError, match="snapshot is of another model.*extra.weight"):
+        target.load_state_dict(state)
+    assert_snapshot_equal(before, snapshot(target))
+
+
+def test_a_compiled_submodule_is_named_as_if_it_were_not_compiled(tiny_mlp):
+    model = tiny_mlp()
+    model[2] = torch.compile(model[2])
+    assert list(Occam(model, include=[nn.Linear]).masks) == ["0.weight", "2.weight"]
+    assert list(Occam(model, include="2").masks) == ["2.weight"]

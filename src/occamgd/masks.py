@@ -8,6 +8,7 @@ enforced by multiplying the weight in place (the paper's semantic: re-zero after
 from __future__ import annotations
 
 import fnmatch
+import sys
 from collections.abc import Callable, Iterable, Mapping
 from typing import Union
 
@@ -28,6 +29,38 @@ DEFAULT_PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (
 Selection = Union[str, type, Callable[[str, nn.Parameter], bool], Iterable[Union[str, type]]]
 
 
+def _wrapped_attribute(module: nn.Module) -> str | None:
+    """The attribute under which a wrapper module holds the module it wraps, or ``None``."""
+    if isinstance(module, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+        return "module"
+    # torch.compile's wrapper; its module is loaded only once something was compiled.
+    eval_frame = sys.modules.get("torch._dynamo.eval_frame")
+    if eval_frame is not None and isinstance(module, eval_frame.OptimizedModule):
+        return "_orig_mod"
+    return None
+
+
+def unwrapped_names(model: nn.Module) -> Callable[[str], str]:
+    """``name -> name`` without the wrappers' segments, for ``model``'s parameter, buffer and module names.
+
+    ``torch.compile`` (``_orig_mod.``) and ``DistributedDataParallel`` / ``DataParallel``
+    (``module.``) put the wrapped module's names under a prefix, at the root or around any
+    submodule. Masks, selections and snapshots use the names without them, so an Occam state moves
+    between a compiled, a DDP-wrapped and a plain model. Only the segments that are wrappers' are
+    dropped: a submodule of the user's that is called ``module`` keeps its name.
+    """
+    hidden = {f"{path}.{attr}" if path else attr for path, module in model.named_modules()
+              if (attr := _wrapped_attribute(module)) is not None}
+    if not hidden:
+        return lambda name: name
+
+    def unwrap(name: str) -> str:
+        parts = name.split(".")
+        return ".".join(part for i, part in enumerate(parts) if ".".join(parts[: i + 1]) not in hidden)
+
+    return unwrap
+
+
 def _as_items(selection: Selection) -> list:
     if isinstance(selection, (str, type)) or not isinstance(selection, Iterable):
         return [selection]
@@ -37,7 +70,9 @@ def _as_items(selection: Selection) -> list:
 def _matcher(selection: Selection, model: nn.Module) -> Callable[[str, nn.Parameter], bool]:
     """Turn a user's selection into a predicate over ``(parameter_name, parameter)``."""
     items = _as_items(selection)
-    modules = dict(model.named_modules())
+    unwrap = unwrapped_names(model)
+    # A wrapper and the module it wraps get the same name; the inner one, listed later, is kept.
+    modules = {unwrap(name): module for name, module in model.named_modules()}
     by_type: set[str] = set()
     patterns: list[str] = []
     predicates: list[Callable[[str, nn.Parameter], bool]] = []
@@ -69,7 +104,7 @@ def _matcher(selection: Selection, model: nn.Module) -> Callable[[str, nn.Parame
             )
 
     # A name that matches nothing is almost always a typo: say so rather than prune less.
-    names = [name for name, _ in model.named_parameters()]
+    names = [unwrap(name) for name, _ in model.named_parameters()]
     for pattern in patterns:
         if not any(fnmatch.fnmatchcase(name, pattern) for name in names):
             raise ValueError(
@@ -95,17 +130,17 @@ def select_prunable(
     """The prunable parameters of ``model``, by name, in ``named_parameters`` order.
 
     By default: the ``weight`` of every Linear, Conv1d/2d/3d and Embedding layer. Biases and
-    normalisation parameters are never selected by default. Tied parameters appear once.
+    normalisation parameters are never selected by default. Tied parameters appear once. Names
+    (those selected by and those returned) leave out the segments of ``torch.compile`` and
+    DDP / DataParallel wrappers (see :func:`unwrapped_names`).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     include_match = _matcher(DEFAULT_PRUNABLE_TYPES if include is None else include, model)
     exclude_match = _matcher(exclude, model) if exclude is not None else (lambda n, p: False)
-    selected = {
-        name: param
-        for name, param in model.named_parameters()
-        if include_match(name, param) and not exclude_match(name, param)
-    }
+    unwrap = unwrapped_names(model)
+    named = ((unwrap(name), param) for name, param in model.named_parameters())
+    selected = {name: param for name, param in named if include_match(name, param) and not exclude_match(name, param)}
     if not selected:
         raise ValueError(
             f"{type(model).__name__} has no prunable tensors for include={include!r}, "

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from .criteria import Criterion, get_criterion
-from .masks import Masks, Selection, select_prunable
+from .masks import Masks, Selection, select_prunable, unwrapped_names
 from .schedules import Decision, Schedule, check_signal, get_schedule, state_from_dict, state_to_dict
 
 #: 2: the controller's state is its own dataclass (``schedules.state_to_dict``); 1 (occamgd 0.1) is refused.
@@ -228,17 +228,29 @@ class Occam:
 
     # Rollback ---------------------------------------------------------------------------
     def _take_snapshot(self) -> None:
-        device = self.snapshot_device
+        device, unwrap = self.snapshot_device, unwrapped_names(self.model)
+        # Named without wrapper prefixes, like the masks: the snapshot moves between wrapped and plain models.
         self._snapshot = {
-            "model": {k: v.detach().to(device, copy=True) for k, v in self.model.state_dict().items()},
+            "model": {unwrap(k): v.detach().to(device, copy=True) for k, v in self.model.state_dict().items()},
             "masks": {k: v.to(device, copy=True) for k, v in self.masks.items()},
         }
 
     def _restore_snapshot(self) -> None:
-        self.model.load_state_dict(self._snapshot["model"])
+        unwrap, saved = unwrapped_names(self.model), self._snapshot["model"]
+        self.model.load_state_dict({k: saved[unwrap(k)] for k in self.model.state_dict()})
         self.masks.load_state_dict(self._snapshot["masks"])
         self._snapshot = None
         self.enforce()
+
+    def _check_snapshot(self, snapshot: Mapping[str, Any]) -> None:
+        self.masks.check(snapshot["masks"], "checkpoint snapshot masks", require_all=True)
+        unwrap = unwrapped_names(self.model)
+        ours, theirs = {unwrap(k) for k in self.model.state_dict()}, set(snapshot["model"])
+        if ours != theirs:
+            raise ValueError(
+                f"checkpoint snapshot is of another model: tensors {sorted(ours ^ theirs)[:4]} are in only one of "
+                "them; accepted: a state from an Occam around this same architecture"
+            )
 
     @property
     def snapshot_bytes(self) -> int:
@@ -284,11 +296,14 @@ class Occam:
         # Validate everything before changing anything.
         self.masks.check(state["masks"], "checkpoint masks", require_all=True)
         schedule_state = state_from_dict(self.schedule, state["schedule"]["state"])
+        snapshot = state.get("snapshot")
+        if snapshot is not None:
+            self._check_snapshot(snapshot)
         self.masks.load_state_dict(state["masks"])
         self.schedule_state = schedule_state
         self.history = [dict(r) for r in state["history"]]
         self.optimizer_steps = int(state.get("optimizer_steps", 0))
-        self._snapshot = state.get("snapshot")
+        self._snapshot = snapshot
         self.enforce()
 
     def __repr__(self) -> str:
