@@ -15,18 +15,35 @@ from typing import Union
 import torch
 from torch import nn
 
-#: Module types whose ``weight`` is prunable when the user makes no selection of their own.
+#: Module types whose weights are prunable when the user makes no selection of their own: the
+#: paper's dense and convolution kernels and embeddings, and the weight matrices of recurrent
+#: layers (RNN, LSTM, GRU and their cells), which are dense kernels too.
 DEFAULT_PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (
     nn.Linear,
     nn.Conv1d,
     nn.Conv2d,
     nn.Conv3d,
     nn.Embedding,
+    nn.RNNBase,
+    nn.RNNCellBase,
 )
 
 #: A selection of tensors: parameter or module names (``fnmatch`` patterns allowed), module
-#: types (their ``weight``), or a predicate ``(parameter_name, parameter) -> bool``.
+#: types (their weights, see :func:`module_weights`), or a predicate
+#: ``(parameter_name, parameter) -> bool``.
 Selection = Union[str, type, Callable[[str, nn.Parameter], bool], Iterable[Union[str, type]]]
+
+
+def module_weights(module: nn.Module) -> list[str]:
+    """The names of a module's own weight tensors, those that selecting the module selects.
+
+    A recurrent layer's weight matrices (``weight_ih_l<k>``, ``weight_hh_l<k>``, ``weight_hr_l<k>``
+    with projections, each also ``_reverse`` when bidirectional; a cell's ``weight_ih`` and
+    ``weight_hh``), never its biases; any other module's ``weight`` parameter, if it has one.
+    """
+    if isinstance(module, (nn.RNNBase, nn.RNNCellBase)):
+        return [name for name, _ in module.named_parameters(recurse=False) if name.startswith("weight_")]
+    return ["weight"] if isinstance(getattr(module, "weight", None), nn.Parameter) else []
 
 
 def _wrapped_attribute(module: nn.Module) -> str | None:
@@ -85,16 +102,14 @@ def _matcher(selection: Selection, model: nn.Module) -> Callable[[str, nn.Parame
                     "predicate (name, parameter) -> bool"
                 )
             by_type.update(
-                f"{name}.weight" if name else "weight"
-                for name, module in modules.items()
-                if isinstance(module, item) and isinstance(getattr(module, "weight", None), nn.Parameter)
+                f"{name}.{weight}" if name else weight
+                for name, module in modules.items() if isinstance(module, item)
+                for weight in module_weights(module)
             )
         elif isinstance(item, str):
-            # A module name stands for that module's weight.
-            if item in modules and item != "" and isinstance(getattr(modules[item], "weight", None), nn.Parameter):
-                patterns.append(f"{item}.weight")
-            else:
-                patterns.append(item)
+            # A module name stands for that module's weights.
+            weights = module_weights(modules[item]) if item in modules and item != "" else []
+            patterns.extend([f"{item}.{weight}" for weight in weights] or [item])
         elif callable(item):
             predicates.append(item)
         else:
@@ -129,8 +144,9 @@ def select_prunable(
 ) -> dict[str, nn.Parameter]:
     """The prunable parameters of ``model``, by name, in ``named_parameters`` order.
 
-    By default: the ``weight`` of every Linear, Conv1d/2d/3d and Embedding layer. Biases and
-    normalisation parameters are never selected by default. Tied parameters appear once. Names
+    By default: the ``weight`` of every Linear, Conv1d/2d/3d and Embedding layer and the weight
+    matrices of every recurrent layer (RNN, LSTM, GRU and their cells; see
+    :func:`module_weights`). Biases and normalisation parameters are never selected by default. Tied parameters appear once. Names
     (those selected by and those returned) leave out the segments of ``torch.compile`` and
     DDP / DataParallel wrappers (see :func:`unwrapped_names`).
     """
@@ -144,8 +160,8 @@ def select_prunable(
     if not selected:
         raise ValueError(
             f"{type(model).__name__} has no prunable tensors for include={include!r}, "
-            f"exclude={exclude!r}; accepted: a model with at least one Linear, Conv1d/2d/3d or "
-            "Embedding weight by default, or an include selection (names, module types or a "
+            f"exclude={exclude!r}; accepted: a model with at least one Linear, Conv1d/2d/3d, "
+            "Embedding or recurrent (RNN, LSTM, GRU) weight by default, or an include selection (names, module types or a "
             "predicate) that matches at least one parameter"
         )
     return selected
@@ -157,6 +173,11 @@ class Masks(Mapping[str, torch.Tensor]):
     ``True`` means kept. Each mask sits on its parameter's device. A multiplier in the
     parameter's dtype is kept beside each mask so that enforcement is one fused in-place multiply
     per step (five bytes per prunable weight in all).
+
+    The multiply is in place, on the very Parameter objects, so it reaches what every layer
+    computes with, recurrent ones included: an LSTM's forward pass reads its ``_flat_weights``,
+    which are these parameters, and on CUDA ``flatten_parameters()`` makes them views into cuDNN's
+    single weight buffer (the same objects, with new storage), so masking them masks that buffer.
     """
 
     def __init__(self, params: Mapping[str, nn.Parameter]):
@@ -189,7 +210,13 @@ class Masks(Mapping[str, torch.Tensor]):
 
     @property
     def density(self) -> float:
-        """Kept fraction of all prunable weights."""
+        """Kept fraction of all prunable weights: ``kept / total``.
+
+        Both count the entries of the masked tensors only, each tensor once however often it is
+        tied, every entry alike whatever its tensor's size. By default these are the weights of
+        Linear, Conv, Embedding and recurrent layers (see :func:`select_prunable`); biases,
+        normalisation parameters and any tensor left out of the selection count in neither.
+        """
         return self.kept / self.total
 
     def densities(self) -> dict[str, float]:

@@ -165,7 +165,7 @@ class Occam:
     # Size -------------------------------------------------------------------------------
     @property
     def density(self) -> float:
-        """Kept fraction of all prunable weights."""
+        """Kept fraction of all prunable weights (see :attr:`occamgd.masks.Masks.density` for what it counts)."""
         return self.masks.density
 
     @property
