@@ -147,7 +147,7 @@ def test_ddp_wrapper_is_unwrapped_and_prunes_like_occam(world_of_one):
     assert list(Occam(ddp).masks) == ["0.weight", "2.weight"]
 
 
-@pytest.mark.parametrize("bad", ["nan", float("inf"), object()])
+@pytest.mark.parametrize("bad", ["nan", "0.5", True, float("inf"), object()])
 def test_bad_signal_raises_and_changes_nothing(world_of_one, bad):
     occam = DistributedOccam(_model())
     with pytest.raises(ValueError, match="signal"):
