@@ -637,3 +637,9 @@ def test_the_module_docstrings_worked_example_controller_runs_with_occam(tiny_ml
     assert [r["action"] for r in occam.history] == ["pruned"] * 3 + ["stopped"] * 2
     assert 0.5 <= occam.density < 0.52 and occam.schedule_state.prunes == 3
     assert isinstance(occam.schedule, Schedule) and Occam is namespace["Occam"]
+
+
+def test_a_guarded_state_with_an_unknown_phase_is_refused():
+    data = {**state_to_dict(Guarded().init()), "phase": "pruned"}
+    with pytest.raises(ValueError, match="phase must be one of \\('warmup', 'pruning', 'stopped'\\), got 'pruned'"):
+        state_from_dict(Guarded(), data)

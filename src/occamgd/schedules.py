@@ -300,6 +300,9 @@ class Never(Schedule):
         return Decision("held", 0.0), replace(state, epoch=state.epoch + 1)
 
 
+_GUARDED_PHASES = ("warmup", "pruning", "stopped")
+
+
 class Guarded(Schedule):
     """A controller that starts late, pushes only while the signal falls, undoes harm and stops.
 
@@ -328,7 +331,7 @@ class Guarded(Schedule):
     @dataclass(frozen=True)
     class State:
         epoch: int
-        #: "warmup", "pruning" or "stopped".
+        #: One of ``_GUARDED_PHASES``.
         phase: str
         #: The rate the next prune uses.
         rate: float
@@ -340,6 +343,10 @@ class Guarded(Schedule):
         since_best: int = 0
         pruned_last: bool = False
         rollbacks: int = 0
+
+        def __post_init__(self) -> None:
+            if self.phase not in _GUARDED_PHASES:
+                raise ValueError(f"Guarded state phase must be one of {_GUARDED_PHASES}, got {self.phase!r}")
 
     def __init__(self, r0: float = 0.4, r_start: float | None = None, grow: float = 1.5, shrink: float = 0.5,
                  tol: float = 0.02, start_tol: float = 0.1, warmup: int = 1, max_rollbacks: int = 3,
