@@ -1,4 +1,4 @@
-"""compact.py: compaction gives a smaller model with the masked model's outputs; selection, errors,
+"""compaction.py: compaction gives a smaller model with the masked model's outputs; selection, errors,
 the report, and the 2:4 conversion's refusal without CUDA."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 import occamgd
-from occamgd.compact import (
+from occamgd.compaction import (
     compact,
     compaction_report,
     model_size,

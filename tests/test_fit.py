@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pytest
@@ -292,3 +293,43 @@ def test_atomic_writes_get_the_mode_of_a_plain_open_not_mkstemps_0600(tmp_path):
     finally:
         os.umask(umask)
     assert path.stat().st_mode & 0o777 == 0o644
+
+
+class _PruneUntilAlarm(occamgd.Schedule):
+    """Prunes 0.3 each epoch; rolls the last prune back when the signal exceeds 1000."""
+
+    needs_snapshot = True
+
+    @dataclass(frozen=True)
+    class State:
+        epoch: int = 0
+
+    def decide(self, signal, density, state):
+        new = replace(state, epoch=state.epoch + 1)
+        if signal > 1e3:
+            return occamgd.Decision("rolled back", 0.0, restore=True), new
+        return occamgd.Decision("pruned", 0.3), new
+
+
+def test_keep_best_gives_back_occam_as_it_was_at_the_best_epoch_so_a_rollback_goes_to_before_it():
+    X, y = blobs(n=120)
+    scale, epoch = [100.0, 10.0, 1.0, 10.0, 100.0], [0]  # the hold-back loss is lowest at epoch 2
+
+    def loss(out, target):
+        return F.cross_entropy(out, target) * scale[epoch[0]]
+
+    def next_epoch(record):
+        epoch[0] = record["epoch"] + 1
+
+    result = occamgd.fit(mlp(), (X, y), epochs=5, batch_size=64, loss=loss, schedule=_PruneUntilAlarm(),
+                         on_epoch_end=next_epoch, progress=False)
+    occam = result.occam
+    assert result.best_epoch == 2 and len(result.history) == 5
+    # Occam as the best epoch's model was evaluated: two prunes behind it, none after.
+    assert [r["epoch"] for r in occam.history] == [0, 1]
+    assert occam.schedule_state == _PruneUntilAlarm.State(epoch=2)
+    assert occam.density == result.history[2]["density"]
+    # Its rollback snapshot is the one taken before the prune after epoch 1, not after epoch 3.
+    occam.step(1e6)
+    assert occam.history[-1]["action"] == "rolled back"
+    assert occam.density == result.history[1]["density"]

@@ -143,9 +143,11 @@ def test_ddp_wrapper_is_unwrapped_and_prunes_like_occam(world_of_one):
     assert _equal(dict(occam.masks), dict(reference.masks))
     reference.load_state_dict(occam.state_dict())
     assert "world_size=1" in repr(occam)
+    # A plain Occam around the DDP wrapper names its masks the same way.
+    assert list(Occam(ddp).masks) == ["0.weight", "2.weight"]
 
 
-@pytest.mark.parametrize("bad", ["nan", float("inf"), object()])
+@pytest.mark.parametrize("bad", ["nan", "0.5", True, float("inf"), object()])
 def test_bad_signal_raises_and_changes_nothing(world_of_one, bad):
     occam = DistributedOccam(_model())
     with pytest.raises(ValueError, match="signal"):

@@ -34,8 +34,9 @@ def names(model, include=None, exclude=None):
 
 
 # Default selection ---------------------------------------------------------------------------
-def test_default_types_are_linear_conv_and_embedding():
-    assert set(DEFAULT_PRUNABLE_TYPES) == {nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Embedding}
+def test_default_types_are_linear_conv_embedding_and_recurrent():
+    assert set(DEFAULT_PRUNABLE_TYPES) == {nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Embedding, nn.RNNBase,
+                                           nn.RNNCellBase}
 
 
 def test_default_selection_is_the_weight_of_every_linear_conv_and_embedding_layer():
@@ -409,3 +410,60 @@ def test_a_selection_name_that_matches_nothing_is_refused(tiny_mlp):
         select_prunable(tiny_mlp(), include=["0", "fc3"])
     with pytest.raises(ValueError, match="selection 'head.\\*' matches no parameter"):
         select_prunable(tiny_mlp(), exclude="head.*")
+
+
+class _Holder(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.module = nn.Linear(2, 2)  # the user's own submodule that happens to be called "module"
+
+
+def test_names_leave_out_a_wrappers_prefix_but_not_a_submodule_of_the_same_name():
+    assert list(select_prunable(nn.DataParallel(_Holder()))) == ["module.weight"]
+    assert list(select_prunable(nn.DataParallel(_Holder()), include="module")) == ["module.weight"]
+    assert list(select_prunable(_Holder())) == ["module.weight"]
+
+
+# Recurrent layers -----------------------------------------------------------------------------------
+class Recurrent(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.rnn = nn.LSTM(3, 4, num_layers=2, bidirectional=True, batch_first=True)
+        self.cell = nn.GRUCell(3, 2)
+        self.head = nn.Linear(8, 2)
+
+
+LSTM_WEIGHTS = [f"rnn.weight_{kind}_l{layer}{suffix}" for layer in (0, 1) for suffix in ("", "_reverse")
+                for kind in ("ih", "hh")]
+
+
+def test_recurrent_weight_matrices_are_prunable_by_default_and_their_biases_never():
+    assert names(Recurrent()) == [*LSTM_WEIGHTS, "cell.weight_ih", "cell.weight_hh", "head.weight"]
+    assert names(nn.LSTM(3, 4, proj_size=2)) == ["weight_ih_l0", "weight_hh_l0", "weight_hr_l0"]
+    for kind in (nn.RNN, nn.GRU):
+        assert names(kind(3, 4)) == ["weight_ih_l0", "weight_hh_l0"]
+
+
+def test_selecting_a_recurrent_type_or_module_name_selects_its_weight_matrices():
+    assert names(Recurrent(), include=[nn.LSTM]) == LSTM_WEIGHTS
+    assert names(Recurrent(), include="rnn") == LSTM_WEIGHTS
+    assert names(Recurrent(), include=[nn.GRUCell, "head"]) == ["cell.weight_ih", "cell.weight_hh", "head.weight"]
+
+
+def test_masks_hold_on_recurrent_weights_through_training_and_the_forward_pass_sees_them():
+    torch.manual_seed(0)
+    model = Recurrent()
+    opt = torch.optim.Adam(model.parameters(), lr=0.1)
+    occam = Occam(model, opt, schedule=ConstantRate(0.5), include=[nn.LSTM])
+    occam.step(1.0)
+    x = torch.randn(2, 5, 3)
+    for _ in range(2):
+        opt.zero_grad()
+        model.rnn(x)[0].sum().backward()
+        opt.step()
+    for name, param in occam.masks.params.items():
+        assert bool((param.detach()[~occam.masks[name]] == 0).all()), name
+    # The LSTM computes with these very tensors: masking them in place masks what it runs on.
+    flat = {n: w for n, w in zip(model.rnn._flat_weights_names, model.rnn._flat_weights)}
+    assert all(flat[n.removeprefix("rnn.")] is p for n, p in occam.masks.params.items())
+    assert occam.density == pytest.approx(0.5, abs=0.01)

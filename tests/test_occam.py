@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import math
+import re
+from dataclasses import dataclass, replace
 
 import pytest
 import torch
@@ -12,6 +14,7 @@ from torch.nn import functional as F
 
 from occamgd import GMP, ConstantRate, Guarded, Never, Occam, OccamRate
 from occamgd.criteria import prune_count
+from occamgd.schedules import Decision, state_to_dict
 
 
 def train(model, opt, x, y, steps=3):
@@ -29,7 +32,7 @@ def snapshot(occam):
     """Everything Occam.step or load_state_dict may change, as comparable plain values."""
     return {
         "masks": {n: m.clone() for n, m in occam.masks.items()},
-        "schedule": occam.schedule.state_dict(),
+        "schedule": state_to_dict(occam.schedule_state),
         "history": [dict(r) for r in occam.history],
         "weights": {k: v.clone() for k, v in occam.model.state_dict().items()},
     }
@@ -75,14 +78,15 @@ def test_end_to_end_density_falls_per_schedule_and_history_records_each_epoch(se
     model, opt, occam = setup(schedule="paper")
     x, y = tiny_data()
     assert isinstance(occam.schedule, OccamRate) and occam.density == 1.0
-    reference = OccamRate()
+    reference, reference_state = OccamRate(), OccamRate().init()
     for epoch in range(6):
         signal = train(model, opt, x, y)
         assert_pruned_zero(occam)  # the optimizer hook kept the pruned weights at zero
         kept_before = {n: int(m.sum()) for n, m in occam.masks.items()}
         density_before = occam.density
         rate = occam.step(signal)
-        assert rate == reference.step(signal, density_before)
+        decision, reference_state = reference.decide(signal, density_before, reference_state)
+        assert rate == decision.rate and occam.schedule_state == reference_state
         assert reference.floor <= rate <= reference.r0
         for name, mask in occam.masks.items():  # the paper's per-tensor count, tensor by tensor
             assert int(mask.sum()) == kept_before[name] - prune_count(kept_before[name], rate)
@@ -202,9 +206,8 @@ def test_non_finite_or_missing_signal_raises_value_error_and_changes_nothing(bad
 class Lenient(ConstantRate):
     """A user schedule that does not check its signal itself."""
 
-    def step(self, signal, density):
-        self._state["epoch"] += 1
-        return self.rate
+    def decide(self, signal, density, state):
+        return Decision("pruned", self.rate), replace(state, epoch=state.epoch + 1)
 
 
 @pytest.mark.parametrize("bad", [math.nan, math.inf])
@@ -301,7 +304,7 @@ def test_loading_state_of_another_schedule_type_raises_and_changes_nothing(setup
     assert_snapshot_equal(snapshot(occam), before)
 
 
-@pytest.mark.parametrize("fmt", [None, 0, 2, "1"])
+@pytest.mark.parametrize("fmt", [None, 0, 3, "2", True])
 def test_loading_state_of_an_unknown_format_raises_and_changes_nothing(fmt, setup):
     _, _, occam = setup()
     occam.step(1.0)
@@ -422,17 +425,35 @@ def test_repr_mentions_size_and_schedule(setup):
 
 
 class _BadRate(ConstantRate):
-    """A user schedule that returns an impossible rate after advancing its state."""
+    """A user schedule that decides an impossible rate."""
 
-    def step(self, signal, density):
-        super().step(signal, density)
-        return 1.5
+    def decide(self, signal, density, state):
+        return Decision("pruned", 1.5), replace(state, epoch=state.epoch + 1)
 
 
-def test_a_schedule_returning_an_impossible_rate_is_refused_and_changes_nothing(tiny_mlp):
-    occam = Occam(tiny_mlp(), schedule=_BadRate(0.1))
+class _NotADecision(ConstantRate):
+    """A user schedule that answers in the old way, with a bare rate."""
+
+    def decide(self, signal, density, state):
+        return self.rate
+
+
+class _WrongState(ConstantRate):
+    """A user schedule that returns another schedule's state."""
+
+    def decide(self, signal, density, state):
+        return Decision("pruned", self.rate), Never().init()
+
+
+@pytest.mark.parametrize("schedule, error, match", [
+    (_BadRate(0.1), ValueError, "rate must be a real number in \\[0, 1\\), got 1.5"),
+    (_NotADecision(0.1), TypeError, "answered 0.1; accepted: a tuple \\(Decision, new state\\)"),
+    (_WrongState(0.1), TypeError, "the new state a ConstantRate.State"),
+])
+def test_a_schedule_answering_what_cannot_be_done_is_refused_and_changes_nothing(schedule, error, match, tiny_mlp):
+    occam = Occam(tiny_mlp(), schedule=schedule)
     before = snapshot(occam)
-    with pytest.raises(ValueError, match="at rate 1.5; accepted: a rate in \\[0, 1\\)"):
+    with pytest.raises(error, match=match):
         occam.step(1.0)
     assert_snapshot_equal(before, snapshot(occam))
 
@@ -454,20 +475,19 @@ from occamgd.schedules import Schedule  # noqa: E402
 
 
 class _Script(Schedule):
-    """Replays a fixed list of decisions; asks for snapshots like Guarded."""
+    """Replays a fixed list of ``(action, rate)`` decisions; asks for snapshots like Guarded."""
 
     needs_snapshot = True
 
+    @dataclass(frozen=True)
+    class State:
+        epoch: int = 0
+
     def __init__(self, decisions):
-        self.decisions = list(decisions)
-        self._state = {"epoch": 0}
+        self.decisions = [Decision(action, rate, restore=action == "rolled back") for action, rate in decisions]
 
-    def decide(self, signal, density):
-        self._state["epoch"] += 1
-        return self.decisions[self._state["epoch"] - 1]
-
-    def step(self, signal, density):
-        return self.decide(signal, density)[1]
+    def decide(self, signal, density, state):
+        return self.decisions[state.epoch], replace(state, epoch=state.epoch + 1)
 
 
 def test_a_rollback_restores_every_parameter_buffer_and_mask_from_before_the_prune(setup, tiny_data):
@@ -553,3 +573,180 @@ def test_every_n_optimizer_steps_occam_reads_signal_fn_in_eval_mode_and_steps_it
 def test_bad_interval_settings_raise_naming_the_value(kwargs, error, match, tiny_mlp):
     with pytest.raises(error, match=match):
         Occam(tiny_mlp(), **kwargs)
+
+
+# The controller protocol inside Occam --------------------------------------------------------------
+def test_state_dict_holds_the_controllers_type_and_its_state_as_plain_data(setup):
+    _, _, occam = setup(schedule=OccamRate())
+    occam.step(1.0)
+    occam.step(0.5)
+    state = occam.state_dict()
+    assert state["format"] == 2
+    assert state["schedule"] == {"type": "OccamRate",
+                                 "state": {"epoch": 2, "rate": 0.4, "signals": [1.0, 0.5], "zeta": None}}
+
+
+def test_a_state_of_the_older_format_is_refused_saying_it_is_not_migrated(setup):
+    _, _, occam = setup()
+    state = occam.state_dict()
+    state["format"] = 1
+    before = snapshot(occam)
+    with pytest.raises(ValueError, match="made by an older occamgd; pre-1.0 states are not migrated: start the run"):
+        occam.load_state_dict(state)
+    assert_snapshot_equal(before, snapshot(occam))
+
+
+@pytest.mark.parametrize("bad", [True, "0.5", [0.5]])
+def test_a_signal_that_is_not_a_real_number_raises_type_error_naming_it_and_changes_nothing(bad, setup):
+    _, _, occam = setup(schedule=ConstantRate(0.3))
+    occam.step(1.0)
+    before = snapshot(occam)
+    with pytest.raises(TypeError, match=re.escape(repr(bad))):
+        occam.step(bad)
+    assert_snapshot_equal(before, snapshot(occam))
+
+
+def test_the_controllers_new_state_is_kept_only_once_the_prune_succeeded(setup):
+    _, _, occam = setup(schedule=ConstantRate(0.3))
+    occam.step(1.0)
+
+    def broken(weights, masks, rate):
+        raise RuntimeError("criterion failed")
+
+    occam.criterion = broken
+    before = snapshot(occam)
+    with pytest.raises(RuntimeError, match="criterion failed"):
+        occam.step(1.0)
+    assert_snapshot_equal(before, snapshot(occam))  # the schedule state too: still epoch 1
+
+
+class _NoSnapshotScript(_Script):
+    needs_snapshot = False
+
+
+def test_a_rollback_by_a_schedule_that_takes_no_snapshot_is_refused(setup):
+    _, _, occam = setup(schedule=_NoSnapshotScript([("pruned", 0.5), ("rolled back", 0.0)]))
+    occam.step(1.0)
+    before = snapshot(occam)
+    with pytest.raises(ValueError, match="needs_snapshot is True"):
+        occam.step(1.0)
+    assert_snapshot_equal(before, snapshot(occam))
+
+
+# Wrapped optimizers ----------------------------------------------------------------------------------
+@pytest.fixture
+def accelerator():
+    accelerate = pytest.importorskip("accelerate")
+    yield accelerate.Accelerator(cpu=True)
+    # Accelerate's state is a process-wide singleton: leave none behind for other tests.
+    accelerate.state.AcceleratorState._reset_state(reset_partial_state=True)
+    accelerate.state.GradientState._reset_state()
+
+
+def test_occam_hooks_the_torch_optimizer_inside_an_accelerate_prepared_one(accelerator, tiny_mlp, tiny_data):
+    model = tiny_mlp()
+    inner = torch.optim.Adam(model.parameters(), lr=1e-2)
+    model, wrapped = accelerator.prepare(model, inner)
+    assert type(wrapped).__name__ == "AcceleratedOptimizer"
+    occam = Occam(model, wrapped, schedule=ConstantRate(0.5))
+    assert occam.optimizer is inner
+    occam.step(1.0)
+    x, y = tiny_data()
+    for _ in range(3):
+        wrapped.zero_grad()
+        accelerator.backward(F.cross_entropy(model(x), y))
+        wrapped.step()
+    assert_pruned_zero(occam)  # the hook on the inner optimizer re-zeroed them after each step
+
+
+class _Averaging(torch.optim.Optimizer):
+    """A Lookahead-like wrapper: it keeps state of its own and moves the weights after the inner step."""
+
+    def __init__(self, optimizer):
+        self.optimizer = optimizer
+        super().__init__([p for g in optimizer.param_groups for p in g["params"]], {})
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        self.optimizer.step()
+        for group in self.param_groups:
+            for p in group["params"]:
+                slow = self.state[p].setdefault("slow", p.detach().clone())
+                slow.add_(p - slow, alpha=0.5)
+                p.copy_(slow)
+
+
+def test_a_wrapper_with_state_of_its_own_is_hooked_itself_so_its_own_update_cannot_revive_weights(setup, tiny_data):
+    model, inner, _ = setup()
+    wrapper = _Averaging(inner)
+    occam = Occam(model, wrapper, schedule=ConstantRate(0.5))
+    assert occam.optimizer is wrapper
+    occam.step(1.0)
+    train(model, wrapper, *tiny_data(), steps=2)
+    assert_pruned_zero(occam)
+
+
+class _Uninitialised(torch.optim.Optimizer):
+    def __init__(self):  # never runs torch.optim.Optimizer.__init__: it takes no hooks
+        self.state = {}
+
+
+def test_an_optimizer_that_takes_no_hooks_is_refused_with_type_error_naming_it(tiny_mlp):
+    with pytest.raises(TypeError, match="_Uninitialised takes no step hooks"):
+        Occam(tiny_mlp(), _Uninitialised())
+
+
+# Wrapped models: torch.compile, DataParallel / DDP -----------------------------------------------------
+def _plain(model):
+    return model
+
+
+def _compiled(model):
+    return torch.compile(model)  # building the OptimizedModule is enough: it is never run here
+
+
+def _data_parallel(model):
+    return nn.DataParallel(model)  # names its parameters "module.*" like DistributedDataParallel
+
+
+def _compiled_data_parallel(model):
+    return torch.compile(nn.DataParallel(model))
+
+
+@pytest.mark.parametrize("wrap_source, wrap_target", [
+    (_compiled, _plain), (_plain, _compiled), (_data_parallel, _compiled), (_compiled_data_parallel, _plain),
+])
+def test_occam_state_moves_between_compiled_plain_and_wrapped_models(wrap_source, wrap_target, tiny_mlp):
+    source = wrap_source(tiny_mlp())
+    occam = Occam(source, schedule=Guarded(warmup=0), include="0")  # names as in the plain model
+    assert list(occam.masks) == ["0.weight"]
+    before_prune = {k: v.clone() for k, v in tiny_mlp().state_dict().items()}
+    occam.step(1.0)
+    occam.step(1.0)  # the first prune, with a snapshot
+    target_model = tiny_mlp(seed=1)
+    target = Occam(wrap_target(target_model), schedule=Guarded(warmup=0), include="0")
+    target.load_state_dict(occam.state_dict())
+    assert torch.equal(target.masks["0.weight"], occam.masks["0.weight"]) and target.density < 1.0
+    target.step(5.0)  # roll back, from the snapshot the other model's Occam took
+    assert target.history[-1]["action"] == "rolled back" and target.density == 1.0
+    assert all(torch.equal(before_prune[k], v) for k, v in target_model.state_dict().items())
+
+
+def test_a_state_whose_snapshot_is_of_another_model_is_refused_before_anything_changes(setup):
+    _, _, source = setup(schedule=Guarded(warmup=0))
+    source.step(1.0)
+    source.step(1.0)  # pruned: a snapshot is held
+    state = source.state_dict()
+    state["snapshot"]["model"]["extra.weight"] = torch.zeros(1)
+    _, _, target = setup(schedule=Guarded(warmup=0))
+    before = snapshot(target)
+    with pytest.raises(ValueError, match="snapshot is of another model.*extra.weight"):
+        target.load_state_dict(state)
+    assert_snapshot_equal(before, snapshot(target))
+
+
+def test_a_compiled_submodule_is_named_as_if_it_were_not_compiled(tiny_mlp):
+    model = tiny_mlp()
+    model[2] = torch.compile(model[2])
+    assert list(Occam(model, include=[nn.Linear]).masks) == ["0.weight", "2.weight"]
+    assert list(Occam(model, include="2").masks) == ["2.weight"]

@@ -1,4 +1,5 @@
-"""schedules.py: the paper's zeta rule, its edge cases, the baselines, and exact resume."""
+"""schedules.py: the controller protocol (state in, state out), the paper's zeta rule, its edge cases,
+the baselines, the guarded controller, and exact resume."""
 
 from __future__ import annotations
 
@@ -10,7 +11,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from occamgd.schedules import GMP, ConstantRate, Never, OccamRate, Schedule
+from occamgd.schedules import (
+    GMP,
+    ConstantRate,
+    Decision,
+    Never,
+    OccamRate,
+    Schedule,
+    state_from_dict,
+    state_to_dict,
+)
 
 PROPERTY = settings(max_examples=200, deadline=None, derandomize=True, database=None)
 
@@ -41,21 +51,47 @@ def reference_rates(signals, r0, floor):
     return rates
 
 
+class Run:
+    """Drives a controller the way Occam does: its state goes in and the new one comes out."""
+
+    def __init__(self, schedule):
+        self.schedule, self.state = schedule, schedule.init()
+
+    def decide(self, signal, density=1.0):
+        decision, self.state = self.schedule.decide(signal, density, self.state)
+        return decision.action, decision.rate
+
+    def step(self, signal, density=1.0):
+        return self.decide(signal, density)[1]
+
+    @property
+    def epoch(self):
+        return self.state.epoch
+
+    def state_dict(self):
+        return state_to_dict(self.state)
+
+    def load_state_dict(self, data):
+        self.state = state_from_dict(self.schedule, data)
+
+
 def run(schedule, signals, density=1.0):
-    return [schedule.step(c, density) for c in signals]
+    """Rates for ``signals``; ``schedule`` is a controller (fresh state) or a :class:`Run`."""
+    r = schedule if isinstance(schedule, Run) else Run(schedule)
+    return [r.step(c, density) for c in signals]
 
 
 # OccamRate -----------------------------------------------------------------------------------
 def test_occam_rate_defaults_are_the_papers():
     s = OccamRate()
     assert s.r0 == 0.4 and s.floor == pytest.approx(0.04)
-    assert s.epoch == 0
+    assert s.init() == OccamRate.State(epoch=0, rate=0.4, signals=(), zeta=None)
 
 
 @given(c0=st.floats(-1e3, 1e3), c1=st.floats(-1e3, 1e3), r0=R0)
 @PROPERTY
 def test_occam_rate_epochs_zero_and_one_prune_at_r0(c0, c1, r0):
-    s = OccamRate(r0)
+    s = Run(OccamRate(r0))
     assert run(s, [c0, c1]) == [r0, r0]
     assert s.epoch == 2
 
@@ -64,7 +100,7 @@ def test_occam_rate_epochs_zero_and_one_prune_at_r0(c0, c1, r0):
 @PROPERTY
 def test_occam_rate_matches_a_plain_reimplementation_and_stays_in_floor_r0(signals, r0, fraction):
     floor = None if fraction is None else fraction * r0
-    s = OccamRate(r0, floor)
+    s = Run(OccamRate(r0, floor))
     expected_floor = 0.1 * r0 if floor is None else floor
     rates = run(s, signals)
     assert rates == reference_rates(signals, r0, expected_floor)
@@ -73,7 +109,7 @@ def test_occam_rate_matches_a_plain_reimplementation_and_stays_in_floor_r0(signa
 
 
 def test_occam_rate_follows_zeta_on_a_worked_example():
-    s = OccamRate(0.4)  # floor 0.04
+    s = Run(OccamRate(0.4))  # floor 0.04
     # zeta = (0.6-0.8)/(0.8-1.0) = 1 -> 0.4; (0.5-0.6)/(0.6-0.8) = 0.5 -> 0.2;
     # (0.45-0.5)/(0.5-0.6) = 0.5 -> 0.1; (0.5-0.45)/(...) < 0 -> floor; then 2x growth from floor.
     rates = run(s, [1.0, 0.8, 0.6, 0.5, 0.45, 0.5, 0.6])
@@ -122,7 +158,7 @@ ALL_SCHEDULES = [
 @pytest.mark.parametrize("make", ALL_SCHEDULES)
 @pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
 def test_non_finite_signal_raises_value_error_and_changes_no_state(make, bad):
-    s = make()
+    s = Run(make())
     run(s, [1.0, 0.9, 0.85], density=0.8)
     before = s.state_dict()
     with pytest.raises(ValueError, match="signal"):
@@ -131,7 +167,7 @@ def test_non_finite_signal_raises_value_error_and_changes_no_state(make, bad):
 
 
 def test_occam_rate_needs_a_signal():
-    s = OccamRate()
+    s = Run(OccamRate())
     s.step(1.0, 1.0)
     before = s.state_dict()
     with pytest.raises(ValueError, match="signal"):
@@ -172,7 +208,7 @@ def test_occam_rate_accepts_floor_zero_and_floor_equal_to_r0():
 # ConstantRate and Never ------------------------------------------------------------------------------
 @pytest.mark.parametrize("rate", [0.0, 0.1, 0.5, 0.99])
 def test_constant_rate_returns_its_rate_every_epoch(rate):
-    s = ConstantRate(rate)
+    s = Run(ConstantRate(rate))
     assert run(s, [1.0, 0.5, 2.0, None, 0.1], density=0.3) == [rate] * 5
     assert s.epoch == 5
 
@@ -184,7 +220,7 @@ def test_constant_rate_outside_zero_one_raises_value_error(rate):
 
 
 def test_never_always_returns_zero():
-    s = Never()
+    s = Run(Never())
     assert run(s, [1.0, 0.5, 0.2, 0.9, None], density=0.5) == [0.0] * 5
     assert s.epoch == 5
 
@@ -207,7 +243,7 @@ def cubic_target(epoch, final, start, end, d_start):
 def test_gmp_density_path_follows_the_cubic_and_holds_final_density(final, d0, start, span):
     final = min(final, d0)
     end = start + span
-    s = GMP(final, start=start, end=end)
+    s = Run(GMP(final, start=start, end=end))
     density = d0
     for epoch in range(end + 4):
         rate = s.step(None, density)
@@ -221,7 +257,7 @@ def test_gmp_density_path_follows_the_cubic_and_holds_final_density(final, d0, s
 
 
 def test_gmp_worked_example():
-    s = GMP(0.1, start=2, end=5)
+    s = Run(GMP(0.1, start=2, end=5))
     density, path = 1.0, []
     for _ in range(8):
         density *= 1.0 - s.step(0.5, density)
@@ -236,7 +272,7 @@ def test_gmp_does_not_prune_when_already_below_final_density():
 
 
 def test_gmp_start_density_is_the_density_at_start():
-    s = GMP(0.2, start=2, end=4)
+    s = Run(GMP(0.2, start=2, end=4))
     assert s.step(None, 1.0) == 0.0 and s.step(None, 0.9) == 0.0  # someone else pruned meanwhile
     assert s.step(None, 0.6) == 0.0
     density = 0.6 * (1.0 - s.step(None, 0.6))
@@ -286,12 +322,12 @@ RESUMABLE = [
 @PROPERTY
 def test_state_dict_round_trip_gives_exactly_the_same_subsequent_rates(make, signals, split):
     split = min(split, len(signals))
-    original = make()
+    original = Run(make())
     densities = [0.9**i for i in range(len(signals))]
     for c, d in zip(signals[:split], densities):
         original.step(c, d)
     state = json.loads(json.dumps(original.state_dict()))  # plain numbers and lists only
-    copy = make()
+    copy = Run(make())
     copy.load_state_dict(state)
     assert _same_state(copy.state_dict(), original.state_dict())
     assert copy.epoch == original.epoch == split
@@ -300,10 +336,10 @@ def test_state_dict_round_trip_gives_exactly_the_same_subsequent_rates(make, sig
 
 
 def test_loaded_state_is_not_shared_with_the_source():
-    a = OccamRate()
+    a = Run(OccamRate())
     run(a, [1.0, 0.9])
     state = a.state_dict()
-    b = OccamRate()
+    b = Run(OccamRate())
     b.load_state_dict(state)
     state["signals"].append(123.0)
     a.step(0.5, 1.0)
@@ -312,7 +348,7 @@ def test_loaded_state_is_not_shared_with_the_source():
 
 @pytest.mark.parametrize("make", RESUMABLE)
 def test_loading_state_with_wrong_keys_raises_value_error_and_changes_nothing(make):
-    s = make()
+    s = Run(make())
     s.step(1.0, 1.0)
     before = s.state_dict()
     for bad in ({}, {**before, "extra": 1}, {k: v for k, v in list(before.items())[1:]} or {"x": 0}):
@@ -323,12 +359,12 @@ def test_loading_state_with_wrong_keys_raises_value_error_and_changes_nothing(ma
 
 def test_loading_another_schedules_state_raises_value_error():
     with pytest.raises(ValueError, match="OccamRate"):
-        OccamRate().load_state_dict(GMP(0.1).state_dict())
+        state_from_dict(OccamRate(), state_to_dict(GMP(0.1).init()))
 
 
-def test_base_schedule_step_is_abstract_and_repr_shows_config():
-    with pytest.raises(NotImplementedError):
-        Schedule().step(1.0, 1.0)
+def test_base_schedule_decide_is_abstract_and_repr_shows_config():
+    with pytest.raises(NotImplementedError, match="decide"):
+        Schedule().decide(1.0, 1.0, Schedule().init())
     assert repr(OccamRate(0.3, floor=0.05)) == "OccamRate(r0=0.3, floor=0.05)"
     assert repr(GMP(0.2, start=1, end=3)) == "GMP(final_density=0.2, start=1, end=3)"
 
@@ -338,11 +374,12 @@ from occamgd.schedules import ACTIONS, PRESETS, Guarded, get_schedule  # noqa: E
 
 
 def decide_all(schedule, signals, density=1.0):
+    """``(action, rate)`` for each signal; ``schedule`` is a :class:`Run` (its state carries on)."""
     return [schedule.decide(s, density) for s in signals]
 
 
 def test_guarded_waits_while_the_signal_improves_fast_then_starts_at_r_start():
-    g = Guarded(r_start=0.2, start_tol=0.1)
+    g = Run(Guarded(r_start=0.2, start_tol=0.1))
     # Gains 0.2 then 0.1 (half the largest): still learning; then 0.01, 5 % of the largest: slowed.
     assert decide_all(g, [1.0, 0.8, 0.7, 0.69]) == [("warmup", 0.0)] * 3 + [("pruned", 0.2)]
 
@@ -351,19 +388,19 @@ def test_guarded_start_does_not_depend_on_the_scale_of_the_signal():
     signals = [3.0, 2.5, 2.3, 2.2, 2.17, 2.16]
     starts = []
     for scale in (1.0, 0.01, 100.0):
-        actions = [a for a, _ in decide_all(Guarded(), [x * scale for x in signals])]
+        actions = [a for a, _ in decide_all(Run(Guarded()), [x * scale for x in signals])]
         starts.append(actions.index("pruned"))
     assert starts == [4, 4, 4]  # gains 0.5, 0.2, 0.1, then 0.03 <= 0.1 * 0.5
 
 
 def test_guarded_never_prunes_during_its_minimum_warmup_even_if_the_signal_is_flat():
-    g = Guarded(warmup=3)
+    g = Run(Guarded(warmup=3))
     assert [a for a, _ in decide_all(g, [1.0, 1.0, 1.0])] == ["warmup"] * 3
     assert g.decide(1.0, 1.0)[0] == "pruned"
 
 
 def test_guarded_rate_grows_only_while_the_signal_falls_through_its_prunes_and_is_capped():
-    g = Guarded(r0=0.4, r_start=0.2, grow=1.5, tol=0.01, warmup=0)
+    g = Run(Guarded(r0=0.4, r_start=0.2, grow=1.5, tol=0.01, warmup=0))
     decide_all(g, [1.0, 1.0])  # epoch 0 warmup (no previous), epoch 1 starts: pruned at 0.2
     assert g.decide(0.9, 1.0) == ("pruned", pytest.approx(0.3))  # fell after a prune: grow
     assert g.decide(0.905, 1.0) == ("pruned", pytest.approx(0.3))  # rose, within tol: keep the rate
@@ -372,7 +409,7 @@ def test_guarded_rate_grows_only_while_the_signal_falls_through_its_prunes_and_i
 
 
 def test_guarded_rolls_back_a_prune_the_signal_rose_through_and_shrinks_the_rate():
-    g = Guarded(r_start=0.2, shrink=0.5, tol=0.01, warmup=0, max_rollbacks=3)
+    g = Run(Guarded(r_start=0.2, shrink=0.5, tol=0.01, warmup=0, max_rollbacks=3))
     decide_all(g, [1.0, 1.0])  # pruned at 0.2 with the signal at 1.0
     assert g.decide(1.02, 1.0) == ("rolled back", 0.0)  # 2 % above the signal before the prune
     state = g.state_dict()
@@ -386,14 +423,14 @@ def test_guarded_rolls_back_a_prune_the_signal_rose_through_and_shrinks_the_rate
 
 
 def test_guarded_allows_the_rise_the_unpruned_network_already_showed():
-    g = Guarded(tol=0.02, warmup=0)
+    g = Run(Guarded(tol=0.02, warmup=0))
     decide_all(g, [1.0, 1.05])  # the dense network overfits: +0.05 per step, then the first prune
     assert g.decide(1.10, 1.0)[0] == "pruned"  # +0.05: the drift, not the prune
     assert g.decide(1.20, 1.0)[0] == "rolled back"  # +0.10 > 0.05 drift + 2 % of 1.10
 
 
 def test_guarded_stops_for_good_after_max_rollbacks():
-    g = Guarded(warmup=0, max_rollbacks=2, min_rate=0.001)
+    g = Run(Guarded(warmup=0, max_rollbacks=2, min_rate=0.001))
     decide_all(g, [1.0, 1.0])
     assert g.decide(2.0, 1.0)[0] == "rolled back"
     assert g.decide(1.0, 1.0)[0] == "pruned"
@@ -402,17 +439,17 @@ def test_guarded_stops_for_good_after_max_rollbacks():
 
 
 def test_guarded_stops_after_patience_prunes_without_a_new_best_signal():
-    g = Guarded(warmup=0, patience=3, tol=0.5)
+    g = Run(Guarded(warmup=0, patience=3, tol=0.5))
     decide_all(g, [1.0, 1.0])  # the first prune; best 1.0
     assert [a for a, _ in decide_all(g, [0.9, 1.0, 1.0, 1.0])] == ["pruned", "pruned", "pruned", "stopped"]
-    g = Guarded(warmup=0, patience=3, tol=0.5)
+    g = Run(Guarded(warmup=0, patience=3, tol=0.5))
     decide_all(g, [1.0, 1.0])
     # A new best resets the count.
     assert [a for a, _ in decide_all(g, [1.0, 1.0, 0.8, 1.0, 1.0])] == ["pruned"] * 5
 
 
 def test_guarded_stops_once_the_rate_falls_below_min_rate():
-    g = Guarded(r_start=0.1, shrink=0.5, min_rate=0.06, warmup=0, max_rollbacks=10)
+    g = Run(Guarded(r_start=0.1, shrink=0.5, min_rate=0.06, warmup=0, max_rollbacks=10))
     decide_all(g, [1.0, 1.0])
     assert g.decide(2.0, 1.0)[0] == "rolled back"  # rate 0.05 < 0.06
     assert g.decide(0.5, 1.0) == ("stopped", 0.0)
@@ -420,7 +457,7 @@ def test_guarded_stops_once_the_rate_falls_below_min_rate():
 
 @pytest.mark.parametrize("bad", [None, math.nan, math.inf])
 def test_guarded_rejects_missing_or_non_finite_signals_without_changing_state(bad):
-    g = Guarded()
+    g = Run(Guarded())
     decide_all(g, [1.0, 0.9])
     before = g.state_dict()
     with pytest.raises(ValueError, match="signal"):
@@ -442,18 +479,18 @@ def test_guarded_rejects_bad_configuration_naming_the_parameter(kwargs, name):
 @PROPERTY
 @given(SIGNALS.filter(lambda s: len(s) > 0).map(lambda s: [abs(x) for x in s]), st.integers(0, 11))
 def test_guarded_decisions_are_valid_and_resume_exactly_from_json_state(signals, cut):
-    g = Guarded(warmup=0)
+    g = Run(Guarded(warmup=0))
     decisions = decide_all(g, signals)
     stopped = False
     for action, rate in decisions:
-        assert action in ACTIONS and 0.0 <= rate <= g.r0
+        assert action in ACTIONS and 0.0 <= rate <= g.schedule.r0
         assert (rate > 0) == (action == "pruned")
         assert not stopped or action == "stopped"
         stopped = action == "stopped"
     cut = min(cut, len(signals))
-    first = Guarded(warmup=0)
+    first = Run(Guarded(warmup=0))
     head = decide_all(first, signals[:cut])
-    resumed = Guarded(warmup=0)
+    resumed = Run(Guarded(warmup=0))
     resumed.load_state_dict(json.loads(json.dumps(first.state_dict())))
     assert head + decide_all(resumed, signals[cut:]) == decisions
 
@@ -465,3 +502,144 @@ def test_presets_name_the_paper_rule_and_the_guarded_controller():
     assert get_schedule(custom) is custom
     with pytest.raises(ValueError, match="accepted: paper, guarded"):
         get_schedule("zeta")
+
+
+# The protocol: state in, state out ----------------------------------------------------------------
+import dataclasses  # noqa: E402
+import textwrap  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+import occamgd.schedules  # noqa: E402
+from occamgd import Occam  # noqa: E402
+from occamgd.schedules import check_signal  # noqa: E402
+
+EVERY_CONTROLLER = [*RESUMABLE, lambda: Guarded(warmup=0)]
+
+
+@pytest.mark.parametrize("make", EVERY_CONTROLLER)
+def test_decide_is_pure_the_same_state_gives_the_same_answer_and_is_never_changed(make):
+    schedule = make()
+    state = schedule.init()
+    for signal in (1.0, 1.0, 0.9, 1.5, 0.8):
+        kept = dataclasses.replace(state)
+        first = schedule.decide(signal, 0.7, state)
+        assert schedule.decide(signal, 0.7, state) == first
+        assert state == kept
+        state = first[1]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        state.epoch = 0
+
+
+@pytest.mark.parametrize("make", EVERY_CONTROLLER)
+def test_every_state_is_json_through_asdict_and_state_from_dict_inverts_state_to_dict(make):
+    schedule = make()
+    state = schedule.init()
+    for signal in (1.0, 1.0, 0.9, 0.95):
+        _, state = schedule.decide(signal, 0.5, state)
+        json.dumps(dataclasses.asdict(state))
+        assert state_from_dict(schedule, json.loads(json.dumps(state_to_dict(state)))) == state
+
+
+def test_the_guarded_rollback_asks_occam_to_restore():
+    g = Guarded(warmup=0, tol=0.01)
+    state = g.init()
+    for signal in (1.0, 1.0):
+        decision, state = g.decide(signal, 1.0, state)
+    assert decision == Decision("pruned", 0.2)
+    decision, _ = g.decide(2.0, 1.0, state)
+    assert decision == Decision("rolled back", 0.0, restore=True)
+    assert Guarded.needs_snapshot and not OccamRate.needs_snapshot
+
+
+@pytest.mark.parametrize("args, match", [
+    (("pruning", 0.2), "action must be one of"),
+    (("pruned", 1.0), "rate must be a real number in \\[0, 1\\), got 1.0"),
+    (("pruned", math.nan), "got nan"),
+    (("pruned", True), "got True"),
+    (("pruned", "0.2"), "got '0.2'"),
+    (("rolled back", 0.0, 1), "restore must be True or False, got 1"),
+    (("rolled back", 0.0), "restore=True exactly with action 'rolled back'"),
+    (("pruned", 0.2, True), "restore=True exactly with action 'rolled back'"),
+    (("pruned", 0.0), "accepted: a rate in \\(0, 1\\), or action 'held'"),
+    (("held", 0.1), "rate 0 for 'held'"),
+])
+def test_a_decision_is_validated_when_made_naming_the_bad_value(args, match):
+    with pytest.raises(ValueError, match=match):
+        Decision(*args)
+
+
+def test_a_decision_takes_any_real_rate_as_a_float_and_may_restore_then_prune():
+    assert Decision("pruned", np.float32(0.5)).rate == 0.5 and type(Decision("pruned", 1 / 4).rate) is float
+    assert Decision("rolled back", 0.1, restore=True).rate == 0.1
+
+
+@pytest.mark.parametrize("field, value, match", [
+    ("epoch", "3", "field 'epoch' is '3'; accepted: an integer"),
+    ("epoch", True, "field 'epoch' is True; accepted: an integer"),
+    ("rate", None, "field 'rate' is None; accepted: a real number"),
+    ("signals", [1.0, "x"], "field 'signals' is \\[1.0, 'x'\\]; accepted: a list of a real number"),
+    ("zeta", "0.5", "accepted: a real number or None"),
+])
+def test_state_from_dict_names_a_mistyped_field_and_what_it_accepts(field, value, match):
+    data = {**state_to_dict(OccamRate().init()), field: value}
+    with pytest.raises(ValueError, match=match):
+        state_from_dict(OccamRate(), data)
+
+
+def test_state_from_dict_names_missing_and_unknown_fields():
+    with pytest.raises(ValueError, match="GMP state has fields \\['epoch'\\]; accepted: exactly \\['epoch', 'start_density'\\]"):
+        state_from_dict(GMP(0.5), {"epoch": 0})
+    with pytest.raises(ValueError, match="accepted: exactly"):
+        state_from_dict(GMP(0.5), [0, None])
+
+
+def test_constructors_accept_any_real_number_type_but_not_bool():
+    assert OccamRate(r0=np.float32(0.5)).r0 == 0.5
+    assert ConstantRate(np.float64(0.25)).rate == 0.25
+    gmp = GMP(np.float32(0.5), start=np.int64(1), end=np.int32(3))
+    assert (gmp.start, gmp.end) == (1, 3) and type(gmp.start) is int
+    assert Guarded(r0=np.float32(0.5), warmup=np.int64(2)).r_start == 0.25
+    for make in (lambda: OccamRate(r0=True), lambda: ConstantRate(False), lambda: GMP(0.5, start=True),
+                 lambda: Guarded(warmup=True)):
+        with pytest.raises(ValueError, match="True|False"):
+            make()
+
+
+@pytest.mark.parametrize("good, value", [(np.float32(0.5), 0.5), (torch.tensor(0.25), 0.25), (np.array([2.0]), 2.0),
+                                         (3, 3.0), (None, None)])
+def test_check_signal_takes_any_real_number_and_one_element_tensors(good, value):
+    assert check_signal(good) == value
+
+
+@pytest.mark.parametrize("bad", [True, np.True_, "0.5", b"1", torch.tensor([1.0, 2.0]), 1j, torch.tensor(True)])
+def test_check_signal_refuses_what_is_not_a_real_number_with_type_error_naming_it(bad):
+    with pytest.raises(TypeError, match=re.escape(repr(bad)[:12])):
+        check_signal(bad)
+
+
+def test_the_module_docstrings_worked_example_controller_runs_with_occam(tiny_mlp):
+    doc = occamgd.schedules.__doc__
+    block = doc.split("below a floor::\n", 1)[1]
+    lines = []
+    for line in block.splitlines():
+        if line and not line.startswith("    "):
+            break
+        lines.append(line)
+    model = tiny_mlp()
+    namespace = {"model": model, "optimizer": torch.optim.SGD(model.parameters(), lr=0.1)}
+    exec(textwrap.dedent("\n".join(lines)), namespace)
+    occam = namespace["occam"]
+    for _ in range(5):
+        occam.step(1.0)
+    # 0.8, 0.64, 0.512 then 0.41 would fall below 0.5: stopped, and it stays there.
+    assert [r["action"] for r in occam.history] == ["pruned"] * 3 + ["stopped"] * 2
+    assert 0.5 <= occam.density < 0.52 and occam.schedule_state.prunes == 3
+    assert isinstance(occam.schedule, Schedule) and Occam is namespace["Occam"]
+
+
+def test_a_guarded_state_with_an_unknown_phase_is_refused():
+    data = {**state_to_dict(Guarded().init()), "phase": "pruned"}
+    with pytest.raises(ValueError, match="phase must be one of \\('warmup', 'pruning', 'stopped'\\), got 'pruned'"):
+        state_from_dict(Guarded(), data)

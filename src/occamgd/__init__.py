@@ -8,15 +8,17 @@ from .criteria import CRITERIA, global_magnitude, layerwise_magnitude, nm_magnit
 from .fit import FitResult, History, NonFiniteLossError, fit
 from .masks import DEFAULT_PRUNABLE_TYPES, Masks, select_prunable
 from .occam import Occam
-from .schedules import GMP, PRESETS, ConstantRate, Guarded, Never, OccamRate, Schedule
+from .schedules import GMP, PRESETS, ConstantRate, Decision, Guarded, Never, OccamRate, Schedule
 
 __version__ = "0.1.0"
 
-# Names whose modules import optional or heavy libraries load on first use.
+# Names whose modules import optional or heavy libraries load on first use. ``compact`` is a function
+# only: its module is ``occamgd.compaction``, so importing that never rebinds the name.
 _LAZY = {
     "OccamMLPClassifier": "occamgd.integrations.sklearn",
     "OccamMLPRegressor": "occamgd.integrations.sklearn",
-    "compact": "occamgd.compact",
+    "compact": "occamgd.compaction",
+    "to_semi_structured": "occamgd.compaction",
     "DistributedOccam": "occamgd.integrations.distributed",
     "OccamCallback": "occamgd.integrations.lightning",
     "OccamTrainerCallback": "occamgd.integrations.huggingface",
@@ -36,6 +38,7 @@ __all__ = [
     "DistributedOccam",
     "GMP",
     "ConstantRate",
+    "Decision",
     "FitResult",
     "Guarded",
     "History",
@@ -57,4 +60,5 @@ __all__ = [
     "nm_magnitude",
     "select_prunable",
     "structured_magnitude",
+    "to_semi_structured",
 ]

@@ -14,7 +14,7 @@ Two more families (see :func:`structured_magnitude` and :func:`nm_magnitude`):
 
 - **structured**: whole output units (rows: Linear neurons, Conv output channels, attention
   heads through :class:`Units`) by the L2 norm of their weights, so that
-  :func:`occamgd.compact.compact` can remove them and the network gets physically smaller;
+  :func:`occamgd.compact` can remove them and the network gets physically smaller;
 - **N:M** (2:4 by default): at most N kept weights in every group of M consecutive input weights,
   the pattern that sparse tensor cores execute.
 """
@@ -172,11 +172,11 @@ def structured_magnitude(
 
     The pieces that depend on a unit are not masked here (a criterion sees only the selected
     weights). Its bias stays, so in training a pruned neuron still outputs the constant
-    ``act(bias)``; :func:`occamgd.compact.compact` folds that constant through to the next layer's
+    ``act(bias)``; :func:`occamgd.compact` folds that constant through to the next layer's
     bias and removes the next layer's input slices of the unit, so the compacted model computes
     what the masked one computes (in eval mode). With Occam's default selection the last layer's
     rows are pruned too (for a classifier: whole classes), and those cannot be removed:
-    :func:`occamgd.compact.structured_pruning` selects only the layers whose units can.
+    :func:`occamgd.compaction.structured_pruning` selects only the layers whose units can.
     """
     _check_rate(rate)
     units = dict(units or {})

@@ -75,7 +75,8 @@ class History(Sequence[dict]):
 
 @dataclass
 class FitResult:
-    """What :func:`fit` returns: the trained model (best state restored), Occam, the history."""
+    """What :func:`fit` returns: the trained model (best state restored), Occam (as it was at that
+    state), the history of every epoch."""
 
     model: nn.Module
     occam: Occam
@@ -297,7 +298,11 @@ def fit(
 
     Pruning happens after every epoch but the last (a prune after the last epoch would yield a
     model that no epoch trains or evaluates). With ``keep_best`` and a hold-back split, the
-    weights and masks of the epoch with the lowest hold-back loss are restored at the end.
+    epoch with the lowest hold-back loss is restored at the end: its weights, and ``result.occam``
+    as it was when that model was evaluated, before the prune that followed (its masks, the
+    controller's state, ``occam.history`` up to the prune before that epoch, and the rollback
+    snapshot it then held), so that stepping it on continues from that model. ``result.history``
+    keeps every epoch.
     """
     # Validate everything before touching the model or any file.
     if not (isinstance(epochs, int) and epochs >= 0):
@@ -396,7 +401,9 @@ def fit(
 
     if keep_best and best is not None:
         model.load_state_dict(best["model"])
-        occam.masks.load_state_dict(best["occam"]["masks"])
+        # All of Occam, not only its masks: a rollback from the returned Occam must not go to a model
+        # from after the best epoch.
+        occam.load_state_dict(best["occam"])
     return FitResult(model=model, occam=occam, history=history, best_epoch=best["epoch"] if best else None)
 
 

@@ -8,24 +8,74 @@ enforced by multiplying the weight in place (the paper's semantic: re-zero after
 from __future__ import annotations
 
 import fnmatch
+import sys
 from collections.abc import Callable, Iterable, Mapping
 from typing import Union
 
 import torch
 from torch import nn
 
-#: Module types whose ``weight`` is prunable when the user makes no selection of their own.
+#: Module types whose weights are prunable when the user makes no selection of their own: the
+#: paper's dense and convolution kernels and embeddings, and the weight matrices of recurrent
+#: layers (RNN, LSTM, GRU and their cells), which are dense kernels too.
 DEFAULT_PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (
     nn.Linear,
     nn.Conv1d,
     nn.Conv2d,
     nn.Conv3d,
     nn.Embedding,
+    nn.RNNBase,
+    nn.RNNCellBase,
 )
 
 #: A selection of tensors: parameter or module names (``fnmatch`` patterns allowed), module
-#: types (their ``weight``), or a predicate ``(parameter_name, parameter) -> bool``.
+#: types (their weights, see :func:`module_weights`), or a predicate
+#: ``(parameter_name, parameter) -> bool``.
 Selection = Union[str, type, Callable[[str, nn.Parameter], bool], Iterable[Union[str, type]]]
+
+
+def module_weights(module: nn.Module) -> list[str]:
+    """The names of a module's own weight tensors, those that selecting the module selects.
+
+    A recurrent layer's weight matrices (``weight_ih_l<k>``, ``weight_hh_l<k>``, ``weight_hr_l<k>``
+    with projections, each also ``_reverse`` when bidirectional; a cell's ``weight_ih`` and
+    ``weight_hh``), never its biases; any other module's ``weight`` parameter, if it has one.
+    """
+    if isinstance(module, (nn.RNNBase, nn.RNNCellBase)):
+        return [name for name, _ in module.named_parameters(recurse=False) if name.startswith("weight_")]
+    return ["weight"] if isinstance(getattr(module, "weight", None), nn.Parameter) else []
+
+
+def _wrapped_attribute(module: nn.Module) -> str | None:
+    """The attribute under which a wrapper module holds the module it wraps, or ``None``."""
+    if isinstance(module, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+        return "module"
+    # torch.compile's wrapper; its module is loaded only once something was compiled.
+    eval_frame = sys.modules.get("torch._dynamo.eval_frame")
+    if eval_frame is not None and isinstance(module, eval_frame.OptimizedModule):
+        return "_orig_mod"
+    return None
+
+
+def unwrapped_names(model: nn.Module) -> Callable[[str], str]:
+    """``name -> name`` without the wrappers' segments, for ``model``'s parameter, buffer and module names.
+
+    ``torch.compile`` (``_orig_mod.``) and ``DistributedDataParallel`` / ``DataParallel``
+    (``module.``) put the wrapped module's names under a prefix, at the root or around any
+    submodule. Masks, selections and snapshots use the names without them, so an Occam state moves
+    between a compiled, a DDP-wrapped and a plain model. Only the segments that are wrappers' are
+    dropped: a submodule of the user's that is called ``module`` keeps its name.
+    """
+    hidden = {f"{path}.{attr}" if path else attr for path, module in model.named_modules()
+              if (attr := _wrapped_attribute(module)) is not None}
+    if not hidden:
+        return lambda name: name
+
+    def unwrap(name: str) -> str:
+        parts = name.split(".")
+        return ".".join(part for i, part in enumerate(parts) if ".".join(parts[: i + 1]) not in hidden)
+
+    return unwrap
 
 
 def _as_items(selection: Selection) -> list:
@@ -37,7 +87,9 @@ def _as_items(selection: Selection) -> list:
 def _matcher(selection: Selection, model: nn.Module) -> Callable[[str, nn.Parameter], bool]:
     """Turn a user's selection into a predicate over ``(parameter_name, parameter)``."""
     items = _as_items(selection)
-    modules = dict(model.named_modules())
+    unwrap = unwrapped_names(model)
+    # A wrapper and the module it wraps get the same name; the inner one, listed later, is kept.
+    modules = {unwrap(name): module for name, module in model.named_modules()}
     by_type: set[str] = set()
     patterns: list[str] = []
     predicates: list[Callable[[str, nn.Parameter], bool]] = []
@@ -50,16 +102,14 @@ def _matcher(selection: Selection, model: nn.Module) -> Callable[[str, nn.Parame
                     "predicate (name, parameter) -> bool"
                 )
             by_type.update(
-                f"{name}.weight" if name else "weight"
-                for name, module in modules.items()
-                if isinstance(module, item) and isinstance(getattr(module, "weight", None), nn.Parameter)
+                f"{name}.{weight}" if name else weight
+                for name, module in modules.items() if isinstance(module, item)
+                for weight in module_weights(module)
             )
         elif isinstance(item, str):
-            # A module name stands for that module's weight.
-            if item in modules and item != "" and isinstance(getattr(modules[item], "weight", None), nn.Parameter):
-                patterns.append(f"{item}.weight")
-            else:
-                patterns.append(item)
+            # A module name stands for that module's weights.
+            weights = module_weights(modules[item]) if item in modules and item != "" else []
+            patterns.extend([f"{item}.{weight}" for weight in weights] or [item])
         elif callable(item):
             predicates.append(item)
         else:
@@ -69,7 +119,7 @@ def _matcher(selection: Selection, model: nn.Module) -> Callable[[str, nn.Parame
             )
 
     # A name that matches nothing is almost always a typo: say so rather than prune less.
-    names = [name for name, _ in model.named_parameters()]
+    names = [unwrap(name) for name, _ in model.named_parameters()]
     for pattern in patterns:
         if not any(fnmatch.fnmatchcase(name, pattern) for name in names):
             raise ValueError(
@@ -94,23 +144,24 @@ def select_prunable(
 ) -> dict[str, nn.Parameter]:
     """The prunable parameters of ``model``, by name, in ``named_parameters`` order.
 
-    By default: the ``weight`` of every Linear, Conv1d/2d/3d and Embedding layer. Biases and
-    normalisation parameters are never selected by default. Tied parameters appear once.
+    By default: the ``weight`` of every Linear, Conv1d/2d/3d and Embedding layer and the weight
+    matrices of every recurrent layer (RNN, LSTM, GRU and their cells; see
+    :func:`module_weights`). Biases and normalisation parameters are never selected by default. Tied parameters appear once. Names
+    (those selected by and those returned) leave out the segments of ``torch.compile`` and
+    DDP / DataParallel wrappers (see :func:`unwrapped_names`).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     include_match = _matcher(DEFAULT_PRUNABLE_TYPES if include is None else include, model)
     exclude_match = _matcher(exclude, model) if exclude is not None else (lambda n, p: False)
-    selected = {
-        name: param
-        for name, param in model.named_parameters()
-        if include_match(name, param) and not exclude_match(name, param)
-    }
+    unwrap = unwrapped_names(model)
+    named = ((unwrap(name), param) for name, param in model.named_parameters())
+    selected = {name: param for name, param in named if include_match(name, param) and not exclude_match(name, param)}
     if not selected:
         raise ValueError(
             f"{type(model).__name__} has no prunable tensors for include={include!r}, "
-            f"exclude={exclude!r}; accepted: a model with at least one Linear, Conv1d/2d/3d or "
-            "Embedding weight by default, or an include selection (names, module types or a "
+            f"exclude={exclude!r}; accepted: a model with at least one Linear, Conv1d/2d/3d, "
+            "Embedding or recurrent (RNN, LSTM, GRU) weight by default, or an include selection (names, module types or a "
             "predicate) that matches at least one parameter"
         )
     return selected
@@ -122,6 +173,11 @@ class Masks(Mapping[str, torch.Tensor]):
     ``True`` means kept. Each mask sits on its parameter's device. A multiplier in the
     parameter's dtype is kept beside each mask so that enforcement is one fused in-place multiply
     per step (five bytes per prunable weight in all).
+
+    The multiply is in place, on the very Parameter objects, so it reaches what every layer
+    computes with, recurrent ones included: an LSTM's forward pass reads its ``_flat_weights``,
+    which are these parameters, and on CUDA ``flatten_parameters()`` makes them views into cuDNN's
+    single weight buffer (the same objects, with new storage), so masking them masks that buffer.
     """
 
     def __init__(self, params: Mapping[str, nn.Parameter]):
@@ -154,7 +210,13 @@ class Masks(Mapping[str, torch.Tensor]):
 
     @property
     def density(self) -> float:
-        """Kept fraction of all prunable weights."""
+        """Kept fraction of all prunable weights: ``kept / total``.
+
+        Both count the entries of the masked tensors only, each tensor once however often it is
+        tied, every entry alike whatever its tensor's size. By default these are the weights of
+        Linear, Conv, Embedding and recurrent layers (see :func:`select_prunable`); biases,
+        normalisation parameters and any tensor left out of the selection count in neither.
+        """
         return self.kept / self.total
 
     def densities(self) -> dict[str, float]:

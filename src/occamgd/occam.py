@@ -21,12 +21,39 @@ import torch
 from torch import nn
 
 from .criteria import Criterion, get_criterion
-from .masks import Masks, Selection, select_prunable
-from .schedules import ACTIONS, Schedule, _check_signal, get_schedule
+from .masks import Masks, Selection, select_prunable, unwrapped_names
+from .schedules import Decision, Schedule, check_signal, get_schedule, state_from_dict, state_to_dict
 
-STATE_FORMAT = 1
+#: 2: the controller's state is its own dataclass (``schedules.state_to_dict``); 1 (occamgd 0.1) is refused.
+STATE_FORMAT = 2
 #: When the optimizer state of pruned weights is zeroed: at each prune, or after every step too.
 ZERO_STATE = ("prune", "step")
+
+
+def unwrap_optimizer(optimizer: Any) -> torch.optim.Optimizer:
+    """The torch optimizer to hook: ``optimizer`` itself, or the one inside pass-through wrappers.
+
+    A pass-through wrapper keeps the optimizer it wraps in ``.optimizer`` and shares its
+    ``state``: it holds nothing of its own, so the weights change only in the inner step, and the
+    hook goes there (accelerate's ``AcceleratedOptimizer`` is one, found by this shape, without
+    importing accelerate: it takes no hooks itself, and its inner step runs once per real update,
+    after gradient accumulation and never for a step the loss scaler skipped). A wrapper with state
+    of its own (Lookahead and the like) may move the weights after the inner step, so it is the one
+    hooked. Raises ``TypeError`` when what remains is not a ``torch.optim.Optimizer``.
+    """
+    inner = optimizer
+    while True:
+        wrapped = getattr(inner, "optimizer", None)
+        if not (isinstance(wrapped, torch.optim.Optimizer) and wrapped is not inner
+                and getattr(inner, "state", None) is wrapped.state):
+            break
+        inner = wrapped
+    if not isinstance(inner, torch.optim.Optimizer):
+        raise TypeError(
+            f"optimizer must be a torch.optim.Optimizer (or a wrapper keeping one in .optimizer), got "
+            f"{type(optimizer).__name__}"
+        )
+    return inner
 
 
 class Occam:
@@ -37,6 +64,8 @@ class Occam:
     ...     train_one_epoch(model, optimizer, loader)  # the user's own loop, unchanged
     ...     occam.step(signal=validation_loss(model))  # adapt the rate, prune, enforce masks
 
+    - ``optimizer``: a ``torch.optim`` optimizer, also inside accelerate's wrapper (see
+      :func:`unwrap_optimizer`); ``None`` to :meth:`attach` one later.
     - ``schedule``: a preset name (``"paper"``: the paper's rule exactly; ``"guarded"``: see
       :class:`occamgd.schedules.Guarded`) or a schedule object; ``None`` is the default preset.
     - ``include`` / ``exclude`` select the prunable tensors (see :func:`select_prunable`).
@@ -72,6 +101,8 @@ class Occam:
         self.model = model
         self.criterion = get_criterion(criterion)
         self.schedule = get_schedule(schedule)
+        #: The controller's state: what ``schedule.decide`` read last and returned (see :mod:`occamgd.schedules`).
+        self.schedule_state = self.schedule.init()
         self.masks = Masks(select_prunable(model, include, exclude))
         self.history: list[dict[str, Any]] = []
         self.every, self.signal_fn = every, signal_fn
@@ -85,15 +116,26 @@ class Occam:
 
     # Optimizer hooks --------------------------------------------------------------------
     def attach(self, optimizer: torch.optim.Optimizer) -> None:
-        """Keep the masks after every ``optimizer.step()`` (replaces any earlier optimizer)."""
-        if not isinstance(optimizer, torch.optim.Optimizer):
-            raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
+        """Keep the masks after every ``optimizer.step()`` (replaces any earlier optimizer).
+
+        A pass-through wrapper such as accelerate's ``AcceleratedOptimizer`` is opened and the
+        optimizer inside it hooked (see :func:`unwrap_optimizer`); ``self.optimizer`` is that one.
+        """
+        optimizer = unwrap_optimizer(optimizer)
+        keep = self.enforce if self.zero_state == "step" else self.masks.apply
+        try:
+            handles = [optimizer.register_step_post_hook(lambda opt, args, kwargs: keep())]
+        except AttributeError as error:
+            raise TypeError(
+                f"{type(optimizer).__name__} takes no step hooks (torch.optim.Optimizer.__init__ never ran on "
+                "it); accepted: a torch.optim optimizer, or a wrapper keeping one in .optimizer and sharing its "
+                "state"
+            ) from error
+        if self.every is not None:
+            handles.append(optimizer.register_step_post_hook(lambda opt, args, kwargs: self._count()))
         self.detach()
         self.optimizer = optimizer
-        keep = self.enforce if self.zero_state == "step" else self.masks.apply
-        self._handles = [optimizer.register_step_post_hook(lambda opt, args, kwargs: keep())]
-        if self.every is not None:
-            self._handles.append(optimizer.register_step_post_hook(lambda opt, args, kwargs: self._count()))
+        self._handles = handles
 
     def _count(self) -> None:
         self.optimizer_steps += 1
@@ -105,7 +147,7 @@ class Occam:
                     signal = self.signal_fn()
             finally:
                 self.model.train(was_training)
-            self.step(float(signal))
+            self.step(signal)
 
     def detach(self) -> None:
         """Remove the optimizer hooks; the masks stop being enforced."""
@@ -123,7 +165,7 @@ class Occam:
     # Size -------------------------------------------------------------------------------
     @property
     def density(self) -> float:
-        """Kept fraction of all prunable weights."""
+        """Kept fraction of all prunable weights (see :attr:`occamgd.masks.Masks.density` for what it counts)."""
         return self.masks.density
 
     @property
@@ -135,58 +177,80 @@ class Occam:
     def step(self, signal: float | None = None) -> float:
         """Adapt the rate from ``signal``, prune, enforce; return the rate used.
 
-        Call once per epoch (or evaluation interval), after training on it. A non-finite signal
-        raises ``ValueError`` before anything changes. When the schedule decides to roll back its
-        last prune, the model's parameters, buffers and masks return to their state before it.
+        Call once per epoch (or evaluation interval), after training on it. The controller's
+        decision is checked before anything happens and its new state is kept only once the step
+        has succeeded: a signal that is not a real number (``TypeError``), a non-finite one
+        (``ValueError``) or a decision that cannot be carried out (``ValueError``) changes
+        nothing. When the controller rolls back its last prune, the model's parameters, buffers
+        and masks return to their state before it.
         """
-        if signal is not None:
-            signal = float(signal)
-        _check_signal(signal)
+        signal = check_signal(signal)
         density_before = self.masks.density
-        schedule_state = self.schedule.state_dict()
-        action, rate = self.schedule.decide(signal, density_before)
-        rate = float(rate)
-        if not 0.0 <= rate < 1.0 or action not in ACTIONS or (action == "rolled back" and self._snapshot is None):
-            self.schedule.load_state_dict(schedule_state)
-            raise ValueError(
-                f"schedule {self.schedule!r} decided {action!r} at rate {rate!r}; accepted: a rate in [0, 1) "
-                f"and an action in {ACTIONS} (a rollback only after a prune)"
+        answer = self.schedule.decide(signal, density_before, self.schedule_state)
+        if not (isinstance(answer, tuple) and len(answer) == 2 and isinstance(answer[0], Decision)
+                and type(answer[1]) is type(self.schedule_state)):
+            raise TypeError(
+                f"schedule {self.schedule!r} answered {answer!r}; accepted: a tuple (Decision, new state) with "
+                f"the new state a {type(self.schedule_state).__qualname__}, like its init() returns"
             )
-        if action == "rolled back":
+        decision, new_state = answer
+        if decision.restore and self._snapshot is None:
+            raise ValueError(
+                f"schedule {self.schedule!r} decided {decision.action!r} with nothing to restore; accepted: a "
+                "rollback only after a prune, by a schedule whose needs_snapshot is True"
+            )
+        if decision.restore:
             self._restore_snapshot()
-        if rate > 0.0:
-            if self.schedule.needs_snapshot:
-                self._take_snapshot()
-            weights = {name: p.detach() for name, p in self.masks.params.items()}
-            new = self.criterion(weights, self.masks, rate)
-            # A criterion may only prune: never let it revive an entry.
-            self.masks.update({name: new[name] & self.masks[name] for name in self.masks})
-            self.enforce()
+        if decision.rate > 0.0:
+            self._prune(decision.rate)
+        self.schedule_state = new_state
         self.history.append(
             {
                 "epoch": len(self.history),
                 "signal": signal,
-                "action": action,
-                "rate": rate,
+                "action": decision.action,
+                "rate": decision.rate,
                 "density_before": density_before,
                 "density": self.masks.density,
             }
         )
-        return rate
+        return decision.rate
+
+    def _prune(self, rate: float) -> None:
+        weights = {name: p.detach() for name, p in self.masks.params.items()}
+        new = self.criterion(weights, self.masks, rate)
+        # A criterion may only prune: never let it revive an entry.
+        new = {name: new[name] & self.masks[name] for name in self.masks}
+        if self.schedule.needs_snapshot:
+            self._take_snapshot()
+        self.masks.update(new)
+        self.enforce()
 
     # Rollback ---------------------------------------------------------------------------
     def _take_snapshot(self) -> None:
-        device = self.snapshot_device
+        device, unwrap = self.snapshot_device, unwrapped_names(self.model)
+        # Named without wrapper prefixes, like the masks: the snapshot moves between wrapped and plain models.
         self._snapshot = {
-            "model": {k: v.detach().to(device, copy=True) for k, v in self.model.state_dict().items()},
+            "model": {unwrap(k): v.detach().to(device, copy=True) for k, v in self.model.state_dict().items()},
             "masks": {k: v.to(device, copy=True) for k, v in self.masks.items()},
         }
 
     def _restore_snapshot(self) -> None:
-        self.model.load_state_dict(self._snapshot["model"])
+        unwrap, saved = unwrapped_names(self.model), self._snapshot["model"]
+        self.model.load_state_dict({k: saved[unwrap(k)] for k in self.model.state_dict()})
         self.masks.load_state_dict(self._snapshot["masks"])
         self._snapshot = None
         self.enforce()
+
+    def _check_snapshot(self, snapshot: Mapping[str, Any]) -> None:
+        self.masks.check(snapshot["masks"], "checkpoint snapshot masks", require_all=True)
+        unwrap = unwrapped_names(self.model)
+        ours, theirs = {unwrap(k) for k in self.model.state_dict()}, set(snapshot["model"])
+        if ours != theirs:
+            raise ValueError(
+                f"checkpoint snapshot is of another model: tensors {sorted(ours ^ theirs)[:4]} are in only one of "
+                "them; accepted: a state from an Occam around this same architecture"
+            )
 
     @property
     def snapshot_bytes(self) -> int:
@@ -197,11 +261,14 @@ class Occam:
 
     # Checkpointing ----------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        """Masks, schedule state and history: everything needed to resume pruning exactly."""
+        """Masks, controller state, history and rollback snapshot: everything needed to resume exactly.
+
+        The controller's state is stored as the dict :func:`~occamgd.schedules.state_to_dict`
+        makes, beside the controller's type name (checked when loading)."""
         return {
             "format": STATE_FORMAT,
             "masks": self.masks.state_dict(),
-            "schedule": {"type": type(self.schedule).__name__, "state": self.schedule.state_dict()},
+            "schedule": {"type": type(self.schedule).__name__, "state": state_to_dict(self.schedule_state)},
             "history": [dict(r) for r in self.history],
             "optimizer_steps": self.optimizer_steps,
             "snapshot": self._snapshot,
@@ -212,10 +279,14 @@ class Occam:
         missing = {"format", "masks", "schedule", "history"} - set(state)
         if missing:
             raise ValueError(f"Occam state lacks {sorted(missing)}; accepted: a dict from Occam.state_dict()")
-        if state.get("format") != STATE_FORMAT:
+        fmt = state.get("format")
+        if type(fmt) is int and 1 <= fmt < STATE_FORMAT:
             raise ValueError(
-                f"Occam state format {state.get('format')!r} is not supported; accepted: {STATE_FORMAT}"
+                f"Occam state format {fmt} was made by an older occamgd; pre-1.0 states are not migrated: "
+                f"start the run again (accepted: format {STATE_FORMAT})"
             )
+        if type(fmt) is not int or fmt != STATE_FORMAT:
+            raise ValueError(f"Occam state format {fmt!r} is not supported; accepted: {STATE_FORMAT}")
         kind = state["schedule"]["type"]
         if kind != type(self.schedule).__name__:
             raise ValueError(
@@ -224,11 +295,15 @@ class Occam:
             )
         # Validate everything before changing anything.
         self.masks.check(state["masks"], "checkpoint masks", require_all=True)
-        self.schedule.load_state_dict(state["schedule"]["state"])
+        schedule_state = state_from_dict(self.schedule, state["schedule"]["state"])
+        snapshot = state.get("snapshot")
+        if snapshot is not None:
+            self._check_snapshot(snapshot)
         self.masks.load_state_dict(state["masks"])
+        self.schedule_state = schedule_state
         self.history = [dict(r) for r in state["history"]]
         self.optimizer_steps = int(state.get("optimizer_steps", 0))
-        self._snapshot = state.get("snapshot")
+        self._snapshot = snapshot
         self.enforce()
 
     def __repr__(self) -> str:

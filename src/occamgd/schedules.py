@@ -1,57 +1,174 @@
-"""How much to prune: rate controllers whose whole state is a plain dict.
+"""How much to prune: rate controllers, as configuration plus an explicit state.
 
-Every schedule answers one question once per epoch: given this epoch's signal loss and the
-current density, what fraction of the *remaining* prunable weights to prune now (a number in
-[0, 1)). Its ``state_dict()`` holds only numbers and lists, so it checkpoints as JSON or with
-``torch.save`` alike.
+Every controller answers one question once per epoch: given this epoch's signal loss and the
+current density, what to do now. It holds only its configuration; what it remembers between
+epochs is a small frozen dataclass that goes in and comes out (the optax habit)::
+
+    state = schedule.init()
+    decision, state = schedule.decide(signal, density, state)   # pure: nothing is mutated
+    decision.action, decision.rate, decision.restore             # e.g. ("pruned", 0.4, False)
+
+``decision.rate`` is the fraction of the *remaining* prunable weights to prune now, in [0, 1);
+``decision.restore`` asks :class:`occamgd.Occam` to put back the model and masks it saved
+before the last prune (only a controller whose ``needs_snapshot`` is true may ask: Occam saves
+that copy before each of its prunes). :func:`state_to_dict` turns a state into plain numbers,
+strings and lists (JSON or ``torch.save`` alike) and :func:`state_from_dict` checks one back.
+
+Because ``decide`` changes nothing, :class:`~occamgd.Occam` validates a decision before acting
+on it and commits the new state only once the step has succeeded: nothing ever needs undoing.
+
+A new controller
+----------------
+One small class: configuration in ``__init__``, a frozen dataclass ``State`` (its defaults are
+the state before the first epoch; override ``init`` when they depend on the configuration, and
+leave ``State`` out for a controller that remembers nothing) and ``decide``. The worked example,
+a controller that prunes at a fixed rate until the density would fall below a floor::
+
+    from dataclasses import dataclass, replace
+
+    from occamgd import Occam
+    from occamgd.schedules import Decision, Schedule
+
+    class FixedUntil(Schedule):
+        \"\"\"Prune ``rate`` of the remaining weights each epoch while the density stays >= ``floor``.\"\"\"
+
+        @dataclass(frozen=True)
+        class State:
+            prunes: int = 0  # prunes so far
+
+        def __init__(self, rate: float = 0.2, floor: float = 0.5):
+            self.rate, self.floor = rate, floor
+
+        def decide(self, signal, density, state):
+            if density * (1.0 - self.rate) < self.floor:
+                return Decision("stopped", 0.0), state
+            return Decision("pruned", self.rate), replace(state, prunes=state.prunes + 1)
+
+    occam = Occam(model, optimizer, schedule=FixedUntil(rate=0.2, floor=0.5))
+
+Occam checks the signal before calling ``decide`` (a number, finite, or ``None``); a controller
+that needs one raises ``ValueError`` on ``None``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import numbers
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from typing import Any
 
+#: What a controller decided at one step; recorded in the history and shown in progress output.
+ACTIONS = ("pruned", "held", "warmup", "rolled back", "stopped")
 
-def _check_signal(signal: float | None) -> None:
-    if signal is not None and not math.isfinite(signal):
+
+def _is_real(value: Any) -> bool:
+    # bool is an int to Python, never a rate or a loss to us.
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _is_integer(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def check_signal(signal: Any) -> float | None:
+    """``signal`` as a float, or ``None``; ``TypeError`` unless a real number, ``ValueError`` unless finite.
+
+    Real numbers of any type are accepted (``int``, ``float``, numpy scalars) and so are
+    one-element tensors and arrays (a loss straight from ``torch``); ``bool`` and strings are not.
+    """
+    if signal is None:
+        return None
+    value = signal
+    if not isinstance(value, (numbers.Real, str, bytes)) and hasattr(value, "item"):
+        try:
+            value = value.item()
+        except (ValueError, RuntimeError):  # more than one element
+            pass
+    if not _is_real(value):
+        raise TypeError(
+            f"signal must be a real number (a loss), got {signal!r} of type {type(signal).__name__}; "
+            "accepted: an int or float (numpy scalars and one-element tensors too), or None"
+        )
+    value = float(value)
+    if not math.isfinite(value):
         raise ValueError(f"signal must be a finite number, got {signal!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What a controller decided at one step.
+
+    - ``action``: one of ``ACTIONS``.
+    - ``rate``: fraction of the remaining prunable weights to prune now, a real number in [0, 1):
+      above 0 for ``"pruned"``, 0 for ``"held"``, ``"warmup"`` and ``"stopped"``; after a
+      ``"rolled back"`` any rate (the restored model is then pruned at it).
+    - ``restore``: put back the model and masks saved before the last prune; true exactly for
+      ``"rolled back"``.
+    """
+
+    action: str
+    rate: float
+    restore: bool = False
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.action, str) and self.action in ACTIONS):
+            raise ValueError(f"Decision action must be one of {ACTIONS}, got {self.action!r}")
+        if not (_is_real(self.rate) and 0.0 <= self.rate < 1.0):
+            raise ValueError(f"Decision rate must be a real number in [0, 1), got {self.rate!r}")
+        if not isinstance(self.restore, bool):
+            raise ValueError(f"Decision restore must be True or False, got {self.restore!r}")
+        object.__setattr__(self, "rate", float(self.rate))
+        if self.restore != (self.action == "rolled back"):
+            raise ValueError(
+                f"Decision({self.action!r}, restore={self.restore!r}): accepted: restore=True exactly "
+                "with action 'rolled back'"
+            )
+        if self.action == "pruned" and self.rate == 0.0:
+            raise ValueError("Decision('pruned', rate=0.0): accepted: a rate in (0, 1), or action 'held'")
+        if self.action in ("held", "warmup", "stopped") and self.rate != 0.0:
+            raise ValueError(
+                f"Decision({self.action!r}, rate={self.rate!r}): accepted: rate 0 for {self.action!r}, or "
+                "action 'pruned'"
+            )
 
 
 class Schedule:
-    """Base class: subclasses set their configuration in ``__init__`` and keep state in ``_state``."""
+    """Base class of the rate controllers: subclasses hold configuration only.
 
-    _state: dict[str, Any]
-    #: Whether ``Occam`` must save the weights and masks before each prune (to roll it back).
-    needs_snapshot = False
+    A subclass defines ``decide(signal, density, state) -> (Decision, new_state)`` (pure) and,
+    when it remembers anything between epochs, a frozen dataclass ``State`` whose defaults are
+    its state before the first epoch (or an ``init`` building it from the configuration).
+    """
 
-    def step(self, signal: float | None, density: float) -> float:
-        """Record this epoch's signal and return the rate to prune now."""
-        raise NotImplementedError
+    #: True for a controller that may answer ``restore=True``: Occam then saves the model and
+    #: masks before each prune so that the prune can be undone. A class attribute, not derived:
+    #: only the controller knows whether it ever rolls back.
+    needs_snapshot: bool = False
 
-    def decide(self, signal: float | None, density: float) -> tuple[str, float]:
-        """``(action, rate)``: what to do now, one of ``ACTIONS``, and the rate to prune at."""
-        rate = self.step(signal, density)
-        return ("pruned" if rate > 0 else "held"), rate
+    @dataclass(frozen=True)
+    class State:
+        """No state: a controller that remembers nothing between epochs."""
 
-    def state_dict(self) -> dict[str, Any]:
-        return {k: (list(v) if isinstance(v, list) else v) for k, v in self._state.items()}
+    def init(self) -> Any:
+        """The state before the first epoch."""
+        return self.State()
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if set(state) != set(self._state):
-            raise ValueError(
-                f"{type(self).__name__} state has keys {sorted(state)}; accepted: exactly "
-                f"{sorted(self._state)}"
-            )
-        self._state = {k: (list(v) if isinstance(v, list) else v) for k, v in state.items()}
-
-    @property
-    def epoch(self) -> int:
-        """Number of steps taken so far."""
-        return self._state["epoch"]
+    def decide(self, signal: float | None, density: float, state: Any) -> tuple[Decision, Any]:
+        """What to do after an epoch with this ``signal`` at this ``density``, and the next state."""
+        raise NotImplementedError(f"{type(self).__name__} must define decide(signal, density, state)")
 
     def __repr__(self) -> str:
         config = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
         return f"{type(self).__name__}({config})"
+
+
+def _pruned_or_held(rate: float) -> Decision:
+    return Decision("pruned" if rate > 0.0 else "held", rate)
 
 
 class OccamRate(Schedule):
@@ -62,19 +179,30 @@ class OccamRate(Schedule):
     epochs 0 and 1 prune at ``r0``.
 
     Defined edge cases: 0/0 (the signal did not move twice) leaves the rate unchanged; x/0 with
-    x != 0 gives zeta = +-inf, so the rate goes to ``r0`` (+inf) or ``floor`` (-inf); a
-    non-finite signal is rejected with ``ValueError`` and changes no state.
+    x != 0 gives zeta = +-inf, so the rate goes to ``r0`` (+inf) or ``floor`` (-inf). A missing
+    signal (``None``) raises ``ValueError``.
     """
 
+    @dataclass(frozen=True)
+    class State:
+        epoch: int
+        rate: float
+        #: The last two signals, oldest first.
+        signals: tuple[float, ...] = ()
+        #: The last finite zeta (``None`` before epoch 2 and after 0/0 or x/0): valid JSON.
+        zeta: float | None = None
+
     def __init__(self, r0: float = 0.4, floor: float | None = None):
-        if not (isinstance(r0, (int, float)) and 0.0 < r0 < 1.0):
+        if not (_is_real(r0) and 0.0 < r0 < 1.0):
             raise ValueError(f"r0 must be a number in (0, 1), got {r0!r}")
         floor = 0.1 * r0 if floor is None else floor
-        if not (isinstance(floor, (int, float)) and 0.0 <= floor <= r0):
+        if not (_is_real(floor) and 0.0 <= floor <= r0):
             raise ValueError(f"floor must be a number in [0, r0] = [0, {r0}], got {floor!r}")
         self.r0 = float(r0)
         self.floor = float(floor)
-        self._state = {"epoch": 0, "rate": self.r0, "signals": [], "zeta": None}
+
+    def init(self) -> OccamRate.State:
+        return self.State(epoch=0, rate=self.r0)
 
     @staticmethod
     def zeta(c: float, c1: float, c2: float) -> float:
@@ -84,41 +212,37 @@ class OccamRate(Schedule):
             return math.nan if num == 0.0 else math.copysign(math.inf, num)
         return num / den
 
-    def step(self, signal: float | None, density: float) -> float:
+    def decide(self, signal: float | None, density: float, state: OccamRate.State) -> tuple[Decision, OccamRate.State]:
+        signal = check_signal(signal)
         if signal is None:
             raise ValueError("OccamRate needs a signal loss every epoch, got None")
-        _check_signal(signal)
-        state = self._state
-        signals = state["signals"]
-        rate = state["rate"]
-        zeta = None
-        if len(signals) == 2:
-            zeta = self.zeta(float(signal), signals[1], signals[0])
+        rate, zeta = state.rate, None
+        if len(state.signals) == 2:
+            zeta = self.zeta(signal, state.signals[1], state.signals[0])
             if math.isinf(zeta):
                 rate = self.r0 if zeta > 0 else self.floor
             elif not math.isnan(zeta):
                 rate = min(max(zeta * rate, self.floor), self.r0)
-        state["signals"] = (signals + [float(signal)])[-2:]
-        state["rate"] = rate
-        # Only finite zetas are kept: the state stays valid JSON and compares equal after a reload.
-        state["zeta"] = zeta if zeta is not None and math.isfinite(zeta) else None
-        state["epoch"] += 1
-        return rate
+        new = replace(state, epoch=state.epoch + 1, rate=rate, signals=(*state.signals, signal)[-2:],
+                      zeta=zeta if zeta is not None and math.isfinite(zeta) else None)
+        return _pruned_or_held(rate), new
 
 
 class ConstantRate(Schedule):
     """Prune the same fraction of the remaining weights every epoch."""
 
+    @dataclass(frozen=True)
+    class State:
+        epoch: int = 0
+
     def __init__(self, rate: float):
-        if not (isinstance(rate, (int, float)) and 0.0 <= rate < 1.0):
+        if not (_is_real(rate) and 0.0 <= rate < 1.0):
             raise ValueError(f"rate must be a number in [0, 1), got {rate!r}")
         self.rate = float(rate)
-        self._state = {"epoch": 0}
 
-    def step(self, signal: float | None, density: float) -> float:
-        _check_signal(signal)
-        self._state["epoch"] += 1
-        return self.rate
+    def decide(self, signal: float | None, density: float, state: ConstantRate.State) -> tuple[Decision, ConstantRate.State]:
+        check_signal(signal)
+        return _pruned_or_held(self.rate), replace(state, epoch=state.epoch + 1)
 
 
 class GMP(Schedule):
@@ -130,52 +254,53 @@ class GMP(Schedule):
     after epoch ``end`` and held from then on.
     """
 
+    @dataclass(frozen=True)
+    class State:
+        epoch: int = 0
+        #: The density at epoch ``start`` (``None`` before it).
+        start_density: float | None = None
+
     def __init__(self, final_density: float, start: int = 0, end: int = 10):
-        if not (isinstance(final_density, (int, float)) and 0.0 < final_density <= 1.0):
+        if not (_is_real(final_density) and 0.0 < final_density <= 1.0):
             raise ValueError(f"final_density must be a number in (0, 1], got {final_density!r}")
-        if not (isinstance(start, int) and isinstance(end, int) and 0 <= start <= end):
+        if not (_is_integer(start) and _is_integer(end) and 0 <= start <= end):
             raise ValueError(f"GMP needs integers 0 <= start <= end, got start={start!r}, end={end!r}")
         self.final_density = float(final_density)
-        self.start = start
-        self.end = end
-        self._state = {"epoch": 0, "start_density": None}
+        self.start = int(start)
+        self.end = int(end)
 
-    def target(self, epoch: int) -> float:
-        """Density the schedule aims for after ``epoch``."""
-        d_s = self._state["start_density"]
-        if d_s is None or epoch < self.start:
-            return 1.0 if d_s is None else d_s
+    def target(self, epoch: int, start_density: float | None) -> float:
+        """Density the schedule aims for after ``epoch``, from the density at ``start``."""
+        if start_density is None or epoch < self.start:
+            return 1.0 if start_density is None else start_density
         p = 1.0 if self.end == self.start else min(1.0, (epoch - self.start) / (self.end - self.start))
-        return self.final_density + (d_s - self.final_density) * (1.0 - p) ** 3
+        return self.final_density + (start_density - self.final_density) * (1.0 - p) ** 3
 
-    def step(self, signal: float | None, density: float) -> float:
-        _check_signal(signal)
-        state = self._state
-        epoch = state["epoch"]
-        state["epoch"] += 1
+    def decide(self, signal: float | None, density: float, state: GMP.State) -> tuple[Decision, GMP.State]:
+        check_signal(signal)
+        epoch = state.epoch
         if epoch < self.start:
-            return 0.0
-        if state["start_density"] is None:
-            state["start_density"] = float(density)
-        rate = 1.0 - self.target(epoch) / density if density > 0 else 0.0
+            return Decision("held", 0.0), replace(state, epoch=epoch + 1)
+        start_density = float(density) if state.start_density is None else state.start_density
+        rate = 1.0 - self.target(epoch, start_density) / density if density > 0 else 0.0
         # Rounding leaves the density a hair off target; do not prune one weight an epoch for it.
-        return rate if rate > 1e-9 else 0.0
+        rate = rate if rate > 1e-9 else 0.0
+        return _pruned_or_held(rate), replace(state, epoch=epoch + 1, start_density=start_density)
 
 
 class Never(Schedule):
     """Never prune: plain gradient descent, with the same bookkeeping as the others."""
 
-    def __init__(self):
-        self._state = {"epoch": 0}
+    @dataclass(frozen=True)
+    class State:
+        epoch: int = 0
 
-    def step(self, signal: float | None, density: float) -> float:
-        _check_signal(signal)
-        self._state["epoch"] += 1
-        return 0.0
+    def decide(self, signal: float | None, density: float, state: Never.State) -> tuple[Decision, Never.State]:
+        check_signal(signal)
+        return Decision("held", 0.0), replace(state, epoch=state.epoch + 1)
 
 
-#: What a schedule decided at one step; recorded in the history and shown in progress output.
-ACTIONS = ("pruned", "held", "warmup", "rolled back", "stopped")
+_GUARDED_PHASES = ("warmup", "pruning", "stopped")
 
 
 class Guarded(Schedule):
@@ -191,90 +316,170 @@ class Guarded(Schedule):
       (capped at ``r0``) only after a prune that the signal fell through, and is otherwise kept.
     - **Guard**: a prune after which the signal rose by more than ``tol`` (relative) over its
       value before that prune, beyond the drift the unpruned network showed (its signal's change
-      over the last warm-up step, when that was a rise), is rolled back (``Occam`` restores the
-      model and masks it saved before the prune) and the rate is multiplied by ``shrink``. The
-      comparison is with the signal just before the prune, not with the best: a dense network
-      that overfits sees its signal rise whether or not it is pruned, and pruning is what
-      counters that.
+      over the last warm-up step, when that was a rise), is rolled back (``restore=True``: Occam
+      restores the model and masks it saved before the prune) and the rate is multiplied by
+      ``shrink``. The comparison is with the signal just before the prune, not with the best: a
+      dense network that overfits sees its signal rise whether or not it is pruned, and pruning
+      is what counters that.
     - **Stop**: after ``max_rollbacks`` rollbacks, once the rate falls below ``min_rate``, or
       after ``patience`` prunes in a row that brought no new best signal, pruning stops for good:
       the density is where the data put it.
-
-    ``decide`` returns one of ``ACTIONS`` with the rate; ``step`` returns the rate alone.
     """
 
-    #: Occam saves the model and masks before each prune so that it can be undone.
     needs_snapshot = True
+
+    @dataclass(frozen=True)
+    class State:
+        epoch: int
+        #: One of ``_GUARDED_PHASES``.
+        phase: str
+        #: The rate the next prune uses.
+        rate: float
+        #: The signal of the model as it now is (after a rollback: of the restored model).
+        previous: float | None = None
+        drift: float = 0.0
+        max_gain: float = 0.0
+        best: float | None = None
+        since_best: int = 0
+        pruned_last: bool = False
+        rollbacks: int = 0
+
+        def __post_init__(self) -> None:
+            if self.phase not in _GUARDED_PHASES:
+                raise ValueError(f"Guarded state phase must be one of {_GUARDED_PHASES}, got {self.phase!r}")
 
     def __init__(self, r0: float = 0.4, r_start: float | None = None, grow: float = 1.5, shrink: float = 0.5,
                  tol: float = 0.02, start_tol: float = 0.1, warmup: int = 1, max_rollbacks: int = 3,
                  min_rate: float = 0.02, patience: int = 5):
-        r_start = r0 / 2 if r_start is None and isinstance(r0, (int, float)) else r_start
+        r_start = r0 / 2 if r_start is None and _is_real(r0) else r_start
         for name, value, low, high in (("r0", r0, 0.0, 1.0), ("r_start", r_start, 0.0, r0),
                                        ("shrink", shrink, 0.0, 1.0), ("min_rate", min_rate, 0.0, r0)):
-            if not (isinstance(value, (int, float)) and low < value <= high) or value == 1.0:
+            if not (_is_real(value) and low < value <= high) or value == 1.0:
                 raise ValueError(f"{name} must be a number in ({low}, {high}{')' if high == 1.0 else ']'}, "
                                  f"got {value!r}")
-        if not (isinstance(grow, (int, float)) and grow >= 1.0):
+        if not (_is_real(grow) and grow >= 1.0):
             raise ValueError(f"grow must be a number >= 1, got {grow!r}")
         for name, value in (("tol", tol), ("start_tol", start_tol)):
-            if not (isinstance(value, (int, float)) and 0.0 <= value < 1.0):
+            if not (_is_real(value) and 0.0 <= value < 1.0):
                 raise ValueError(f"{name} must be a fraction in [0, 1), got {value!r}")
         for name, value in (("warmup", warmup), ("max_rollbacks", max_rollbacks), ("patience", patience)):
-            if not (isinstance(value, int) and value >= 0):
+            if not (_is_integer(value) and value >= 0):
                 raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
         self.r0, self.r_start, self.grow, self.shrink = float(r0), float(r_start), float(grow), float(shrink)
         self.tol, self.start_tol, self.min_rate = float(tol), float(start_tol), float(min_rate)
-        self.warmup, self.max_rollbacks, self.patience = warmup, max_rollbacks, patience
-        self._state = {"epoch": 0, "phase": "warmup", "rate": self.r_start, "previous": None, "drift": 0.0,
-                       "max_gain": 0.0, "best": None, "since_best": 0, "pruned_last": False, "rollbacks": 0, "action": None}
+        self.warmup, self.max_rollbacks, self.patience = int(warmup), int(max_rollbacks), int(patience)
 
-    def decide(self, signal: float | None, density: float) -> tuple[str, float]:
+    def init(self) -> Guarded.State:
+        return self.State(epoch=0, phase="warmup", rate=self.r_start)
+
+    def decide(self, signal: float | None, density: float, state: Guarded.State) -> tuple[Decision, Guarded.State]:
+        signal = check_signal(signal)
         if signal is None:
             raise ValueError("Guarded needs a signal loss every step, got None")
-        _check_signal(signal)
-        s = self._state
-        signal = float(signal)
-        previous = s["previous"]
+        previous, phase, next_rate = state.previous, state.phase, state.rate
+        drift, max_gain, since_best, rollbacks = state.drift, state.max_gain, state.since_best, state.rollbacks
         action, rate = "stopped", 0.0
-        if s["phase"] == "warmup":
+        if phase == "warmup":
             slowed = False
             if previous is not None:
                 gain = previous - signal
-                s["max_gain"] = max(s["max_gain"], gain)
-                slowed = gain <= self.start_tol * s["max_gain"]
-                s["drift"] = max(0.0, -gain)
-            if s["epoch"] >= self.warmup and slowed:
-                s["phase"] = "pruning"
-                action, rate = "pruned", s["rate"]
+                max_gain = max(max_gain, gain)
+                slowed = gain <= self.start_tol * max_gain
+                drift = max(0.0, -gain)
+            if state.epoch >= self.warmup and slowed:
+                phase = "pruning"
+                action, rate = "pruned", next_rate
             else:
                 action = "warmup"
-        elif s["phase"] == "pruning":
-            if s["pruned_last"] and signal > previous + self.tol * abs(previous) + s["drift"]:
+        elif phase == "pruning":
+            if state.pruned_last and signal > previous + self.tol * abs(previous) + drift:
                 action = "rolled back"
-                s["rollbacks"] += 1
-                s["rate"] *= self.shrink
-                if s["rollbacks"] >= self.max_rollbacks or s["rate"] < self.min_rate:
-                    s["phase"] = "stopped"
+                rollbacks += 1
+                next_rate *= self.shrink
+                if rollbacks >= self.max_rollbacks or next_rate < self.min_rate:
+                    phase = "stopped"
             else:
-                s["since_best"] = 0 if signal < s["best"] else s["since_best"] + 1
-                if s["since_best"] >= self.patience:
-                    s["phase"] = "stopped"
+                since_best = 0 if signal < state.best else since_best + 1
+                if since_best >= self.patience:
+                    phase = "stopped"
                 else:
-                    if s["pruned_last"] and signal < previous:
-                        s["rate"] = min(self.r0, s["rate"] * self.grow)
-                    action, rate = "pruned", s["rate"]
+                    if state.pruned_last and signal < previous:
+                        next_rate = min(self.r0, next_rate * self.grow)
+                    action, rate = "pruned", next_rate
+        best = state.best
         if action != "rolled back":
             # After a rollback the model is back at the state whose signal ``previous`` is.
-            s["previous"] = signal
-            s["best"] = signal if s["best"] is None else min(s["best"], signal)
-        s["pruned_last"] = rate > 0.0
-        s["action"] = action
-        s["epoch"] += 1
-        return action, rate
+            previous = signal
+            best = signal if best is None else min(best, signal)
+        new = replace(state, epoch=state.epoch + 1, phase=phase, rate=next_rate, previous=previous, drift=drift,
+                      max_gain=max_gain, best=best, since_best=since_best, pruned_last=rate > 0.0,
+                      rollbacks=rollbacks)
+        return Decision(action, rate, restore=action == "rolled back"), new
 
-    def step(self, signal: float | None, density: float) -> float:
-        return self.decide(signal, density)[1]
+
+# State as plain data ----------------------------------------------------------------------------
+def state_to_dict(state: Any) -> dict[str, Any]:
+    """A controller state as a dict of plain numbers, strings, ``None`` and lists (JSON-ready)."""
+    if not (dataclasses.is_dataclass(state) and not isinstance(state, type)):
+        raise TypeError(f"a controller state is a dataclass instance, got {type(state).__name__}")
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(state).items()}
+
+
+def _accepted(hint: Any) -> str:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_accepted(a) for a in args)
+    if origin in (tuple, list):
+        return f"a list of {_accepted(args[0])}"
+    return {type(None): "None", int: "an integer", float: "a real number", bool: "True or False",
+            str: "a string"}.get(hint, getattr(hint, "__name__", repr(hint)))
+
+
+_NO = object()
+
+
+def _coerce(value: Any, hint: Any) -> Any:
+    """``value`` as the type ``hint`` names, or ``_NO``."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        for arm in args:
+            if (got := _coerce(value, arm)) is not _NO:
+                return got
+        return _NO
+    if origin in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            return _NO
+        items = [_coerce(v, args[0]) for v in value]
+        return _NO if any(v is _NO for v in items) else origin(items)
+    if hint is type(None):
+        return None if value is None else _NO
+    if hint is float:
+        return float(value) if _is_real(value) else _NO
+    if hint is int:
+        return int(value) if _is_integer(value) else _NO
+    if hint is bool:
+        return value if isinstance(value, bool) else _NO
+    if hint is Any:
+        return value
+    return value if isinstance(hint, type) and isinstance(value, hint) else _NO
+
+
+def state_from_dict(schedule: Schedule, data: Mapping[str, Any]) -> Any:
+    """The state of ``schedule`` that :func:`state_to_dict` wrote: ``ValueError`` naming a missing,
+    unknown or mistyped field and what is accepted."""
+    kind = type(schedule).__name__
+    cls = type(schedule.init())
+    names = [f.name for f in dataclasses.fields(cls)]
+    if not isinstance(data, Mapping) or set(data) != set(names):
+        got = sorted(data) if isinstance(data, Mapping) else type(data).__name__
+        raise ValueError(f"{kind} state has fields {got}; accepted: exactly {names}")
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for name in names:
+        values[name] = _coerce(data[name], hints[name])
+        if values[name] is _NO:
+            raise ValueError(f"{kind} state field {name!r} is {data[name]!r}; accepted: {_accepted(hints[name])}")
+    return cls(**values)
 
 
 #: Named controllers: ``paper`` is exactly ../shared/PAPER.md; ``guarded`` is :class:`Guarded`.

@@ -3,7 +3,6 @@ when they are made, and building the Occam when training starts."""
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import torch
@@ -51,11 +50,9 @@ def build_occam(
 ) -> Occam:
     """A new :class:`~occamgd.Occam` (a ``DistributedOccam`` when ``world_size`` > 1).
 
-    A schedule object is copied, so that one callback object configures many runs without their
-    sharing the schedule's state.
+    A schedule object holds configuration only (its state lives in the Occam), so one callback
+    object configures many runs without their sharing anything.
     """
-    if isinstance(schedule, Schedule):
-        schedule = copy.deepcopy(schedule)
     kwargs = dict(criterion=criterion, schedule=schedule, include=include, exclude=exclude,
                   zero_state=zero_state, snapshot_device=snapshot_device)
     if world_size > 1:

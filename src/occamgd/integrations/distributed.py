@@ -26,6 +26,7 @@ from torch import nn
 from ..criteria import Criterion
 from ..masks import Masks
 from ..occam import Occam
+from ..schedules import check_signal
 
 
 def _sharded_part(model: nn.Module) -> str | None:
@@ -110,9 +111,9 @@ class DistributedOccam(Occam):
     def step(self, signal: float | None = None) -> float:
         """All-reduce ``signal`` (mean over ranks), then :meth:`Occam.step` on the mean.
 
-        Collective: every rank must call it. A rank whose signal is not a number makes every rank
-        raise ``ValueError`` (none blocks waiting for it); so does a signal given on some ranks
-        and ``None`` on others.
+        Collective: every rank must call it. A rank whose signal is not a finite real number (a
+        ``bool`` or string neither) makes every rank raise ``ValueError`` (none blocks waiting for
+        it); so does a signal given on some ranks and ``None`` on others.
         """
         return super().step(self._mean_signal(signal))
 
@@ -120,8 +121,8 @@ class DistributedOccam(Occam):
         value, bad = 0.0, 0.0
         if signal is not None:
             try:
-                value = float(signal)
-            except (TypeError, ValueError):
+                value = check_signal(signal)
+            except (TypeError, ValueError):  # judged on every rank below, so that none blocks
                 bad = 1.0
         # One all-reduce carries the sum, how many ranks gave a signal and how many gave a bad one.
         packed = torch.tensor(
@@ -132,7 +133,7 @@ class DistributedOccam(Occam):
         ranks = self.world_size
         if bad_ranks:
             raise ValueError(
-                f"signal on {int(bad_ranks)} of {ranks} ranks is not a number (here: {signal!r}); "
+                f"signal on {int(bad_ranks)} of {ranks} ranks is not a finite real number (here: {signal!r}); "
                 "accepted: a finite number on every rank, or None on every rank"
             )
         if given == 0:

@@ -32,7 +32,7 @@ from transformers import TrainerCallback, TrainerControl, TrainerState, Training
 from ..criteria import Criterion
 from ..io import atomic_save
 from ..masks import Selection
-from ..occam import Occam
+from ..occam import Occam, unwrap_optimizer
 from ..schedules import Schedule
 from ._common import build_occam, check_arguments
 
@@ -55,22 +55,14 @@ def transformer_weights(model: nn.Module) -> tuple[list[type], Any]:
 
 
 def _torch_optimizer(optimizer: Any) -> torch.optim.Optimizer:
-    """The torch optimizer inside accelerate's ``AcceleratedOptimizer`` (the wrapper takes no hooks).
-
-    Only that wrapper is opened: another wrapper (Lookahead and the like) may move the weights
-    itself, so it is the one to hook.
-    """
-    from accelerate.optimizer import AcceleratedOptimizer
-
-    inner = optimizer
-    while isinstance(inner, AcceleratedOptimizer):
-        inner = inner.optimizer
-    if not isinstance(inner, torch.optim.Optimizer):
+    """The torch optimizer inside accelerate's ``AcceleratedOptimizer`` (see :func:`occamgd.occam.unwrap_optimizer`)."""
+    try:
+        return unwrap_optimizer(optimizer)
+    except TypeError as error:
         raise TypeError(
             f"OccamTrainerCallback needs a torch.optim optimizer (possibly wrapped by accelerate), got "
             f"{type(optimizer).__name__}; DeepSpeed and other engines that own the update are not supported"
-        )
-    return inner
+        ) from error
 
 
 class OccamTrainerCallback(TrainerCallback):
@@ -81,7 +73,7 @@ class OccamTrainerCallback(TrainerCallback):
       no evaluation of a step reports it, the next step (or the end of training) raises
       ``ValueError`` naming the metrics they did report.
     - ``criterion``, ``schedule``, ``zero_state``, ``snapshot_device``: as for
-      :class:`occamgd.Occam`. A schedule object is copied when training begins.
+      :class:`occamgd.Occam`. A schedule object holds configuration only: runs never share state.
     - ``include`` / ``exclude``: which weights are prunable. By default every ``nn.Linear`` and
       ``Conv1D`` weight except the output embeddings (see :func:`transformer_weights`).
     - ``resume_from``: where the Occam state is read when ``trainer.train(resume_from_checkpoint=...)``

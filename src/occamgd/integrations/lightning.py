@@ -44,8 +44,8 @@ class OccamCallback(pl.Callback):
       ``validation_step`` with ``self.log(monitor, loss)``. A name that is not logged raises
       ``ValueError`` naming the metrics that are.
     - ``criterion``, ``schedule``, ``include``, ``exclude``, ``zero_state``, ``snapshot_device``:
-      as for :class:`occamgd.Occam`. A schedule object is copied when fitting starts, so one
-      callback object configures many runs without sharing their state.
+      as for :class:`occamgd.Occam`. A schedule object holds configuration only (each run's
+      state is in its Occam), so one callback object configures many runs.
 
     Pruning: the signal of each validation during the fit is read at its end; the prune it asks
     for happens just before the next training batch, and ``occam/density`` and ``occam/rate`` are
