@@ -1,11 +1,11 @@
 """Inference speed of compacted vs masked-dense models after structured pruning.
 
 What is measured: the paper's MLP (784-1024-10) and CNN (N = 32, 3 x 32 x 32 images, 10 classes),
-structured-pruned with ``occamgd.compact.structured_pruning`` (whole neurons and channels of every
+structured-pruned with ``occamgd.compaction.structured_pruning`` (whole neurons and channels of every
 layer but the output layer) to unit densities 0.5, 0.25 and 0.1 in one step
-(``ConstantRate(1 - density)``), then ``occamgd.compact.compact``-ed. For each, the masked dense
+(``ConstantRate(1 - density)``), then ``occamgd.compact``-ed. For each, the masked dense
 model (zeros in place, the shape unchanged) and the compacted one run the same batch in eval
-mode without gradients, alternating which goes first; ``occamgd.compact.compaction_report``
+mode without gradients, alternating which goes first; ``occamgd.compaction.compaction_report``
 gives parameters, bytes, the median latency of one forward pass and the throughput (examples per
 second) of each, and the largest output difference (float rounding only). Weights are random
 from a fixed seed: the speed of dense kernels does not depend on the values.
@@ -32,7 +32,7 @@ import torch
 
 import occamgd
 from _common import setup, write_figures
-from occamgd.compact import compact, compaction_report, structured_pruning
+from occamgd.compaction import compact, compaction_report, structured_pruning
 from occamgd.models import CNN, GPT, MLP, GPTConfig
 
 SEED = 0

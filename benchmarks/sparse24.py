@@ -6,7 +6,7 @@ pruned to 2:4 by ``occamgd.criteria.nm_magnitude``, once with ``W`` dense and on
 shape M x N x K: ``--repeats`` timings of ``--iters`` back-to-back products each, alternating dense
 and sparse, timed with CUDA events (the device is synchronised around every timing); the figure
 is the ratio of the median times, dense / sparse (above 1: 2:4 is faster). The sparse result is
-checked against the dense one. Then ``occamgd.compact.to_semi_structured`` is run on a Linear
+checked against the dense one. Then ``occamgd.to_semi_structured`` is run on a Linear
 layer of each shape with ``--min-features`` to show which layers it converts.
 
 Reference (docs/anchors.md, H100, float16): 1.20x at 8192 x 8192 x 8192, 0.99x at
@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from _common import setup, write_figures
-from occamgd.compact import SEMI_STRUCTURED_MIN_FEATURES, to_semi_structured
+from occamgd.compaction import SEMI_STRUCTURED_MIN_FEATURES, to_semi_structured
 from occamgd.criteria import nm_magnitude
 
 SEED = 0

@@ -47,6 +47,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd
 
+from .errors import InvalidTypeError, InvalidValueError
 from ._timing import synchronize
 from .criteria import Units, is_nm, structured_criterion
 from .models.gpt import GPT, CausalSelfAttention
@@ -76,7 +77,7 @@ POOLS = (
 #: weights: rows a multiple of 32, columns a multiple of 64.
 SEMI_STRUCTURED_MULTIPLES = (32, 64)
 #: Below this many input and output features a 2:4 matmul does not beat a dense one on an H100
-#: (../shared/ANCHORS.md: 0.23x at 4096 cubed, 0.99x at 16384x4096x4096, 1.20x at 8192 cubed).
+#: (independent H100 measurements, docs/anchors.md: 0.23x at 4096 cubed, 0.99x at 16384x4096x4096, 1.20x at 8192 cubed).
 SEMI_STRUCTURED_MIN_FEATURES = 8192
 
 
@@ -85,21 +86,21 @@ def _masks_of(model: nn.Module, masks_or_occam: Any) -> dict[str, torch.Tensor]:
     """Validated bool masks by parameter name, from an Occam, a Masks or a plain mapping."""
     masks = masks_or_occam.masks if isinstance(masks_or_occam, Occam) else masks_or_occam
     if not isinstance(masks, Mapping):
-        raise TypeError(
+        raise InvalidTypeError(
             f"masks_or_occam must be an occamgd.Occam, an occamgd.Masks or a mapping parameter name -> "
             f"bool tensor, got {type(masks_or_occam).__name__}"
         )
     params = dict(model.named_parameters())
     unknown = sorted(set(masks) - set(params))
     if unknown:
-        raise ValueError(
+        raise InvalidValueError(
             f"masks name tensors {unknown} that {type(model).__name__} does not have; accepted: masks for its "
             f"parameters, such as {list(params)[:4]}"
         )
     out = {}
     for name, mask in masks.items():
         if tuple(mask.shape) != tuple(params[name].shape):
-            raise ValueError(
+            raise InvalidValueError(
                 f"mask for {name!r} has shape {tuple(mask.shape)}, the parameter {tuple(params[name].shape)}; "
                 "accepted: the parameter's shape"
             )
@@ -240,7 +241,7 @@ def _compact_link(link: _Link, masks: Mapping[str, torch.Tensor]) -> None:
     else:
         row_pruned = torch.zeros(units, dtype=torch.bool, device=layer.weight.device)
     if link.problem is not None and row_pruned.any():
-        raise ValueError(
+        raise InvalidValueError(
             f"cannot remove the {int(row_pruned.sum())} pruned units of {_describe(link.name, layer)}: {link.problem}"
         )
     if link.consumer is None or link.problem is not None:
@@ -325,7 +326,7 @@ def _check_leaves(model: nn.Sequential, links: list[_Link], masks: Mapping[str, 
         for pname, param in leaf.named_parameters():
             mask = masks.get(f"{name}.{pname}")
             if mask is not None and mask.dim() >= 2 and (~mask.reshape(mask.shape[0], -1).any(1)).any():
-                raise ValueError(
+                raise InvalidValueError(
                     f"{_describe(name, leaf)} has whole rows of {pname!r} pruned, but compact does not know "
                     f"how its outputs are used; supported: {SUPPORTED}"
                 )
@@ -398,9 +399,9 @@ def compact(model: nn.Module, masks_or_occam: Occam | Mapping[str, torch.Tensor]
     layer when pruned units meet a module that compaction cannot carry them through.
     """
     if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        raise InvalidTypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if not isinstance(model, (nn.Sequential, GPT)):
-        raise TypeError(f"compact does not support {type(model).__name__}; supported: {SUPPORTED}")
+        raise InvalidTypeError(f"compact does not support {type(model).__name__}; supported: {SUPPORTED}")
     masks = _masks_of(model, masks_or_occam)
     out = copy.deepcopy(model)
     params = dict(out.named_parameters())
@@ -437,10 +438,10 @@ def structured_pruning(model: nn.Module) -> dict[str, Any]:
             units[c_attn] = Units(size=block.attn.head_dim, chunks=3)
         return {"include": include, "criterion": structured_criterion(units)}
     if not isinstance(model, nn.Sequential):
-        raise TypeError(f"structured_pruning does not support {type(model).__name__}; supported: {SUPPORTED}")
+        raise InvalidTypeError(f"structured_pruning does not support {type(model).__name__}; supported: {SUPPORTED}")
     include = [f"{link.name}.weight" for link in _chain(model) if link.consumer and link.problem is None]
     if not include:
-        raise ValueError(
+        raise InvalidValueError(
             f"{type(model).__name__} has no layer whose units compact can remove (a Linear or Conv followed by "
             f"another through supported modules); supported: {SUPPORTED}"
         )
@@ -464,20 +465,20 @@ def to_semi_structured(
     (with each layer's reason).
     """
     if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        raise InvalidTypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if not (isinstance(min_features, int) and not isinstance(min_features, bool) and min_features >= 1):
-        raise ValueError(f"min_features must be an integer >= 1, got {min_features!r}")
+        raise InvalidValueError(f"min_features must be an integer >= 1, got {min_features!r}")
     linears = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Linear)]
     if not linears:
-        raise ValueError(f"{type(model).__name__} has no Linear layer to convert to 2:4 semi-structured sparsity")
+        raise InvalidValueError(f"{type(model).__name__} has no Linear layer to convert to 2:4 semi-structured sparsity")
     if not torch.cuda.is_available():
-        raise ValueError(
+        raise InvalidValueError(
             f"to_semi_structured needs CUDA (2:4 sparse tensor cores), but this torch {torch.__version__} has no "
             "CUDA device; accepted: a model on a CUDA GPU of compute capability >= 8.0, in float16 or bfloat16"
         )
     if not any(m.weight.is_cuda for _, m in linears):
         devices = sorted({str(m.weight.device) for _, m in linears})
-        raise ValueError(
+        raise InvalidValueError(
             f"to_semi_structured needs the model on a CUDA GPU, but its Linear weights are on {devices}; "
             "accepted: model.to('cuda', torch.float16) (or torch.bfloat16) first"
         )
@@ -502,7 +503,7 @@ def to_semi_structured(
         else:
             eligible.append(name)
     if not eligible:
-        raise ValueError(
+        raise InvalidValueError(
             "no Linear layer is eligible for 2:4 semi-structured sparsity: "
             + "; ".join(f"{n!r}: {r}" for n, r in reasons.items())
         )
@@ -547,9 +548,9 @@ def compaction_report(
     after for ``latency`` (the speed-up).
     """
     if not (isinstance(repeats, int) and repeats >= 1 and isinstance(warmup, int) and warmup >= 0):
-        raise ValueError(f"repeats must be an integer >= 1 and warmup >= 0, got repeats={repeats!r}, warmup={warmup!r}")
+        raise InvalidValueError(f"repeats must be an integer >= 1 and warmup >= 0, got repeats={repeats!r}, warmup={warmup!r}")
     if not torch.is_tensor(example) or example.dim() < 1:
-        raise TypeError(f"example must be a batch tensor (first dimension = examples), got {type(example).__name__}")
+        raise InvalidTypeError(f"example must be a batch tensor (first dimension = examples), got {type(example).__name__}")
     models = {"before": model, "after": compacted}
     modes = {k: m.training for k, m in models.items()}
     device = example.device

@@ -25,6 +25,7 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 from tqdm.auto import tqdm
 
+from .errors import InvalidTypeError, InvalidValueError
 from .criteria import Criterion
 from .io import atomic_save
 from .masks import Selection
@@ -91,11 +92,11 @@ def _as_dataset(data: Data, name: str) -> Dataset:
     if isinstance(data, (tuple, list)) and len(data) == 2:
         x, y = (torch.as_tensor(np.asarray(a)) if not torch.is_tensor(a) else a for a in data)
         if len(x) != len(y):
-            raise ValueError(f"{name}: X has {len(x)} rows but y has {len(y)}; accepted: equal lengths")
+            raise InvalidValueError(f"{name}: X has {len(x)} rows but y has {len(y)}; accepted: equal lengths")
         # float64 arrays (numpy's default) train as float32; integer inputs (token ids) stay.
         x, y = (t.float() if t.dtype == torch.float64 else t for t in (x, y))
         return TensorDataset(x, y)
-    raise TypeError(f"{name} must be a torch Dataset or a tuple (X, y), got {type(data).__name__}")
+    raise InvalidTypeError(f"{name} must be a torch Dataset or a tuple (X, y), got {type(data).__name__}")
 
 
 def _labels(dataset: Dataset) -> torch.Tensor:
@@ -116,7 +117,7 @@ def _split(dataset: Dataset, fraction: float, task: str, seed: int,
         return dataset, None
     n_hold = int(round(fraction * n))
     if n_hold < 1 or n - n_hold < 1:
-        raise ValueError(
+        raise InvalidValueError(
             f"holdback={fraction} leaves {n_hold} of {n} rows for the hold-back split and "
             f"{n - n_hold} for training; accepted: a fraction in (0, 1) leaving at least one row "
             "on each side, or holdback=0 with signal='train'"
@@ -213,7 +214,7 @@ def _check_same_model(model: nn.Module, saved: dict, path: Path) -> None:
     theirs = {k: tuple(v.shape) for k, v in saved.items()}
     if ours != theirs:
         diff = sorted(set(ours.items()) ^ set(theirs.items()))[:4]
-        raise ValueError(
+        raise InvalidValueError(
             f"checkpoint {path} is from a different model: tensors differ in name or shape "
             f"({diff}); accepted: a checkpoint written by fit() for this same architecture, or a "
             "fresh checkpoint_dir"
@@ -243,9 +244,9 @@ def _make_optimizer(spec: OptimizerSpec, model: nn.Module, lr: float) -> torch.o
     if callable(spec):
         opt = spec(model.parameters())
         if not isinstance(opt, torch.optim.Optimizer):
-            raise TypeError(f"optimizer factory returned {type(opt).__name__}, not a torch.optim.Optimizer")
+            raise InvalidTypeError(f"optimizer factory returned {type(opt).__name__}, not a torch.optim.Optimizer")
         return opt
-    raise TypeError(
+    raise InvalidTypeError(
         f"optimizer must be None, a torch.optim.Optimizer or a callable params -> Optimizer, "
         f"got {type(spec).__name__}"
     )
@@ -306,20 +307,20 @@ def fit(
     """
     # Validate everything before touching the model or any file.
     if not (isinstance(epochs, int) and epochs >= 0):
-        raise ValueError(f"epochs must be an integer >= 0, got {epochs!r}")
+        raise InvalidValueError(f"epochs must be an integer >= 0, got {epochs!r}")
     if not (isinstance(batch_size, int) and batch_size >= 1):
-        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        raise InvalidValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     if not (isinstance(holdback, (int, float)) and 0.0 <= holdback < 1.0):
-        raise ValueError(f"holdback must be a fraction in [0, 1), got {holdback!r}")
+        raise InvalidValueError(f"holdback must be a fraction in [0, 1), got {holdback!r}")
     if signal not in ("holdback", "train"):
-        raise ValueError(f"signal must be 'holdback' or 'train', got {signal!r}")
+        raise InvalidValueError(f"signal must be 'holdback' or 'train', got {signal!r}")
     if signal == "holdback" and holdback == 0.0:
-        raise ValueError("signal='holdback' needs holdback > 0, got holdback=0; accepted: holdback in (0, 1), or signal='train'")
+        raise InvalidValueError("signal='holdback' needs holdback > 0, got holdback=0; accepted: holdback in (0, 1), or signal='train'")
     if task not in (None, "classification", "regression"):
-        raise ValueError(f"task must be 'classification', 'regression' or None (inferred), got {task!r}")
+        raise InvalidValueError(f"task must be 'classification', 'regression' or None (inferred), got {task!r}")
     dataset = _as_dataset(train, "train")
     if len(dataset) == 0:
-        raise ValueError("train has no rows; accepted: at least 2 rows")
+        raise InvalidValueError("train has no rows; accepted: at least 2 rows")
     test_set = _as_dataset(test, "test") if test is not None else None
     # Reading a generic Dataset's labels walks every item: do it once, for the task and the split.
     labels = _labels(dataset) if task is None or task == "classification" else None
@@ -412,11 +413,11 @@ def _resume(path: Path, config: dict, model: nn.Module, opt: torch.optim.Optimiz
     """Load a fit() checkpoint after checking it belongs to this model and these settings."""
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     if ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"checkpoint {path} has format {ckpt.get('format')!r}; accepted: {CHECKPOINT_FORMAT}")
+        raise InvalidValueError(f"checkpoint {path} has format {ckpt.get('format')!r}; accepted: {CHECKPOINT_FORMAT}")
     _check_same_model(model, ckpt["model"], path)
     for key, value in config.items():
         if ckpt["config"].get(key) != value:
-            raise ValueError(
+            raise InvalidValueError(
                 f"checkpoint {path} was written with {key}={ckpt['config'].get(key)!r}, this call has "
                 f"{key}={value!r}; accepted: the same {key}, or a fresh checkpoint_dir"
             )

@@ -15,6 +15,8 @@ from typing import Union
 import torch
 from torch import nn
 
+from .errors import InvalidTypeError, InvalidValueError
+
 #: Module types whose weights are prunable when the user makes no selection of their own: the
 #: paper's dense and convolution kernels and embeddings, and the weight matrices of recurrent
 #: layers (RNN, LSTM, GRU and their cells), which are dense kernels too.
@@ -96,7 +98,7 @@ def _matcher(selection: Selection, model: nn.Module) -> Callable[[str, nn.Parame
     for item in items:
         if isinstance(item, type):
             if not issubclass(item, nn.Module):
-                raise TypeError(
+                raise InvalidTypeError(
                     f"selection type {item.__name__} is not a torch.nn.Module subclass; "
                     "accepted: module types, parameter/module names or patterns, or a "
                     "predicate (name, parameter) -> bool"
@@ -113,7 +115,7 @@ def _matcher(selection: Selection, model: nn.Module) -> Callable[[str, nn.Parame
         elif callable(item):
             predicates.append(item)
         else:
-            raise TypeError(
+            raise InvalidTypeError(
                 f"cannot select tensors with {item!r}; accepted: module types, parameter/module "
                 "names or fnmatch patterns, or a predicate (name, parameter) -> bool"
             )
@@ -122,7 +124,7 @@ def _matcher(selection: Selection, model: nn.Module) -> Callable[[str, nn.Parame
     names = [unwrap(name) for name, _ in model.named_parameters()]
     for pattern in patterns:
         if not any(fnmatch.fnmatchcase(name, pattern) for name in names):
-            raise ValueError(
+            raise InvalidValueError(
                 f"selection {pattern!r} matches no parameter of {type(model).__name__}; accepted: a "
                 f"parameter or module name or fnmatch pattern, such as {names[:4]}"
             )
@@ -151,14 +153,14 @@ def select_prunable(
     DDP / DataParallel wrappers (see :func:`unwrapped_names`).
     """
     if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        raise InvalidTypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     include_match = _matcher(DEFAULT_PRUNABLE_TYPES if include is None else include, model)
     exclude_match = _matcher(exclude, model) if exclude is not None else (lambda n, p: False)
     unwrap = unwrapped_names(model)
     named = ((unwrap(name), param) for name, param in model.named_parameters())
     selected = {name: param for name, param in named if include_match(name, param) and not exclude_match(name, param)}
     if not selected:
-        raise ValueError(
+        raise InvalidValueError(
             f"{type(model).__name__} has no prunable tensors for include={include!r}, "
             f"exclude={exclude!r}; accepted: a model with at least one Linear, Conv1d/2d/3d, "
             "Embedding or recurrent (RNN, LSTM, GRU) weight by default, or an include selection (names, module types or a "
@@ -275,14 +277,14 @@ class Masks(Mapping[str, torch.Tensor]):
         unknown = sorted(set(masks) - set(self.params))
         missing = sorted(set(self.params) - set(masks)) if require_all else []
         if unknown or missing:
-            raise ValueError(
+            raise InvalidValueError(
                 f"{what} do not belong to this model: unknown tensors {unknown}, missing tensors "
                 f"{missing}; accepted: masks for exactly this model's prunable tensors "
                 f"{sorted(self.params)}"
             )
         for name, mask in masks.items():
             if tuple(mask.shape) != tuple(self.params[name].shape):
-                raise ValueError(
+                raise InvalidValueError(
                     f"{what}: mask for {name!r} has shape {tuple(mask.shape)}, but the parameter "
                     f"has shape {tuple(self.params[name].shape)}; accepted: the parameter's shape"
                 )

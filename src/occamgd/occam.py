@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .errors import InvalidTypeError, InvalidValueError
 from .criteria import Criterion, get_criterion
 from .masks import Masks, Selection, select_prunable, unwrapped_names
 from .schedules import Decision, Schedule, check_signal, get_schedule, state_from_dict, state_to_dict
@@ -49,7 +50,7 @@ def unwrap_optimizer(optimizer: Any) -> torch.optim.Optimizer:
             break
         inner = wrapped
     if not isinstance(inner, torch.optim.Optimizer):
-        raise TypeError(
+        raise InvalidTypeError(
             f"optimizer must be a torch.optim.Optimizer (or a wrapper keeping one in .optimizer), got "
             f"{type(optimizer).__name__}"
         )
@@ -90,13 +91,13 @@ class Occam:
         snapshot_device: str | torch.device | None = "cpu",
     ):
         if zero_state not in ZERO_STATE:
-            raise ValueError(f"zero_state must be one of {ZERO_STATE}, got {zero_state!r}")
+            raise InvalidValueError(f"zero_state must be one of {ZERO_STATE}, got {zero_state!r}")
         if (every is None) != (signal_fn is None):
-            raise ValueError(f"every and signal_fn go together; got every={every!r}, signal_fn={signal_fn!r}")
+            raise InvalidValueError(f"every and signal_fn go together; got every={every!r}, signal_fn={signal_fn!r}")
         if every is not None and not (isinstance(every, int) and every >= 1):
-            raise ValueError(f"every must be an integer >= 1 (optimizer steps), got {every!r}")
+            raise InvalidValueError(f"every must be an integer >= 1 (optimizer steps), got {every!r}")
         if signal_fn is not None and not callable(signal_fn):
-            raise TypeError(f"signal_fn must be a callable returning the signal loss, got {signal_fn!r}")
+            raise InvalidTypeError(f"signal_fn must be a callable returning the signal loss, got {signal_fn!r}")
         self.zero_state = zero_state
         self.model = model
         self.criterion = get_criterion(criterion)
@@ -126,7 +127,7 @@ class Occam:
         try:
             handles = [optimizer.register_step_post_hook(lambda opt, args, kwargs: keep())]
         except AttributeError as error:
-            raise TypeError(
+            raise InvalidTypeError(
                 f"{type(optimizer).__name__} takes no step hooks (torch.optim.Optimizer.__init__ never ran on "
                 "it); accepted: a torch.optim optimizer, or a wrapper keeping one in .optimizer and sharing its "
                 "state"
@@ -189,13 +190,13 @@ class Occam:
         answer = self.schedule.decide(signal, density_before, self.schedule_state)
         if not (isinstance(answer, tuple) and len(answer) == 2 and isinstance(answer[0], Decision)
                 and type(answer[1]) is type(self.schedule_state)):
-            raise TypeError(
+            raise InvalidTypeError(
                 f"schedule {self.schedule!r} answered {answer!r}; accepted: a tuple (Decision, new state) with "
                 f"the new state a {type(self.schedule_state).__qualname__}, like its init() returns"
             )
         decision, new_state = answer
         if decision.restore and self._snapshot is None:
-            raise ValueError(
+            raise InvalidValueError(
                 f"schedule {self.schedule!r} decided {decision.action!r} with nothing to restore; accepted: a "
                 "rollback only after a prune, by a schedule whose needs_snapshot is True"
             )
@@ -247,7 +248,7 @@ class Occam:
         unwrap = unwrapped_names(self.model)
         ours, theirs = {unwrap(k) for k in self.model.state_dict()}, set(snapshot["model"])
         if ours != theirs:
-            raise ValueError(
+            raise InvalidValueError(
                 f"checkpoint snapshot is of another model: tensors {sorted(ours ^ theirs)[:4]} are in only one of "
                 "them; accepted: a state from an Occam around this same architecture"
             )
@@ -278,18 +279,18 @@ class Occam:
         """Restore masks, schedule state and history; zero the pruned weights."""
         missing = {"format", "masks", "schedule", "history"} - set(state)
         if missing:
-            raise ValueError(f"Occam state lacks {sorted(missing)}; accepted: a dict from Occam.state_dict()")
+            raise InvalidValueError(f"Occam state lacks {sorted(missing)}; accepted: a dict from Occam.state_dict()")
         fmt = state.get("format")
         if type(fmt) is int and 1 <= fmt < STATE_FORMAT:
-            raise ValueError(
+            raise InvalidValueError(
                 f"Occam state format {fmt} was made by an older occamgd; pre-1.0 states are not migrated: "
                 f"start the run again (accepted: format {STATE_FORMAT})"
             )
         if type(fmt) is not int or fmt != STATE_FORMAT:
-            raise ValueError(f"Occam state format {fmt!r} is not supported; accepted: {STATE_FORMAT}")
+            raise InvalidValueError(f"Occam state format {fmt!r} is not supported; accepted: {STATE_FORMAT}")
         kind = state["schedule"]["type"]
         if kind != type(self.schedule).__name__:
-            raise ValueError(
+            raise InvalidValueError(
                 f"checkpoint was made with schedule {kind}, this Occam uses "
                 f"{type(self.schedule).__name__}; accepted: the same schedule type"
             )

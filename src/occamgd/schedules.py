@@ -61,6 +61,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
+from .errors import InvalidTypeError, InvalidValueError
+
 #: What a controller decided at one step; recorded in the history and shown in progress output.
 ACTIONS = ("pruned", "held", "warmup", "rolled back", "stopped")
 
@@ -89,13 +91,13 @@ def check_signal(signal: Any) -> float | None:
         except (ValueError, RuntimeError):  # more than one element
             pass
     if not _is_real(value):
-        raise TypeError(
+        raise InvalidTypeError(
             f"signal must be a real number (a loss), got {signal!r} of type {type(signal).__name__}; "
             "accepted: an int or float (numpy scalars and one-element tensors too), or None"
         )
     value = float(value)
     if not math.isfinite(value):
-        raise ValueError(f"signal must be a finite number, got {signal!r}")
+        raise InvalidValueError(f"signal must be a finite number, got {signal!r}")
     return value
 
 
@@ -117,21 +119,21 @@ class Decision:
 
     def __post_init__(self) -> None:
         if not (isinstance(self.action, str) and self.action in ACTIONS):
-            raise ValueError(f"Decision action must be one of {ACTIONS}, got {self.action!r}")
+            raise InvalidValueError(f"Decision action must be one of {ACTIONS}, got {self.action!r}")
         if not (_is_real(self.rate) and 0.0 <= self.rate < 1.0):
-            raise ValueError(f"Decision rate must be a real number in [0, 1), got {self.rate!r}")
+            raise InvalidValueError(f"Decision rate must be a real number in [0, 1), got {self.rate!r}")
         if not isinstance(self.restore, bool):
-            raise ValueError(f"Decision restore must be True or False, got {self.restore!r}")
+            raise InvalidValueError(f"Decision restore must be True or False, got {self.restore!r}")
         object.__setattr__(self, "rate", float(self.rate))
         if self.restore != (self.action == "rolled back"):
-            raise ValueError(
+            raise InvalidValueError(
                 f"Decision({self.action!r}, restore={self.restore!r}): accepted: restore=True exactly "
                 "with action 'rolled back'"
             )
         if self.action == "pruned" and self.rate == 0.0:
-            raise ValueError("Decision('pruned', rate=0.0): accepted: a rate in (0, 1), or action 'held'")
+            raise InvalidValueError("Decision('pruned', rate=0.0): accepted: a rate in (0, 1), or action 'held'")
         if self.action in ("held", "warmup", "stopped") and self.rate != 0.0:
-            raise ValueError(
+            raise InvalidValueError(
                 f"Decision({self.action!r}, rate={self.rate!r}): accepted: rate 0 for {self.action!r}, or "
                 "action 'pruned'"
             )
@@ -194,10 +196,10 @@ class OccamRate(Schedule):
 
     def __init__(self, r0: float = 0.4, floor: float | None = None):
         if not (_is_real(r0) and 0.0 < r0 < 1.0):
-            raise ValueError(f"r0 must be a number in (0, 1), got {r0!r}")
+            raise InvalidValueError(f"r0 must be a number in (0, 1), got {r0!r}")
         floor = 0.1 * r0 if floor is None else floor
         if not (_is_real(floor) and 0.0 <= floor <= r0):
-            raise ValueError(f"floor must be a number in [0, r0] = [0, {r0}], got {floor!r}")
+            raise InvalidValueError(f"floor must be a number in [0, r0] = [0, {r0}], got {floor!r}")
         self.r0 = float(r0)
         self.floor = float(floor)
 
@@ -215,7 +217,7 @@ class OccamRate(Schedule):
     def decide(self, signal: float | None, density: float, state: OccamRate.State) -> tuple[Decision, OccamRate.State]:
         signal = check_signal(signal)
         if signal is None:
-            raise ValueError("OccamRate needs a signal loss every epoch, got None")
+            raise InvalidValueError("OccamRate needs a signal loss every epoch, got None")
         rate, zeta = state.rate, None
         if len(state.signals) == 2:
             zeta = self.zeta(signal, state.signals[1], state.signals[0])
@@ -237,7 +239,7 @@ class ConstantRate(Schedule):
 
     def __init__(self, rate: float):
         if not (_is_real(rate) and 0.0 <= rate < 1.0):
-            raise ValueError(f"rate must be a number in [0, 1), got {rate!r}")
+            raise InvalidValueError(f"rate must be a number in [0, 1), got {rate!r}")
         self.rate = float(rate)
 
     def decide(self, signal: float | None, density: float, state: ConstantRate.State) -> tuple[Decision, ConstantRate.State]:
@@ -262,9 +264,9 @@ class GMP(Schedule):
 
     def __init__(self, final_density: float, start: int = 0, end: int = 10):
         if not (_is_real(final_density) and 0.0 < final_density <= 1.0):
-            raise ValueError(f"final_density must be a number in (0, 1], got {final_density!r}")
+            raise InvalidValueError(f"final_density must be a number in (0, 1], got {final_density!r}")
         if not (_is_integer(start) and _is_integer(end) and 0 <= start <= end):
-            raise ValueError(f"GMP needs integers 0 <= start <= end, got start={start!r}, end={end!r}")
+            raise InvalidValueError(f"GMP needs integers 0 <= start <= end, got start={start!r}, end={end!r}")
         self.final_density = float(final_density)
         self.start = int(start)
         self.end = int(end)
@@ -306,7 +308,7 @@ _GUARDED_PHASES = ("warmup", "pruning", "stopped")
 class Guarded(Schedule):
     """A controller that starts late, pushes only while the signal falls, undoes harm and stops.
 
-    It answers the three failures of the paper's rule measured in ../shared/ANCHORS.md:
+    It answers the three failures of the paper's rule measured in independent re-runs (docs/anchors.md):
 
     - **Start**: no pruning while the signal still improves by more than ``start_tol`` of the
       largest improvement it has made in one step: the dense network first learns what it can
@@ -346,7 +348,7 @@ class Guarded(Schedule):
 
         def __post_init__(self) -> None:
             if self.phase not in _GUARDED_PHASES:
-                raise ValueError(f"Guarded state phase must be one of {_GUARDED_PHASES}, got {self.phase!r}")
+                raise InvalidValueError(f"Guarded state phase must be one of {_GUARDED_PHASES}, got {self.phase!r}")
 
     def __init__(self, r0: float = 0.4, r_start: float | None = None, grow: float = 1.5, shrink: float = 0.5,
                  tol: float = 0.02, start_tol: float = 0.1, warmup: int = 1, max_rollbacks: int = 3,
@@ -355,16 +357,16 @@ class Guarded(Schedule):
         for name, value, low, high in (("r0", r0, 0.0, 1.0), ("r_start", r_start, 0.0, r0),
                                        ("shrink", shrink, 0.0, 1.0), ("min_rate", min_rate, 0.0, r0)):
             if not (_is_real(value) and low < value <= high) or value == 1.0:
-                raise ValueError(f"{name} must be a number in ({low}, {high}{')' if high == 1.0 else ']'}, "
+                raise InvalidValueError(f"{name} must be a number in ({low}, {high}{')' if high == 1.0 else ']'}, "
                                  f"got {value!r}")
         if not (_is_real(grow) and grow >= 1.0):
-            raise ValueError(f"grow must be a number >= 1, got {grow!r}")
+            raise InvalidValueError(f"grow must be a number >= 1, got {grow!r}")
         for name, value in (("tol", tol), ("start_tol", start_tol)):
             if not (_is_real(value) and 0.0 <= value < 1.0):
-                raise ValueError(f"{name} must be a fraction in [0, 1), got {value!r}")
+                raise InvalidValueError(f"{name} must be a fraction in [0, 1), got {value!r}")
         for name, value in (("warmup", warmup), ("max_rollbacks", max_rollbacks), ("patience", patience)):
             if not (_is_integer(value) and value >= 0):
-                raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+                raise InvalidValueError(f"{name} must be an integer >= 0, got {value!r}")
         self.r0, self.r_start, self.grow, self.shrink = float(r0), float(r_start), float(grow), float(shrink)
         self.tol, self.start_tol, self.min_rate = float(tol), float(start_tol), float(min_rate)
         self.warmup, self.max_rollbacks, self.patience = int(warmup), int(max_rollbacks), int(patience)
@@ -375,7 +377,7 @@ class Guarded(Schedule):
     def decide(self, signal: float | None, density: float, state: Guarded.State) -> tuple[Decision, Guarded.State]:
         signal = check_signal(signal)
         if signal is None:
-            raise ValueError("Guarded needs a signal loss every step, got None")
+            raise InvalidValueError("Guarded needs a signal loss every step, got None")
         previous, phase, next_rate = state.previous, state.phase, state.rate
         drift, max_gain, since_best, rollbacks = state.drift, state.max_gain, state.since_best, state.rollbacks
         action, rate = "stopped", 0.0
@@ -421,7 +423,7 @@ class Guarded(Schedule):
 def state_to_dict(state: Any) -> dict[str, Any]:
     """A controller state as a dict of plain numbers, strings, ``None`` and lists (JSON-ready)."""
     if not (dataclasses.is_dataclass(state) and not isinstance(state, type)):
-        raise TypeError(f"a controller state is a dataclass instance, got {type(state).__name__}")
+        raise InvalidTypeError(f"a controller state is a dataclass instance, got {type(state).__name__}")
     return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(state).items()}
 
 
@@ -472,17 +474,17 @@ def state_from_dict(schedule: Schedule, data: Mapping[str, Any]) -> Any:
     names = [f.name for f in dataclasses.fields(cls)]
     if not isinstance(data, Mapping) or set(data) != set(names):
         got = sorted(data) if isinstance(data, Mapping) else type(data).__name__
-        raise ValueError(f"{kind} state has fields {got}; accepted: exactly {names}")
+        raise InvalidValueError(f"{kind} state has fields {got}; accepted: exactly {names}")
     hints = typing.get_type_hints(cls)
     values = {}
     for name in names:
         values[name] = _coerce(data[name], hints[name])
         if values[name] is _NO:
-            raise ValueError(f"{kind} state field {name!r} is {data[name]!r}; accepted: {_accepted(hints[name])}")
+            raise InvalidValueError(f"{kind} state field {name!r} is {data[name]!r}; accepted: {_accepted(hints[name])}")
     return cls(**values)
 
 
-#: Named controllers: ``paper`` is exactly ../shared/PAPER.md; ``guarded`` is :class:`Guarded`.
+#: Named controllers: ``paper`` is exactly the paper's rule (Kausik, arXiv:2405.20194); ``guarded`` is :class:`Guarded`.
 PRESETS = {"paper": OccamRate, "guarded": Guarded}
 DEFAULT_PRESET = "guarded"
 
@@ -495,10 +497,10 @@ def get_schedule(schedule: "Schedule | str | None") -> Schedule:
         try:
             return PRESETS[schedule]()
         except KeyError:
-            raise ValueError(f"unknown schedule preset {schedule!r}; accepted: {', '.join(PRESETS)} "
+            raise InvalidValueError(f"unknown schedule preset {schedule!r}; accepted: {', '.join(PRESETS)} "
                              f"or a Schedule object") from None
     if not isinstance(schedule, Schedule):
-        raise TypeError(
+        raise InvalidTypeError(
             f"schedule must be a preset name ({', '.join(PRESETS)}) or an occamgd.schedules.Schedule "
             f"(OccamRate, Guarded, ConstantRate, GMP, Never or a subclass), got {type(schedule).__name__}"
         )

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import InvalidValueError
 from ..criteria import Criterion, get_criterion
 from ..masks import Selection
 from ..occam import ZERO_STATE, Occam
@@ -29,9 +30,9 @@ def check_arguments(
     ``signal_name`` its value, and ``accepted`` what it must be, for the message.
     """
     if not (isinstance(signal_name, str) and signal_name):
-        raise ValueError(f"{signal_arg} must be {accepted}, got {signal_name!r}")
+        raise InvalidValueError(f"{signal_arg} must be {accepted}, got {signal_name!r}")
     if zero_state not in ZERO_STATE:
-        raise ValueError(f"zero_state must be one of {ZERO_STATE}, got {zero_state!r}")
+        raise InvalidValueError(f"zero_state must be one of {ZERO_STATE}, got {zero_state!r}")
     get_criterion(criterion)
     get_schedule(schedule)
 

@@ -23,6 +23,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from ..errors import InvalidTypeError, InvalidValueError
 from ..criteria import Criterion
 from ..masks import Masks
 from ..occam import Occam
@@ -84,10 +85,10 @@ class DistributedOccam(Occam):
                 "or use occamgd.Occam in a single process"
             )
         if not isinstance(model, nn.Module):
-            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+            raise InvalidTypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         sharded = _sharded_part(model)
         if sharded is not None:
-            raise TypeError(
+            raise InvalidTypeError(
                 f"DistributedOccam cannot prune a sharded model: {sharded}. FSDP and tensor "
                 "parallelism give each rank only a shard of a tensor, so per-tensor magnitude "
                 "selection would see only that shard and prune different weights than the whole "
@@ -132,20 +133,20 @@ class DistributedOccam(Occam):
         total, given, bad_ranks = packed.tolist()
         ranks = self.world_size
         if bad_ranks:
-            raise ValueError(
+            raise InvalidValueError(
                 f"signal on {int(bad_ranks)} of {ranks} ranks is not a finite real number (here: {signal!r}); "
                 "accepted: a finite number on every rank, or None on every rank"
             )
         if given == 0:
             return None
         if given != ranks:
-            raise ValueError(
+            raise InvalidValueError(
                 f"signal given on {int(given)} of {ranks} ranks (here: {signal!r}); accepted: a "
                 "signal on every rank (each its own validation loss) or None on every rank"
             )
         mean = total / ranks
         if not math.isfinite(mean):
-            raise ValueError(
+            raise InvalidValueError(
                 f"signal averaged over {ranks} ranks is {mean!r} (here: {signal!r}); accepted: a "
                 "finite number on every rank"
             )

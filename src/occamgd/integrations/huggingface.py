@@ -29,6 +29,7 @@ import torch
 from torch import nn
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
+from ..errors import InvalidTypeError, InvalidValueError, MissingFileError
 from ..criteria import Criterion
 from ..io import atomic_save
 from ..masks import Selection
@@ -59,7 +60,7 @@ def _torch_optimizer(optimizer: Any) -> torch.optim.Optimizer:
     try:
         return unwrap_optimizer(optimizer)
     except TypeError as error:
-        raise TypeError(
+        raise InvalidTypeError(
             f"OccamTrainerCallback needs a torch.optim optimizer (possibly wrapped by accelerate), got "
             f"{type(optimizer).__name__}; DeepSpeed and other engines that own the update are not supported"
         ) from error
@@ -107,7 +108,7 @@ class OccamTrainerCallback(TrainerCallback):
                         criterion, schedule, zero_state)
         if resume_from is True or not (resume_from is None or resume_from is False
                                        or isinstance(resume_from, (str, os.PathLike))):
-            raise ValueError(f"resume_from must be None, False or a path, got {resume_from!r}")
+            raise InvalidValueError(f"resume_from must be None, False or a path, got {resume_from!r}")
         self.metric = metric
         self.criterion = criterion
         self.schedule = schedule
@@ -127,13 +128,13 @@ class OccamTrainerCallback(TrainerCallback):
                        model: nn.Module | None = None, optimizer: Any = None, **kwargs) -> None:
         """Build (or re-attach) the Occam; on a resumed run, restore its state from the checkpoint."""
         if str(getattr(args.eval_strategy, "value", args.eval_strategy)) == "no":
-            raise ValueError(
+            raise InvalidValueError(
                 "OccamTrainerCallback prunes at each evaluation, but TrainingArguments.eval_strategy is 'no'; "
                 "accepted: eval_strategy='steps' with eval_steps=N (an Occam step every N optimizer steps) or "
                 "'epoch', and an eval_dataset"
             )
         if model is None or optimizer is None:
-            raise ValueError("OccamTrainerCallback needs the Trainer's model and optimizer at on_train_begin")
+            raise InvalidValueError("OccamTrainerCallback needs the Trainer's model and optimizer at on_train_begin")
         inner = _torch_optimizer(optimizer)
         if self.occam is not None and self.occam.model is model:
             self.occam.attach(inner)
@@ -167,7 +168,7 @@ class OccamTrainerCallback(TrainerCallback):
     def _check_evaluations(self) -> None:
         unmatched, self._unmatched = self._unmatched, []
         if unmatched and self._pending_signal is None:
-            raise ValueError(
+            raise InvalidValueError(
                 f"OccamTrainerCallback reads {self.metric!r}, which no evaluation of this step reported; their "
                 f"metrics: {unmatched}; accepted: OccamTrainerCallback(metric=...) naming an evaluation loss (the "
                 "model must return a loss: give the eval_dataset labels)"
@@ -182,7 +183,7 @@ class OccamTrainerCallback(TrainerCallback):
         try:
             self.occam.step(signal)
         except ValueError as error:
-            raise ValueError(f"OccamTrainerCallback could not prune on {self.metric!r} = {signal!r} at step "
+            raise InvalidValueError(f"OccamTrainerCallback could not prune on {self.metric!r} = {signal!r} at step "
                              f"{state.global_step}: {error}") from error
         self._pending_signal = None
 
@@ -201,7 +202,7 @@ class OccamTrainerCallback(TrainerCallback):
     def state_dict(self) -> dict[str, Any]:
         """Occam's state (masks, schedule, history) and the signal waiting for its prune."""
         if self.occam is None:
-            raise ValueError("OccamTrainerCallback has no state before training begins")
+            raise InvalidValueError("OccamTrainerCallback has no state before training begins")
         return {"format": STATE_FORMAT, "occam": self.occam.state_dict(), "pending_signal": self._pending_signal}
 
     def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs) -> None:
@@ -224,16 +225,16 @@ class OccamTrainerCallback(TrainerCallback):
 
     def _load(self, file: Path, global_step: int | None) -> None:
         if not file.is_file():
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"OccamTrainerCallback: the Trainer resumes at step {global_step}, but {file} does not exist; "
                 "accepted: OccamTrainerCallback(resume_from='path/to/checkpoint-N') when the checkpoint was "
                 "moved, or resume_from=False to start pruning afresh from the checkpoint's weights"
             )
         saved = torch.load(file, map_location="cpu", weights_only=True)
         if not isinstance(saved, dict) or saved.get("format") != STATE_FORMAT:
-            raise ValueError(f"{file} is not an OccamTrainerCallback state (format {STATE_FORMAT})")
+            raise InvalidValueError(f"{file} is not an OccamTrainerCallback state (format {STATE_FORMAT})")
         if global_step is not None and saved["global_step"] != global_step:
-            raise ValueError(f"{file} holds the Occam state of step {saved['global_step']}, but the Trainer resumes "
+            raise InvalidValueError(f"{file} holds the Occam state of step {saved['global_step']}, but the Trainer resumes "
                              f"at step {global_step}; accepted: the occam_state.pt of the same checkpoint")
         self.occam.load_state_dict(saved["occam"])
         self._pending_signal = saved["pending_signal"]

@@ -26,6 +26,7 @@ from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelP
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_warn
 
+from ..errors import InvalidTypeError, InvalidValueError
 from ..criteria import Criterion
 from ..masks import Selection, select_prunable
 from ..occam import Occam
@@ -92,13 +93,13 @@ class OccamCallback(pl.Callback):
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Build (or re-attach) the Occam around the module and its first optimizer."""
         if isinstance(trainer.strategy, _SHARDED_STRATEGIES):
-            raise TypeError(
+            raise InvalidTypeError(
                 f"OccamCallback cannot prune under {type(trainer.strategy).__name__}: it shards "
                 "parameters across ranks, so per-tensor magnitude selection would see only a shard; "
                 "accepted: a single-device strategy or DDP (strategy='ddp')"
             )
         if not trainer.optimizers:
-            raise ValueError(
+            raise InvalidValueError(
                 f"{type(pl_module).__name__}.configure_optimizers returned no optimizer; accepted: "
                 "at least one torch.optim optimizer (the first one is hooked to keep pruned weights at 0)"
             )
@@ -128,7 +129,7 @@ class OccamCallback(pl.Callback):
         others = {id(p) for opt in optimizers[1:] for group in opt.param_groups for p in group["params"]}
         stray = [n for n, p in prunable.items() if id(p) in others and id(p) not in hooked]
         if stray:
-            raise ValueError(
+            raise InvalidValueError(
                 f"prunable tensors {stray} are updated by an optimizer other than the first, which "
                 "OccamCallback does not hook, so their pruned weights would regrow; accepted: "
                 "exclude=... those tensors, or optimize them with the first optimizer"
@@ -141,7 +142,7 @@ class OccamCallback(pl.Callback):
             return
         metrics = trainer.callback_metrics
         if self.monitor not in metrics:
-            raise ValueError(
+            raise InvalidValueError(
                 f"OccamCallback monitors {self.monitor!r}, which was not logged in this validation; "
                 f"logged metrics: {sorted(metrics)}; accepted: OccamCallback(monitor=...) naming a "
                 "validation loss logged with self.log(...) in validation_step"
@@ -158,7 +159,7 @@ class OccamCallback(pl.Callback):
         try:
             rate = self.occam.step(signal)
         except ValueError as error:
-            raise ValueError(f"OccamCallback could not prune on {self.monitor!r} = {signal!r}: {error}") from error
+            raise InvalidValueError(f"OccamCallback could not prune on {self.monitor!r} = {signal!r}: {error}") from error
         self._pending_signal = None
         for logger in trainer.loggers:
             logger.log_metrics({"occam/density": self.occam.density, "occam/rate": rate}, step=trainer.global_step)
@@ -188,7 +189,7 @@ class OccamCallback(pl.Callback):
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         """Restore now if fitting has started; otherwise hold the state until it does."""
         if set(state_dict) != _STATE_KEYS:
-            raise ValueError(
+            raise InvalidValueError(
                 f"OccamCallback state has keys {sorted(state_dict)}; accepted: exactly "
                 f"{sorted(_STATE_KEYS)} (a state from OccamCallback.state_dict)"
             )

@@ -53,7 +53,7 @@ class CausalSelfAttention(nn.Module):
     """Multi-head self-attention; each position sees itself and the positions before it.
 
     ``n_head`` heads of ``head_dim`` (``n_embd // n_head``) features each. The forward reads both
-    from the module, not from ``n_embd``: :func:`occamgd.compact.compact` removes pruned heads by
+    from the module, not from ``n_embd``: :func:`occamgd.compact` removes pruned heads by
     lowering ``n_head`` (to 0 when every head goes) and keeps ``head_dim``, and so each head's
     attention scale.
     """
