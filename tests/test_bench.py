@@ -217,6 +217,22 @@ def test_macs_count_convolution_positions_and_flops_scale_with_density():
     assert flops["flops_masked"] == pytest.approx(0.75 * flops["flops_dense"])
 
 
+def test_macs_count_recurrent_weights_at_every_time_step():
+    class Tagger(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.rnn = nn.LSTM(4, 8, batch_first=True)
+            self.head = nn.Linear(8, 3)
+
+        def forward(self, x):
+            return self.head(self.rnn(x)[0])
+
+    model = Tagger()
+    macs = macs_per_sample(model, torch.zeros(2, 5, 4))  # 5 time steps
+    assert macs["rnn.weight_ih_l0"] == 32 * 4 * 5 and macs["rnn.weight_hh_l0"] == 32 * 8 * 5
+    assert macs["head.weight"] == 3 * 8 * 5
+
+
 def _fake_run(root, bench, dataset, method, seed, loss, density):
     task = "tabular" if bench.startswith("tabular") else bench
     path = root / bench / dataset / method / f"seed{seed}-abc.json"

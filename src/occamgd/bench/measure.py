@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
-from ..masks import select_prunable
+from ..masks import module_weights, select_prunable, unwrapped_names
 
 
 def model_size(model: nn.Module, densities: Mapping[str, float] | None = None) -> dict[str, float]:
@@ -41,7 +41,9 @@ def macs_per_sample(model: nn.Module, example: torch.Tensor) -> dict[str, int]:
     hooks on ``example[:1]``.
     """
     prunable = select_prunable(model)
-    owners = {f"{name}.weight" if name else "weight": module for name, module in model.named_modules()}
+    unwrap = unwrapped_names(model)
+    owners = {(f"{unwrap(name)}.{w}" if unwrap(name) else w): module for name, module in model.named_modules()
+              for w in module_weights(module)}
     positions: dict[str, int] = {}
     handles = []
     for name in prunable:
@@ -55,6 +57,8 @@ def macs_per_sample(model: nn.Module, example: torch.Tensor) -> dict[str, int]:
             elif isinstance(mod, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
                 positions[name] = output[0, 0].numel()  # output positions of one sample, one channel
             else:
+                if isinstance(output, tuple):  # a recurrent layer: (outputs, hidden state)
+                    output = output[0]
                 positions[name] = output.numel() // output.shape[-1]  # rows the layer is applied to
 
         handles.append(module.register_forward_hook(hook))
