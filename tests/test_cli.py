@@ -80,12 +80,12 @@ def test_bench_options_of_the_wrong_task_are_refused_before_any_work(argv, messa
 def test_a_library_bug_is_not_reported_as_bad_input(monkeypatch, tmp_path):
     # A ValueError that occamgd did not raise as a refusal is a fault: it keeps its traceback
     # (the console script then exits 1), it is not dressed up as exit code 2.
-    import occamgd.demo
+    import occamgd.bench.demo
 
     def broken(**kwargs):
         raise ValueError("an internal shape mismatch")
 
-    monkeypatch.setattr(occamgd.demo, "run", broken)
+    monkeypatch.setattr(occamgd.bench.demo, "run", broken)
     with pytest.raises(ValueError, match="internal shape mismatch"):
         main(["demo", "--out", str(tmp_path / "x"), "--quiet"])
 

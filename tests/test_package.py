@@ -45,3 +45,34 @@ def test_occamgd_compact_is_the_function_before_and_after_the_compaction_module_
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.stdout.strip() == "ok", result.stderr
+
+
+def _imports(path):
+    import ast
+
+    tree = ast.parse(path.read_text())
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.level:
+            base = path.relative_to(SRC).with_suffix("").parts[: -node.level]
+            names.add(".".join([*base, *([node.module] if node.module else [])]))
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("occamgd"):
+            names.add(node.module.removeprefix("occamgd").lstrip(".") or "")
+    return names
+
+
+SRC = __import__("pathlib").Path(__file__).resolve().parents[1] / "src" / "occamgd"
+
+
+def test_the_core_imports_nothing_from_the_periphery_and_product_code_nothing_from_the_bench():
+    # Data flows one way: core -> product code (fit, model directory, export, integrations) -> bench, CLI.
+    core = ["masks.py", "criteria.py", "schedules.py", "occam.py", "errors.py"]
+    periphery = ("bench", "data", "integrations", "cli", "modeldir", "fit", "export", "models", "compaction")
+    for name in core:
+        bad = {m for m in _imports(SRC / name) if m.split(".")[0] in periphery}
+        assert not bad, f"{name} imports {bad}"
+    product = [SRC / "fit.py", SRC / "modeldir.py", SRC / "export.py", *SRC.glob("integrations/*.py"),
+               *SRC.glob("data/*.py"), *SRC.glob("models/*.py")]
+    for path in product:
+        bad = {m for m in _imports(path) if m.split(".")[0] == "bench"}
+        assert not bad, f"{path.relative_to(SRC)} imports {bad}"

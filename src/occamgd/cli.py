@@ -15,7 +15,7 @@ EXIT_OK, EXIT_ERROR, EXIT_BAD_INPUT = 0, 1, 2
 
 def _parser() -> argparse.ArgumentParser:
     from .bench import METHODS, TASKS
-    from .demo import DATASETS
+    from .bench.demo import DATASETS
 
     parser = argparse.ArgumentParser(
         prog="occamgd",
@@ -207,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "demo":
-            from .demo import run
+            from .bench.demo import run
 
             run(dataset=args.dataset, epochs=args.epochs, seeds=args.seeds, out=args.out, progress=not args.quiet)
         elif args.command == "bench":

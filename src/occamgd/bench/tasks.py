@@ -70,7 +70,7 @@ def _tabular_load(seed: int, quick: bool, options: dict) -> list[BenchData]:
 
 
 def _demo_load(seed: int, quick: bool, options: dict) -> list[BenchData]:
-    from ..demo import load_bundled
+    from .demo import load_bundled
 
     name = options.get("dataset") or "digits"
     train, test, classes = load_bundled(name, seed)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import InvalidValueError
+from ..errors import InvalidValueError
 
 DATASETS = ("digits", "breast_cancer", "wine", "iris")
 
@@ -35,11 +35,11 @@ def load_bundled(name: str, seed: int, test_size: float = 0.25):
 def run(dataset: str = "digits", epochs: int | None = None, seeds: int = 3, out: str | Path = "occamgd-demo",
         progress: bool = True, echo=print) -> Path:
     """Run (or resume) the demo task; print its table; return the path of its ``results.md``."""
-    from .bench.report import tables, write_report
-    from .fit import fit
-    from .models import MLP
-    from .bench.runner import run_records
-    from .reporting import text_table
+    from ..fit import fit
+    from ..models import MLP
+    from ..reporting import text_table
+    from .report import tables, write_report
+    from .runner import run_records
 
     if dataset not in DATASETS:
         raise InvalidValueError(f"unknown demo dataset {dataset!r}; accepted: {', '.join(DATASETS)}")
