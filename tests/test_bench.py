@@ -72,6 +72,9 @@ def test_every_method_writes_one_record_per_seed_and_a_report(tiny_task, tmp_pat
         assert results[f"blobs/gmp-oracle/seed{seed}"]["config"]["needs"] == {"occam-guarded": guarded["run_id"]}
         assert {r["action"] for r in guarded["history"]} <= {"warmup", "pruned", "held", "rolled back",
                                                              "stopped", "last epoch"}
+        assert guarded["rollbacks"] == [r.get("action") for r in guarded["history"]].count("rolled back")
+        paper = results[f"blobs/occam/seed{seed}"]
+        assert paper["test_peek"]["test_loss"] == min(r["test_loss"] for r in paper["history"])
         wd = results[f"blobs/gd-wd/seed{seed}"]
         assert str(wd["weight_decay"]) == min(wd["grid"].items(), key=lambda kv: kv[1])[0]
         assert results[f"blobs/gd/seed{seed}"]["density"] == 1.0

@@ -84,16 +84,32 @@ def _hist_gradient_boosting(seed: int):
     return HistGradientBoostingClassifier(random_state=seed)
 
 
+def _test_peek(record: dict) -> dict:
+    """The paper's choice of epoch, by test loss: reported beside ours, never used to select."""
+    scored = [r for r in record["history"] if r.get("test_loss") is not None]
+    if not scored:
+        return {}
+    peek = min(scored, key=lambda r: r["test_loss"])
+    return {"test_peek": {"epoch": peek["epoch"], "test_loss": peek["test_loss"], "density": peek["density"]}}
+
+
+def _guard_actions(record: dict) -> dict:
+    actions = [r.get("action") for r in record["history"]]
+    return {"rollbacks": actions.count("rolled back"),
+            "stopped_epoch": actions.index("stopped") if "stopped" in actions else None}
+
+
 register_method(Method("gd", "plain training, no pruning (and no Occam hook where the loop allows); best hold-back "
                        "epoch", save_final=True))
 register_method(Method("gd-wd", "the same with AdamW, weight decay chosen from the task's grid by best hold-back "
                        "loss (time: all grid runs)", tune_weight_decay=True))
 register_method(Method("occam", "the paper's preset: OccamRate (r0 = 0.4) on the training loss; best hold-back "
-                       "epoch", schedule=lambda ctx: OccamRate(), signal="train"))
+                       "epoch (the paper's test-peeking choice kept beside it as test_peek)", schedule=lambda ctx: OccamRate(),
+                       signal="train", extra=_test_peek))
 register_method(Method("occam-val", "the paper's rule (OccamRate, r0 = 0.4) on the hold-back loss",
                        schedule=lambda ctx: OccamRate()))
 register_method(Method("occam-guarded", "the guarded controller (occamgd.schedules.Guarded) on the hold-back loss",
-                       schedule=lambda ctx: Guarded()))
+                       schedule=lambda ctx: Guarded(), extra=_guard_actions))
 register_method(Method("gmp", "gradual magnitude pruning (cubic) to the task's density fixed in advance (0.25)",
                        schedule=lambda ctx: _gmp(ctx, ctx.task.gmp_density)))
 register_method(Method("gmp-oracle", "the same, told occam-guarded's selected density",

@@ -88,6 +88,8 @@ class Method:
     - ``tune_weight_decay``: one run per ``task.weight_decays`` (AdamW); the lowest selection loss wins.
     - ``save_final``: its final model is kept for the methods that need it (``gd+prune`` starts from gd's).
     - ``run(ctx)``: for methods that are not one training run of the task's loop; returns a record.
+    - ``extra(record)``: fields derived from a finished record and added to it (what a method
+      reports beyond the schema, e.g. the paper's test-peeking choice).
     """
 
     name: str
@@ -98,6 +100,7 @@ class Method:
     tune_weight_decay: bool = False
     save_final: bool = False
     run: Callable[[Context], dict] | None = None
+    extra: Callable[[dict], dict] | None = None
 
     def __post_init__(self):
         if self.signal not in SIGNALS:

@@ -94,7 +94,7 @@ def _run(ctx: Context, method: Method, schedule, rid: str, save_final: bool) -> 
         return ctx.task.train(ctx, TrainSpec(schedule, method.signal, save_final=final))
     runs = [(wd, ctx.task.train(ctx, TrainSpec(schedule, method.signal, weight_decay=wd)))
             for wd in ctx.task.weight_decays]
-    wd, best = min(runs, key=lambda run: run[1]["selection_loss"])
+    wd, best = min(runs, key=lambda run: run[1]["selection_loss"])  # the test split never chooses
     return {**best, "weight_decay": wd, "grid": {str(w): r["selection_loss"] for w, r in runs},
             "train_seconds": sum(r["train_seconds"] for _, r in runs)}
 
@@ -155,6 +155,8 @@ def run_records(task_name: str, seeds: int = 3, quick: bool = False, out: str | 
                     if missing:
                         raise InvalidValueError(f"method {name!r} on task {task.name!r} returned a record without "
                                          f"{missing}; accepted: a dict with every field of RECORD_FIELDS")
+                    if method.extra is not None:
+                        fields = {**fields, **method.extra(fields)}
                     record = {"schema": RECORD_SCHEMA, "task": task.name, "dataset": data.name, "method": name,
                               "seed": seed, "run_id": rid, "config": config, **fields}
                     atomic_write_text(json.dumps(record, indent=1), path)
