@@ -76,3 +76,16 @@ def test_the_core_imports_nothing_from_the_periphery_and_product_code_nothing_fr
     for path in product:
         bad = {m for m in _imports(path) if m.split(".")[0] == "bench"}
         assert not bad, f"{path.relative_to(SRC)} imports {bad}"
+
+
+def test_the_package_ships_its_type_marker_and_bundled_data():
+    import tomllib
+    from importlib.resources import files
+
+    package = files("occamgd")
+    assert package.joinpath("py.typed").is_file()
+    assert package.joinpath("data", "tables", "manifest.json").is_file()
+    assert package.joinpath("data", "corpora", "tinyshakespeare.txt").is_file()
+    config = tomllib.loads((SRC.parents[1] / "pyproject.toml").read_text())
+    shipped = config["tool"]["setuptools"]["package-data"]["occamgd"]
+    assert {"py.typed", "data/tables/*.csv", "data/tables/manifest.json", "data/corpora/*.txt"} <= set(shipped)
