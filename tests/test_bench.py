@@ -76,7 +76,11 @@ def test_every_method_writes_one_record_per_seed_and_a_report(tiny_task, tmp_pat
         paper = results[f"blobs/occam/seed{seed}"]
         assert paper["test_peek"]["test_loss"] == min(r["test_loss"] for r in paper["history"])
         wd = results[f"blobs/gd-wd/seed{seed}"]
-        assert str(wd["weight_decay"]) == min(wd["grid"].items(), key=lambda kv: kv[1])[0]
+        assert wd["chosen"] == min(wd["grid"], key=wd["grid"].get) and set(wd["grid"]) == {"0.001", "0.01", "0.1"}
+        grid = results[f"blobs/gmp-grid/seed{seed}"]
+        assert set(grid["grid"]) == {"0.5", "0.25", "0.1", "0.05"} and grid["chosen"] == min(grid["grid"], key=grid["grid"].get)
+        assert grid["selection_loss"] == grid["grid"][grid["chosen"]]
+        assert f"final_density={float(grid['chosen'])!r}" in grid["config"]["grid"][grid["chosen"]]["schedule"]
         assert results[f"blobs/gd/seed{seed}"]["density"] == 1.0
         assert results[f"blobs/random-forest/seed{seed}"]["test_loss"] > 0
     text = report.read_text()

@@ -163,4 +163,4 @@ def test_gmp_oracle_is_told_the_guarded_density_and_gd_wd_keeps_its_best_grid_ru
     wd = runs["corpus/gd-wd/seed0.json"]
     assert set(wd["grid"]) == {"0.01", "0.1", "1.0"}
     assert wd["selection_loss"] == min(wd["grid"].values())
-    assert str(wd["weight_decay"]) == min(wd["grid"], key=wd["grid"].get)
+    assert str(wd["weight_decay"]) == min(wd["grid"], key=wd["grid"].get) == wd["chosen"]

@@ -102,7 +102,8 @@ def _guard_actions(record: dict) -> dict:
 register_method(Method("gd", "plain training, no pruning (and no Occam hook where the loop allows); best hold-back "
                        "epoch", save_final=True))
 register_method(Method("gd-wd", "the same with AdamW, weight decay chosen from the task's grid by best hold-back "
-                       "loss (time: all grid runs)", tune_weight_decay=True))
+                       "loss (time: all grid runs)",
+                       grid=lambda ctx: {str(wd): TrainSpec(weight_decay=wd) for wd in ctx.task.weight_decays}))
 register_method(Method("occam", "the paper's preset: OccamRate (r0 = 0.4) on the training loss; best hold-back "
                        "epoch (the paper's test-peeking choice kept beside it as test_peek)", schedule=lambda ctx: OccamRate(),
                        signal="train", extra=_test_peek))
@@ -112,6 +113,11 @@ register_method(Method("occam-guarded", "the guarded controller (occamgd.schedul
                        schedule=lambda ctx: Guarded(), extra=_guard_actions))
 register_method(Method("gmp", "gradual magnitude pruning (cubic) to the task's density fixed in advance (0.25)",
                        schedule=lambda ctx: _gmp(ctx, ctx.task.gmp_density)))
+#: The densities a user would otherwise try one by one (gmp-grid).
+GRID_DENSITIES = (0.5, 0.25, 0.1, 0.05)
+register_method(Method("gmp-grid", f"gmp to each density of {GRID_DENSITIES}, trained separately; the one with the lowest "
+                       "hold-back loss kept (time: all four runs)",
+                       grid=lambda ctx: {str(d): TrainSpec(_gmp(ctx, d)) for d in GRID_DENSITIES}))
 register_method(Method("gmp-oracle", "the same, told occam-guarded's selected density",
                        schedule=lambda ctx: _gmp(ctx, ctx.previous["occam-guarded"]["density"]),
                        needs=("occam-guarded",)))

@@ -85,7 +85,8 @@ class Method:
 
     - ``schedule(ctx)`` builds the controller (``None``: plain training); ``signal`` is what it reads.
     - ``needs``: methods whose records of the same seed this one reads (they run first).
-    - ``tune_weight_decay``: one run per ``task.weight_decays`` (AdamW); the lowest selection loss wins.
+    - ``grid(ctx)``: named candidate runs (``{name: TrainSpec}``) trained in its place; the one with
+      the lowest selection (hold-back) loss is kept, ``chosen`` names it, and its time is all of theirs.
     - ``save_final``: its final model is kept for the methods that need it (``gd+prune`` starts from gd's).
     - ``run(ctx)``: for methods that are not one training run of the task's loop; returns a record.
     - ``extra(record)``: fields derived from a finished record and added to it (what a method
@@ -97,7 +98,7 @@ class Method:
     schedule: Callable[[Context], Schedule | None] = lambda ctx: None
     signal: str = "holdback"
     needs: tuple[str, ...] = ()
-    tune_weight_decay: bool = False
+    grid: Callable[[Context], dict[str, TrainSpec]] | None = None
     save_final: bool = False
     run: Callable[[Context], dict] | None = None
     extra: Callable[[dict], dict] | None = None

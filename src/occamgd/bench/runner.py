@@ -15,6 +15,7 @@ Every record has the same schema (:data:`RECORD_FIELDS`, whatever task wrote it)
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from pathlib import Path
@@ -76,27 +77,36 @@ def _check_options(task: Task, options: dict[str, Any]) -> dict[str, Any]:
     return options
 
 
+def _spec_config(spec: TrainSpec) -> dict[str, Any]:
+    return {"schedule": repr(spec.schedule) if spec.schedule is not None else None,
+            "signal": spec.signal if spec.schedule is not None else None, "weight_decay": spec.weight_decay}
+
+
 def _method_config(ctx: Context, method: Method) -> tuple[dict[str, Any], Any]:
-    """The method's part of a run's identity, and the controller it builds."""
-    schedule = None if method.run is not None else method.schedule(ctx)
-    config = {"method": method.name, "schedule": repr(schedule) if schedule is not None else None,
-              "signal": method.signal if schedule is not None else None,
-              "weight_decays": list(ctx.task.weight_decays) if method.tune_weight_decay else None,
-              "needs": {need: ctx.previous[need]["run_id"] for need in method.needs}}
-    return config, schedule
+    """The method's part of a run's identity, and what it trains: one TrainSpec, a grid of them, or None."""
+    if method.run is not None:
+        plan = None
+        trained: dict[str, Any] = {}
+    elif method.grid is not None:
+        plan = method.grid(ctx)
+        trained = {"grid": {name: _spec_config(spec) for name, spec in plan.items()}}
+    else:
+        plan = TrainSpec(method.schedule(ctx), method.signal)
+        trained = _spec_config(plan)
+    config = {"method": method.name, **trained, "needs": {need: ctx.previous[need]["run_id"] for need in method.needs}}
+    return config, plan
 
 
-def _run(ctx: Context, method: Method, schedule, rid: str, save_final: bool) -> dict[str, Any]:
+def _run(ctx: Context, method: Method, plan, rid: str, save_final: bool) -> dict[str, Any]:
     if method.run is not None:
         return method.run(ctx)
-    if not method.tune_weight_decay:
+    if isinstance(plan, TrainSpec):
         final = final_model_path(ctx, method.name, rid) if save_final else None
-        return ctx.task.train(ctx, TrainSpec(schedule, method.signal, save_final=final))
-    runs = [(wd, ctx.task.train(ctx, TrainSpec(schedule, method.signal, weight_decay=wd)))
-            for wd in ctx.task.weight_decays]
-    wd, best = min(runs, key=lambda run: run[1]["selection_loss"])  # the test split never chooses
-    return {**best, "weight_decay": wd, "grid": {str(w): r["selection_loss"] for w, r in runs},
-            "train_seconds": sum(r["train_seconds"] for _, r in runs)}
+        return ctx.task.train(ctx, dataclasses.replace(plan, save_final=final))
+    runs = {name: ctx.task.train(ctx, spec) for name, spec in plan.items()}
+    chosen = min(runs, key=lambda name: runs[name]["selection_loss"])  # the test split never chooses
+    return {**runs[chosen], "chosen": chosen, "grid": {name: r["selection_loss"] for name, r in runs.items()},
+            "train_seconds": sum(r["train_seconds"] for r in runs.values())}
 
 
 def run_bench(task_name: str, seeds: int = 3, quick: bool = False, out: str | Path = "runs",
@@ -143,14 +153,14 @@ def run_records(task_name: str, seeds: int = 3, quick: bool = False, out: str | 
             for name in order:
                 method = METHODS[name]
                 bar.set_postfix(dataset=data.name, method=name, seed=seed)
-                method_config, schedule = _method_config(ctx, method)
+                method_config, plan = _method_config(ctx, method)
                 config = {**identity, **method_config}
                 rid = run_id(config)
                 path = ctx.run_dir / name / f"seed{seed}-{rid}.json"
                 if path.exists():
                     record = read_record(path)
                 else:
-                    fields = _run(ctx, method, schedule, rid, name in keep_final)
+                    fields = _run(ctx, method, plan, rid, name in keep_final)
                     missing = [f for f in RECORD_FIELDS if f not in fields]
                     if missing:
                         raise InvalidValueError(f"method {name!r} on task {task.name!r} returned a record without "

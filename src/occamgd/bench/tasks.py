@@ -23,7 +23,7 @@ from .registry import BenchData, Context, Task, TrainSpec, register_task
 
 #: Methods of every epoch task, in report order.
 EPOCH_METHODS = ("occam-val", "occam", "occam-guarded", "gd", "gd-wd", "gd+prune", "gd+prune+ft", "gmp",
-                 "gmp-oracle")
+                 "gmp-grid", "gmp-oracle")
 QUICK_IMAGES = (6000, 1000)  # train / test rows of an image task with --quick
 
 
