@@ -48,7 +48,7 @@ def test_fit_predict_report_round_trip_for_classification(tmp_path, capsys):
     out = tmp_path / "model"
     assert main(["fit", str(data), "--target", "label", "--out", str(out), "--drop", "price", *FAST]) == EXIT_OK
     assert {p.name for p in out.iterdir()} == {"model.safetensors", "model.sparse.safetensors",
-                                               "preprocessing.json", "report.json"}
+                                               "preprocessing.json", "report.json", ".occamgd-model"}
     report = json.loads((out / "report.json").read_text())
     assert report["format_version"] == MODELDIR_FORMAT
     assert report["data"]["task"] == "classification" and report["data"]["classes"] == ["drop", "keep"]

@@ -100,7 +100,8 @@ def _add_model_commands(sub) -> None:
     fit.add_argument("--categorical", type=_names, default=[],
                      help="comma-separated columns to one-hot encode even though they look numeric")
     fit.add_argument("--drop", type=_names, default=[], help="comma-separated columns to ignore (ids, leaks)")
-    fit.add_argument("--force", action="store_true", help="replace MODEL_DIR if it exists")
+    fit.add_argument("--force", action="store_true",
+                     help="replace MODEL_DIR if it exists and is a model directory occamgd wrote (nothing else)")
     fit.add_argument("--quiet", action="store_true", help="no progress bar, no summary")
     predict = sub.add_parser(
         "predict",
@@ -111,7 +112,9 @@ def _add_model_commands(sub) -> None:
     )
     predict.add_argument("model_dir", help="directory written by occamgd fit")
     predict.add_argument("csv", help="rows to predict (CSV with the training columns)")
-    predict.add_argument("--out", help="predictions CSV to write (default: standard output)")
+    predict.add_argument("--out", help="predictions CSV to write (default: standard output); never the input CSV "
+                         "nor a file in MODEL_DIR")
+    predict.add_argument("--force", action="store_true", help="replace the --out file if it exists")
     report = sub.add_parser(
         "report",
         help="print a model directory's training history and plot it",
@@ -119,7 +122,9 @@ def _add_model_commands(sub) -> None:
         "a plot of training loss, hold-back loss and density per epoch.",
     )
     report.add_argument("model_dir", help="directory written by occamgd fit")
-    report.add_argument("--plot", help="PNG to write (default: MODEL_DIR/curves.png)")
+    report.add_argument("--plot", help="PNG to write (default: MODEL_DIR/curves.png, which is rewritten each "
+                        "time); never another file in MODEL_DIR")
+    report.add_argument("--force", action="store_true", help="replace the --plot file if it exists")
 
 
 def _run_fit(args) -> None:
@@ -128,7 +133,7 @@ def _run_fit(args) -> None:
 
     from .modeldir import fit_csv, summary
 
-    out = args.out or f"{Path(args.csv).stem}-model"
+    out = f"{Path(args.csv).stem}-model" if args.out is None else args.out
     # Warnings about the data (rows dropped for an empty target, ...) are shown in the command
     # line's own words, also when training then fails; library warnings keep their usual form.
     caught: list[warnings.WarningMessage] = []
@@ -161,9 +166,12 @@ def _print(text: str) -> None:
 
 
 def _run_predict(args) -> None:
-    from .io import atomic_write_text
+    from .io import atomic_write_text, check_output_file
     from .modeldir import load_model_dir, read_csv
 
+    if args.out is not None:
+        check_output_file(args.out, what="predictions file", reads=(args.csv,), protected=(args.model_dir,),
+                          force=args.force)
     model = load_model_dir(args.model_dir)
     predictions = model.predict(read_csv(args.csv), source=f"CSV file {args.csv}")
     text = predictions.to_csv(index=False)
@@ -176,10 +184,14 @@ def _run_predict(args) -> None:
 def _run_report(args) -> None:
     from pathlib import Path
 
+    from .io import check_output_file
     from .modeldir import PLOT_NAME, history_table, read_report, summary, write_plots
 
+    own = Path(args.model_dir) / PLOT_NAME
+    plot = check_output_file(own if args.plot is None else args.plot, what="plot", protected=(args.model_dir,),
+                             own=(own,), force=args.force)
     report = read_report(args.model_dir)
-    plot = write_plots(report, args.plot or Path(args.model_dir) / PLOT_NAME)
+    plot = write_plots(report, plot)
     _print(f"{summary(report)}\n\n{history_table(report)}\n\nwrote {plot}\n")
 
 

@@ -45,3 +45,48 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
 def atomic_write_text(text: str, path: str | os.PathLike) -> Path:
     """Write UTF-8 text atomically."""
     return atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+
+
+# Where a command may write ---------------------------------------------------------------------
+def _inside(path: Path, directory: Path) -> bool:
+    """Whether resolved ``path`` is ``directory`` or lies under it (both resolved)."""
+    return path == directory or directory in path.parents
+
+
+def file_ancestor(path: Path) -> Path | None:
+    """The first existing ancestor of ``path`` that is not a directory (so ``path`` cannot be created), if any."""
+    for parent in reversed(path.parents):
+        if parent.exists() and not parent.is_dir():
+            return parent
+    return None
+
+
+def check_output_file(path: str | os.PathLike, *, what: str = "output file", reads: tuple = (),
+                      protected: tuple = (), own: tuple = (), force: bool = False) -> Path:
+    """Refuse an output file that would lose something: an input the command reads (``reads``,
+    compared after resolving symlinks), a path inside a directory it reads (``protected``; the
+    files in ``own`` are that directory's own and may be rewritten), a directory, a path under a
+    file, or an existing file unless ``force``. Returns ``path``; nothing is written here.
+    """
+    from .errors import InvalidValueError
+
+    if os.fspath(path) == "":
+        raise InvalidValueError(f"the {what} path is empty; accepted: a file path")
+    path = Path(path)
+    resolved = path.resolve()
+    for source in reads:
+        if resolved == Path(source).resolve():
+            raise InvalidValueError(f"{what} {path} is {source}, which this command reads; accepted: another path")
+    own_files = {Path(p).resolve() for p in own}
+    for directory in protected:
+        if _inside(resolved, Path(directory).resolve()) and resolved not in own_files:
+            raise InvalidValueError(f"{what} {path} is inside the model directory {directory}, which this command "
+                                    "reads; accepted: a path outside it")
+    if path.is_dir():
+        raise InvalidValueError(f"{what} {path} is a directory; accepted: a file path")
+    blocker = file_ancestor(path.absolute())
+    if blocker is not None:
+        raise InvalidValueError(f"{what} {path} cannot be created: {blocker} is a file, not a directory")
+    if (path.exists() or path.is_symlink()) and not force and resolved not in own_files:
+        raise InvalidValueError(f"{what} {path} exists; accepted: another path, or --force to replace it")
+    return path

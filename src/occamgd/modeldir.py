@@ -33,11 +33,11 @@ from typing import Any
 
 import numpy as np
 
-from .errors import InvalidValueError, MissingFileError
 from . import __version__
 from .data.preprocessing import TASKS, Preprocessing, encode_target, infer_task, read_csv
+from .errors import InvalidValueError, MissingFileError, OccamgdError
 from .export import FILE_NAMES, load_into, save
-from .io import atomic_write_text
+from .io import _inside, atomic_write_text, file_ancestor
 from .schedules import DEFAULT_PRESET
 
 FORMAT_NAME = "occamgd.modeldir"
@@ -46,8 +46,14 @@ MODELDIR_FORMAT = 1
 REPORT_NAME = "report.json"
 PREPROCESSING_NAME = "preprocessing.json"
 PLOT_NAME = "curves.png"
+#: The file that marks a directory as written by :func:`fit_csv`: ``--force`` replaces nothing else.
+MARKER_NAME = ".occamgd-model"
+MARKER_TEXT = ("occamgd model directory: written by `occamgd fit`, which may replace it (--force) as long as it "
+               "holds only occamgd's own files.\n")
 #: Files a model directory must hold to predict (the sparse export is a size figure, not needed).
 REQUIRED = (REPORT_NAME, PREPROCESSING_NAME, FILE_NAMES["dense"])
+#: Every file occamgd writes into a model directory (``occamgd report`` adds the plot).
+OWN_FILES = frozenset({*REQUIRED, FILE_NAMES["sparse"], PLOT_NAME, MARKER_NAME})
 
 
 # The model directory ------------------------------------------------------------------------
@@ -75,6 +81,87 @@ def _check_settings(task: str | None, epochs: int, holdback: float, seed: int,
         raise InvalidValueError(f"hidden must be one or more layer widths >= 1, got {list(hidden)!r}")
 
 
+# Where the model directory goes --------------------------------------------------------------
+def _refuse_out(out, why: str) -> None:
+    raise InvalidValueError(f"output directory {out} {why}")
+
+
+def _check_replaceable(out: Path) -> None:
+    """Refuse to replace ``out`` unless occamgd wrote it: its marker, its report, and only its own files."""
+    marker = out / MARKER_NAME
+    try:
+        ours = marker.is_file() and marker.read_text(encoding="utf-8") == MARKER_TEXT
+    except (OSError, UnicodeDecodeError):
+        ours = False
+    if not ours:
+        _refuse_out(out, f"exists and is not a model directory written by occamgd (it has no {MARKER_NAME} marker); "
+                    "--force replaces only those: choose a new path, or move the directory away yourself")
+    try:
+        read_report(out)
+    except OccamgdError as e:
+        _refuse_out(out, f"is not a model directory written by occamgd ({e}); --force replaces only those: choose "
+                    "a new path, or move the directory away yourself")
+    foreign = sorted(p.name + ("/" if p.is_dir() else "") for p in out.iterdir()
+                     if p.name not in OWN_FILES or (p.is_dir() and not p.is_symlink()))
+    if foreign:
+        _refuse_out(out, f"holds files occamgd did not write: {', '.join(foreign)}; --force would delete them: "
+                    "move them out first, or choose a new path")
+
+
+def _check_out(out: str | os.PathLike, csv: str | os.PathLike, force: bool) -> Path:
+    """The model directory ``out``, after refusing every destination that would lose a file or
+    cannot be written (checked before any training, without writing anything)."""
+    if os.fspath(out) == "":
+        raise InvalidValueError("the output directory path is empty; accepted: a path such as data-model")
+    out = Path(out)
+    if os.path.basename(os.path.normpath(os.fspath(out))) in ("", ".", ".."):
+        _refuse_out(out, "names the current directory, its parent or the root; accepted: a new directory path "
+                    "such as data-model")
+    resolved = out.resolve()
+    if resolved.parent == resolved:
+        _refuse_out(out, "is the root directory; accepted: a new directory path")
+    if _inside(Path.cwd().resolve(), resolved):
+        _refuse_out(out, "holds the current directory; accepted: a new directory path")
+    if _inside(Path(csv).resolve(), resolved):
+        _refuse_out(out, f"is or holds the CSV file {csv} this command reads; accepted: another path")
+    if out.is_symlink():
+        _refuse_out(out, "is a symbolic link; accepted: a real path (the link's target is never replaced)")
+    blocker = file_ancestor(out.absolute())
+    if blocker is not None:
+        _refuse_out(out, f"cannot be created: {blocker} is a file, not a directory")
+    if out.exists():
+        if not out.is_dir():
+            _refuse_out(out, "is a file, not a model directory; accepted: a new path (--force replaces only a "
+                        "model directory written by occamgd)")
+        if not force:
+            _refuse_out(out, "exists; accepted: a new path, or --force to replace it")
+        _check_replaceable(out)
+    return out
+
+
+def _reserve(out: Path) -> tuple[Path, list[Path]]:
+    """Create the temporary directory the model is written to (beside ``out``), and any missing
+    parents: proof that ``out`` can be written, before training. Returns it and the parents made."""
+    made = [p for p in out.absolute().parents if not p.exists()]
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+    except OSError as e:
+        _remove_dirs(made)
+        raise InvalidValueError(f"output directory {out} cannot be written: {e.strerror or e} ({out.parent}); "
+                                "accepted: a path in a directory you can write") from e
+    return tmp, made
+
+
+def _remove_dirs(made: list[Path]) -> None:
+    """Remove the parent directories :func:`_reserve` made (nearest first), if still empty."""
+    for directory in made:
+        try:
+            directory.rmdir()
+        except OSError:
+            break
+
+
 def fit_csv(
     csv: str | os.PathLike,
     target: str,
@@ -96,12 +183,12 @@ def fit_csv(
 ) -> dict[str, Any]:
     """Train on ``csv`` to predict ``target``; write the model directory ``out``; return its report.
 
-    ``out`` must not exist unless ``force`` (then it is replaced once the new one is complete).
+    ``out`` must not exist unless ``force``, and then only a model directory occamgd wrote (its
+    marker and report, nothing but its own files) is replaced, once the new one is complete. An
+    ``out`` that is or holds the CSV, a file, or cannot be written is refused before training.
     """
-    out = Path(out)
     _check_settings(task, epochs, holdback, seed, hidden)
-    if out.exists() and not force:
-        raise InvalidValueError(f"output directory {out} exists; accepted: a new path, or --force to replace it")
+    out = _check_out(out, csv, force)
     frame = read_csv(csv)
     source = f"CSV file {csv}"
     for column in [target, *drop]:
@@ -129,10 +216,22 @@ def fit_csv(
     config = {"hidden": list(hidden), "epochs": epochs, "batch_size": batch_size, "learning_rate": learning_rate,
               # The preset actually used, so the report says it even when the default changes.
               "holdback": holdback, "schedule": schedule or DEFAULT_PRESET, "r0": r0, "seed": seed}
-    estimator = _estimator(task, config, progress)
-    t0 = time.perf_counter()
-    estimator.fit(X, y)
-    train_time = time.perf_counter() - t0
+    tmp, made = _reserve(out)
+    try:
+        estimator = _estimator(task, config, progress)
+        t0 = time.perf_counter()
+        estimator.fit(X, y)
+        train_time = time.perf_counter() - t0
+        report = _report(csv, target, task, frame, empty, pre, X, classes, config, holdback, estimator, train_time)
+        _write_directory(out, tmp, csv, estimator, pre, report, force)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        _remove_dirs(made)
+        raise
+    return report
+
+
+def _report(csv, target, task, frame, empty, pre, X, classes, config, holdback, estimator, train_time) -> dict:
     if task == "regression":
         pre.y_mean, pre.y_scale = float(estimator.y_mean_[0]), float(estimator.y_scale_[0])
     best = estimator.history_[estimator.best_epoch_]
@@ -151,7 +250,7 @@ def fit_csv(
                  "features": len(pre.features), "classes": classes},
         "config": config,
         "model": {"type": "TabularMLP", "in_features": X.shape[1], "outputs": len(classes) if classes else 1,
-                  "hidden": list(hidden)},
+                  "hidden": list(config["hidden"])},
         "best_epoch": estimator.best_epoch_,
         "density": estimator.density_,
         "kept_weights": int(sum(int(m.sum()) for m in estimator.masks_.values())),
@@ -160,39 +259,34 @@ def fit_csv(
         "train_time_s": train_time,
         "history": estimator.history_,
     }
-    _write_directory(out, estimator, pre, report, force)
     return report
 
 
-def _write_directory(out: Path, estimator, pre: Preprocessing, report: dict, force: bool) -> None:
-    """Write every file into a temporary directory beside ``out``, then rename it into place."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
-    try:
-        sizes = save(estimator.model_, estimator.masks_, tmp, metadata={"model": report["model"]})
-        atomic_write_text(json.dumps(pre.to_dict(), indent=1), tmp / PREPROCESSING_NAME)
-        report["files"] = {s["file"]: s["bytes"] for s in sizes.values()}
-        report["files"][PREPROCESSING_NAME] = (tmp / PREPROCESSING_NAME).stat().st_size
-        atomic_write_text(json.dumps(report, indent=1), tmp / REPORT_NAME)
-        # Temporary files and directories are private (0600 / 0700); the result gets the
-        # permissions of any file the user creates.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)
-        for file in tmp.iterdir():
-            os.chmod(file, 0o666 & ~umask)
-        if out.exists():
-            if not force:
-                raise InvalidValueError(f"output directory {out} appeared while training; accepted: --force to replace it")
-            old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".old"))
-            os.replace(out, old / out.name)
-            os.replace(tmp, out)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+def _write_directory(out: Path, tmp: Path, csv, estimator, pre: Preprocessing, report: dict, force: bool) -> None:
+    """Write every file into the temporary directory ``tmp`` beside ``out``, then rename it into place."""
+    sizes = save(estimator.model_, estimator.masks_, tmp, metadata={"model": report["model"]})
+    atomic_write_text(json.dumps(pre.to_dict(), indent=1), tmp / PREPROCESSING_NAME)
+    report["files"] = {s["file"]: s["bytes"] for s in sizes.values()}
+    report["files"][PREPROCESSING_NAME] = (tmp / PREPROCESSING_NAME).stat().st_size
+    atomic_write_text(json.dumps(report, indent=1), tmp / REPORT_NAME)
+    atomic_write_text(MARKER_TEXT, tmp / MARKER_NAME)
+    # Temporary files and directories are private (0600 / 0700); the result gets the
+    # permissions of any file the user creates.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)
+    for file in tmp.iterdir():
+        os.chmod(file, 0o666 & ~umask)
+    if out.exists() or out.is_symlink():
+        if not force:
+            raise InvalidValueError(f"output directory {out} appeared while training; accepted: --force to replace it")
+        _check_out(out, csv, force)  # what is there now, not what was there before training
+        old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".old"))
+        os.replace(out, old / out.name)
+        os.replace(tmp, out)
+        shutil.rmtree(old)
+    else:
+        os.replace(tmp, out)
 
 
 @dataclass
