@@ -127,29 +127,42 @@ def _add_model_commands(sub) -> None:
     report.add_argument("--force", action="store_true", help="replace the --plot file if it exists")
 
 
+class _DataWarnings:
+    """Show warnings about the data (rows dropped for an empty target, unseen categories, ...) in
+    the command line's own words, also when the command then fails; library warnings keep their
+    usual form."""
+
+    def __enter__(self):
+        import warnings
+
+        self._catcher = warnings.catch_warnings(record=True)
+        self._caught = self._catcher.__enter__()
+        warnings.simplefilter("always", UserWarning)
+        return self
+
+    def __exit__(self, *exc):
+        import warnings
+
+        self._catcher.__exit__(*exc)
+        for w in self._caught:
+            if type(w.message) is UserWarning:
+                print(f"occamgd: warning: {w.message}", file=sys.stderr)
+            else:
+                warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+        return False
+
+
 def _run_fit(args) -> None:
-    import warnings
     from pathlib import Path
 
     from .modeldir import fit_csv, summary
 
     out = f"{Path(args.csv).stem}-model" if args.out is None else args.out
-    # Warnings about the data (rows dropped for an empty target, ...) are shown in the command
-    # line's own words, also when training then fails; library warnings keep their usual form.
-    caught: list[warnings.WarningMessage] = []
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", UserWarning)
-            report = fit_csv(args.csv, args.target, out, task=args.task, epochs=args.epochs,
-                             holdback=args.holdback, seed=args.seed, hidden=args.hidden, schedule=args.schedule,
-                             categorical=args.categorical, drop=args.drop, force=args.force,
-                             progress=not args.quiet)
-    finally:
-        for w in caught:
-            if type(w.message) is UserWarning:
-                print(f"occamgd: warning: {w.message}", file=sys.stderr)
-            else:
-                warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+    with _DataWarnings():
+        report = fit_csv(args.csv, args.target, out, task=args.task, epochs=args.epochs,
+                         holdback=args.holdback, seed=args.seed, hidden=args.hidden, schedule=args.schedule,
+                         categorical=args.categorical, drop=args.drop, force=args.force,
+                         progress=not args.quiet)
     if not args.quiet:
         print(summary(report))
         print(f"wrote {out}")
@@ -167,14 +180,15 @@ def _print(text: str) -> None:
 
 def _run_predict(args) -> None:
     from .io import atomic_write_text, check_output_file
-    from .modeldir import load_model_dir, read_csv
+    from .modeldir import load_model_dir, read_csv, spreadsheet_safe
 
     if args.out is not None:
         check_output_file(args.out, what="predictions file", reads=(args.csv,), protected=(args.model_dir,),
                           force=args.force)
-    model = load_model_dir(args.model_dir)
-    predictions = model.predict(read_csv(args.csv), source=f"CSV file {args.csv}")
-    text = predictions.to_csv(index=False)
+    with _DataWarnings():
+        model = load_model_dir(args.model_dir)
+        predictions = model.predict(read_csv(args.csv), source=f"CSV file {args.csv}")
+    text = spreadsheet_safe(predictions).to_csv(index=False)
     if args.out:
         atomic_write_text(text, args.out)
     else:

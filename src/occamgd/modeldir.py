@@ -37,6 +37,7 @@ from . import __version__
 from .data.preprocessing import TASKS, Preprocessing, encode_target, infer_task, read_csv
 from .errors import InvalidValueError, MissingFileError, OccamgdError
 from .export import FILE_NAMES, load_into, save
+from .fit import NonFiniteLossError
 from .io import _inside, atomic_write_text, file_ancestor
 from .schedules import DEFAULT_PRESET
 
@@ -191,6 +192,8 @@ def fit_csv(
     out = _check_out(out, csv, force)
     frame = read_csv(csv)
     source = f"CSV file {csv}"
+    if len(frame) == 0:
+        raise InvalidValueError(f"{source} has a header but no data rows; accepted: a header and at least two rows")
     for column in [target, *drop]:
         if column not in frame.columns:
             raise InvalidValueError(f"column {column!r} is not in {source}; columns present: {', '.join(map(str, frame.columns))}")
@@ -207,7 +210,12 @@ def fit_csv(
         frame = frame[~empty]
     if len(frame.columns) < 2:
         raise InvalidValueError(f"{source} has no feature columns besides the target {target!r}")
-    task = task or infer_task(frame[target])
+    features = [c for c in frame.columns if c != target]
+    if frame[features].isna().all().all():
+        raise InvalidValueError(f"{source}: every feature column ({', '.join(map(repr, features[:10]))}"
+                                f"{', ...' if len(features) > 10 else ''}) is empty in every row with a target; "
+                                "accepted: at least one feature with values")
+    task = task or infer_task(frame[target], source)
     y, classes = encode_target(frame[target], task, source)
     pre = Preprocessing.learn(frame, target, task, categorical=categorical, classes=classes, source=source)
     # The estimator standardises X with the same rule on the same rows, so its mean_ / scale_ are
@@ -220,7 +228,10 @@ def fit_csv(
     try:
         estimator = _estimator(task, config, progress)
         t0 = time.perf_counter()
-        estimator.fit(X, y)
+        try:
+            estimator.fit(X, y)
+        except NonFiniteLossError as e:
+            raise InvalidValueError(f"{source}: training diverged: {e}. {_divergence_hint(frame, pre, X)}") from e
         train_time = time.perf_counter() - t0
         report = _report(csv, target, task, frame, empty, pre, X, classes, config, holdback, estimator, train_time)
         _write_directory(out, tmp, csv, estimator, pre, report, force)
@@ -229,6 +240,35 @@ def fit_csv(
         _remove_dirs(made)
         raise
     return report
+
+
+def _divergence_hint(frame, pre: Preprocessing, X: np.ndarray) -> str:
+    """Name the most extreme value of the training data, the likeliest cause of a diverging loss."""
+    with np.errstate(all="ignore"):
+        z = np.abs((X - np.asarray(pre.mean)) / np.asarray(pre.scale))
+    if z.size == 0 or not np.isfinite(z).any():
+        return "Check the scaling of the columns."
+    i, j = np.unravel_index(np.nanargmax(z), z.shape)
+    column = pre.feature_columns[j]
+    return (f"The most extreme value is {frame[column].iloc[i]!r} in column {column!r} on line "
+            f"{int(frame.index[i]) + 2} ({z[i, j]:.0f} standard deviations from the column's mean): check that "
+            "column's scale (other units, a logarithm) or drop it (--drop).")
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with every non-finite float replaced by ``None``: JSON has no NaN or Infinity."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _json_text(doc: dict) -> str:
+    """Standard JSON (``Infinity`` and ``NaN`` are not JSON: they are refused, never written)."""
+    return json.dumps(doc, indent=1, allow_nan=False)
 
 
 def _report(csv, target, task, frame, empty, pre, X, classes, config, holdback, estimator, train_time) -> dict:
@@ -259,16 +299,16 @@ def _report(csv, target, task, frame, empty, pre, X, classes, config, holdback, 
         "train_time_s": train_time,
         "history": estimator.history_,
     }
-    return report
+    return _finite(report)
 
 
 def _write_directory(out: Path, tmp: Path, csv, estimator, pre: Preprocessing, report: dict, force: bool) -> None:
     """Write every file into the temporary directory ``tmp`` beside ``out``, then rename it into place."""
     sizes = save(estimator.model_, estimator.masks_, tmp, metadata={"model": report["model"]})
-    atomic_write_text(json.dumps(pre.to_dict(), indent=1), tmp / PREPROCESSING_NAME)
+    atomic_write_text(_json_text(pre.to_dict()), tmp / PREPROCESSING_NAME)
     report["files"] = {s["file"]: s["bytes"] for s in sizes.values()}
     report["files"][PREPROCESSING_NAME] = (tmp / PREPROCESSING_NAME).stat().st_size
-    atomic_write_text(json.dumps(report, indent=1), tmp / REPORT_NAME)
+    atomic_write_text(_json_text(report), tmp / REPORT_NAME)
     atomic_write_text(MARKER_TEXT, tmp / MARKER_NAME)
     # Temporary files and directories are private (0600 / 0700); the result gets the
     # permissions of any file the user creates.
@@ -300,17 +340,86 @@ class ModelDir:
 
     def predict(self, frame, source: str = "the CSV"):
         """Predictions for a DataFrame of strings: the target column (labels as in the training CSV)
-        and, for classification, one ``proba_<label>`` column per class."""
+        and, for classification, one ``proba_<label>`` column per class.
+
+        Category values not seen in training are encoded as all zeros and counted in a warning; a
+        value too far from the training data for the network (beyond float32 once standardised)
+        is refused, naming it."""
         import pandas as pd
 
         pre = self.preprocessing
         X = pre.encode(frame, source)
+        _check_inputs(frame, pre, X, source)
+        _warn_unseen(frame, pre, source)
         if pre.task == "classification":
             proba = self.estimator.predict_proba(X)
+            _check_outputs(proba, frame, self.path, source)
             out = {pre.target: np.asarray(pre.classes, dtype=object)[proba.argmax(axis=1)]}
             out.update({f"proba_{c}": proba[:, i] for i, c in enumerate(pre.classes)})
             return pd.DataFrame(out)
-        return pd.DataFrame({pre.target: self.estimator.predict(X)})
+        values = self.estimator.predict(X)
+        _check_outputs(values, frame, self.path, source)
+        return pd.DataFrame({pre.target: values})
+
+
+def _check_inputs(frame, pre: Preprocessing, X: np.ndarray, source: str) -> None:
+    with np.errstate(all="ignore"):
+        z = np.abs((X - np.asarray(pre.mean)) / np.asarray(pre.scale))
+    beyond = ~(z <= np.finfo(np.float32).max)
+    if beyond.any():
+        i, j = np.argwhere(beyond)[0]
+        column = pre.feature_columns[j]
+        raise InvalidValueError(f"{source}: column {column!r} has the value {frame[column].iloc[i]!r} on line "
+                                f"{int(frame.index[i]) + 2}, too far from the training data for the network (beyond "
+                                "float32 once standardised); accepted: values of the training data's magnitude")
+
+
+def _warn_unseen(frame, pre: Preprocessing, source: str) -> None:
+    parts, rows = [], np.zeros(len(frame), dtype=bool)
+    for column, categories in pre.categorical.items():
+        values = frame[column]
+        unseen = (values.notna() & ~values.isin(categories)).to_numpy()
+        if unseen.any():
+            rows |= unseen
+            counts = values[unseen].value_counts()
+            shown = ", ".join(f"{v!r} ({n} row{'s' if n > 1 else ''})" for v, n in counts.head(3).items())
+            parts.append(f"{column!r}: {shown}{', ...' if len(counts) > 3 else ''}")
+    if parts:
+        warnings.warn(f"{source}: {int(rows.sum())} of {len(frame)} rows hold categories not seen in training, "
+                      f"encoded as all zeros: {'; '.join(parts)}", stacklevel=3)
+
+
+def _check_outputs(values: np.ndarray, frame, path: Path, source: str) -> None:
+    bad = ~np.isfinite(values).reshape(len(values), -1).all(axis=1)
+    if bad.any():
+        raise InvalidValueError(f"the model in {path} gives non-finite outputs for {int(bad.sum())} rows of {source} "
+                                f"(the first on line {int(frame.index[np.flatnonzero(bad)[0]]) + 2}); its weights "
+                                "are damaged: write the model directory again with occamgd fit")
+
+
+#: First characters that make a spreadsheet run a cell as a formula.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(frame):
+    """``frame`` with every text cell a spreadsheet would run as a formula (starting with ``=``, ``+``,
+    ``-``, ``@``, a tab or a carriage return) prefixed with ``'``; numbers such as ``-1.5`` stay numbers."""
+    import pandas as pd
+
+    def escape(value):
+        if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+            try:
+                float(value)
+            except ValueError:
+                return "'" + value
+        return value
+
+    out = frame.copy()
+    for column in out.columns:
+        if not pd.api.types.is_numeric_dtype(out[column].dtype):
+            out[column] = out[column].map(escape).astype(object)
+    out.columns = pd.Index([escape(str(c)) for c in out.columns])
+    return out
 
 
 def _read_json(path: Path) -> dict[str, Any]:
