@@ -19,12 +19,14 @@ is empty are dropped with a warning (and counted in the report).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
 import shutil
 import tempfile
 import time
+import uuid
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -36,7 +38,7 @@ import numpy as np
 from . import __version__
 from .data.preprocessing import TASKS, Preprocessing, encode_target, infer_task, read_csv
 from .errors import InvalidValueError, MissingFileError, OccamgdError
-from .export import FILE_NAMES, load_into, save
+from .export import FILE_NAMES, load_into, read_header, save
 from .fit import NonFiniteLossError
 from .io import _inside, atomic_write_text, file_ancestor
 from .schedules import DEFAULT_PRESET
@@ -284,6 +286,8 @@ def _report(csv, target, task, frame, empty, pre, X, classes, config, holdback, 
         "format": FORMAT_NAME,
         "format_version": MODELDIR_FORMAT,
         "occamgd_version": __version__,
+        # Ties the report to its weights file (which records the same id) and its checksums.
+        "model_id": uuid.uuid4().hex,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "data": {"csv": str(csv), "target": target, "task": task, "rows": len(frame),
                  "rows_dropped_missing_target": int(empty.sum()), "columns": pre.columns,
@@ -304,10 +308,12 @@ def _report(csv, target, task, frame, empty, pre, X, classes, config, holdback, 
 
 def _write_directory(out: Path, tmp: Path, csv, estimator, pre: Preprocessing, report: dict, force: bool) -> None:
     """Write every file into the temporary directory ``tmp`` beside ``out``, then rename it into place."""
-    sizes = save(estimator.model_, estimator.masks_, tmp, metadata={"model": report["model"]})
+    sizes = save(estimator.model_, estimator.masks_, tmp,
+                 metadata={"model": report["model"], "model_id": report["model_id"]})
     atomic_write_text(_json_text(pre.to_dict()), tmp / PREPROCESSING_NAME)
     report["files"] = {s["file"]: s["bytes"] for s in sizes.values()}
     report["files"][PREPROCESSING_NAME] = (tmp / PREPROCESSING_NAME).stat().st_size
+    report["sha256"] = {name: _sha256(tmp / name) for name in CHECKED_FILES}
     atomic_write_text(_json_text(report), tmp / REPORT_NAME)
     atomic_write_text(MARKER_TEXT, tmp / MARKER_NAME)
     # Temporary files and directories are private (0600 / 0700); the result gets the
@@ -425,15 +431,97 @@ def spreadsheet_safe(frame):
 def _read_json(path: Path) -> dict[str, Any]:
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise InvalidValueError(f"{path} is not valid JSON ({e}); write the model directory again with occamgd fit") from e
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:  # JSONDecodeError is a ValueError
+        raise InvalidValueError(f"{path} is not valid JSON ({type(e).__name__}: {str(e)[:200]}); write the model "
+                                "directory again with occamgd fit") from None
     if not isinstance(doc, dict):
         raise InvalidValueError(f"{path} holds {type(doc).__name__}, not an object; write it again with occamgd fit")
     return doc
 
 
+def _count(v: Any, low: int = 0) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= low
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _check_report(report: dict[str, Any], where: Path) -> None:
+    """Refuse, by field, a report whose fields the commands would stumble on (it is input too)."""
+    def refuse(field: str, accepted: str) -> None:
+        raise InvalidValueError(f"{where}: field {field!r} is {_short(report_value(field))}; accepted: {accepted}; "
+                                "write the model directory again with occamgd fit")
+
+    def report_value(field: str) -> Any:
+        value: Any = report
+        for part in field.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        return value
+
+    data, model, config, hold = (report.get(k) for k in ("data", "model", "config", "holdback"))
+    if not isinstance(data, dict):
+        refuse("data", "an object")
+    if not isinstance(data.get("target"), str):
+        refuse("data.target", "a column name")
+    if data.get("task") not in TASKS:
+        refuse("data.task", f"one of {TASKS}")
+    for field in ("rows", "features"):
+        if not _count(data.get(field)):
+            refuse(f"data.{field}", "an integer >= 0")
+    classes = data.get("classes")
+    if not (classes is None or (isinstance(classes, list) and all(isinstance(c, str) for c in classes))):
+        refuse("data.classes", "null or a list of labels")
+    if not isinstance(model, dict):
+        refuse("model", "an object")
+    for field in ("in_features", "outputs"):
+        if not _count(model.get(field), 1):
+            refuse(f"model.{field}", "an integer >= 1")
+    hidden = model.get("hidden")
+    if not (isinstance(hidden, list) and hidden and all(_count(h, 1) for h in hidden)):
+        refuse("model.hidden", "a non-empty list of integers >= 1")
+    if not (isinstance(config, dict) and isinstance(config.get("hidden"), list)
+            and all(_count(h, 1) for h in config["hidden"])
+            and all(_number(config.get(k)) for k in ("epochs", "batch_size", "learning_rate", "holdback", "r0", "seed"))
+            and (config.get("schedule") is None or isinstance(config.get("schedule"), str))):
+        refuse("config", "an object with hidden, epochs, batch_size, learning_rate, holdback, r0, seed and schedule "
+               "as occamgd fit writes them")
+    history = report.get("history")
+    if not (isinstance(history, list) and history and all(isinstance(r, dict) for r in history)):
+        refuse("history", "a non-empty list of per-epoch records")
+    for i, record in enumerate(history):
+        if not _count(record.get("epoch")):
+            refuse("history", f"records whose 'epoch' is an integer (record {i} has {_short(record.get('epoch'))})")
+        for key in ("train_loss", "holdback_loss", "holdback_acc", "density", "rate"):
+            value = record.get(key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                refuse("history", f"records whose {key!r} is a number or null (record {i} has "
+                       f"{_short(record.get(key))})")
+    if not (_count(report.get("best_epoch")) and report["best_epoch"] < len(history)):
+        refuse("best_epoch", f"an epoch of the history (0 to {len(history) - 1})")
+    if not (_number(report.get("density")) and 0.0 <= report["density"] <= 1.0):
+        refuse("density", "a number in [0, 1]")
+    for field in ("kept_weights", "prunable_weights"):
+        if field in report and not _count(report[field]):
+            refuse(field, "an integer >= 0")
+    if not (isinstance(hold, dict) and all(v is None or _number(v) for v in hold.values()) and _count(hold.get("rows"))):
+        refuse("holdback", "an object of numbers (or null) with 'rows'")
+    files = report.get("files", {})
+    if not (isinstance(files, dict) and all(isinstance(k, str) and _count(v) for k, v in files.items())):
+        refuse("files", "an object mapping file names to sizes in bytes")
+    sha = report.get("sha256", {})
+    if not (isinstance(sha, dict) and all(isinstance(v, str) for v in sha.values())):
+        refuse("sha256", "an object mapping file names to SHA-256 digests")
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 def read_report(path: str | os.PathLike) -> dict[str, Any]:
-    """The report of model directory ``path``, after checking it is complete and not too new."""
+    """The report of model directory ``path``, after checking it is complete, not too new, and that
+    every field the commands use has the type occamgd writes."""
     path = Path(path)
     if not path.is_dir():
         raise MissingFileError(f"model directory {path} does not exist (or is not a directory)")
@@ -443,7 +531,7 @@ def read_report(path: str | os.PathLike) -> dict[str, Any]:
                          "write it again with occamgd fit")
     report = _read_json(path / REPORT_NAME)
     version = report.get("format_version")
-    if report.get("format") != FORMAT_NAME or not isinstance(version, int):
+    if report.get("format") != FORMAT_NAME or not _count(version):
         raise InvalidValueError(f"{path / REPORT_NAME} is not an occamgd model report (format {report.get('format')!r}, "
                          f"version {version!r})")
     if version > MODELDIR_FORMAT:
@@ -453,23 +541,96 @@ def read_report(path: str | os.PathLike) -> dict[str, Any]:
     if missing:
         raise InvalidValueError(f"{path / REPORT_NAME} lacks the fields {missing}; write the model directory again "
                          "with occamgd fit")
+    _check_report(report, path / REPORT_NAME)
     return report
 
 
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+#: The files whose SHA-256 the report records (and loading verifies, those it reads).
+CHECKED_FILES = (FILE_NAMES["dense"], FILE_NAMES["sparse"], PREPROCESSING_NAME)
+
+
+def _verify(path: Path, report: dict[str, Any], metadata: dict[str, Any]) -> None:
+    """Refuse files that are not the ones this report was written with (another model's report, a
+    changed or damaged file); warn when an older directory records no checksums."""
+    sha = report.get("sha256")
+    if not sha:
+        warnings.warn(f"model directory {path} records no checksums (written by an older occamgd), so its files "
+                      "cannot be verified; write it again with occamgd fit to add them", stacklevel=3)
+        return
+    ours, theirs = report.get("model_id"), metadata.get("model_id")
+    if ours != theirs:
+        raise InvalidValueError(f"{path / REPORT_NAME} is from another model (model id {ours!r}) than "
+                                f"{path / FILE_NAMES['dense']} (model id {theirs!r}); accepted: the report written "
+                                "with these weights: write the model directory again with occamgd fit")
+    for name in (FILE_NAMES["dense"], PREPROCESSING_NAME):
+        if name not in sha:
+            raise InvalidValueError(f"{path / REPORT_NAME} records no checksum of {name}; write the model directory "
+                                    "again with occamgd fit")
+        if _sha256(path / name) != sha[name]:
+            raise InvalidValueError(f"{path / name} does not match the checksum recorded in {REPORT_NAME}: the file "
+                                    "changed or was damaged after occamgd fit wrote it, or the report is from another "
+                                    "model; write the model directory again with occamgd fit")
+
+
+def _architecture(shapes: dict[str, tuple[int, ...]], where: Path) -> dict[str, Any]:
+    """The TabularMLP sizes that the weights file holds (its header, checked against its data)."""
+    def shape(name: str) -> tuple[int, ...]:
+        found = shapes.get(f"weights/{name}")
+        if found is None or len(found) != 2:
+            raise InvalidValueError(f"{where} holds no 2-dimensional tensor weights/{name}; accepted: the weights of "
+                                    "a TabularMLP as occamgd fit writes them")
+        return found
+
+    hidden, i = [], 1
+    while f"weights/fc{i}.weight" in shapes:
+        hidden.append(shape(f"fc{i}.weight")[0])
+        i += 1
+    return {"in_features": shape("fc1.weight")[1], "outputs": shape("out.weight")[0], "hidden": hidden}
+
+
 def load_model_dir(path: str | os.PathLike) -> ModelDir:
-    """Load a model directory written by :func:`fit_csv`, ready to predict."""
-    from .models import TabularMLP
+    """Load a model directory written by :func:`fit_csv`, ready to predict.
+
+    Nothing in it is trusted: the report's sizes are compared with the weights file's (whose
+    header is checked against its data) before a network is built; the recorded checksums and
+    model id must match the files; the weights must be finite; the preprocessing must fit them.
+    """
+    from . import models
 
     path = Path(path)
     report = read_report(path)
+    weights = path / FILE_NAMES["dense"]
+    metadata, shapes = read_header(weights)
+    _verify(path, report, metadata)
     pre = Preprocessing.from_dict(_read_json(path / PREPROCESSING_NAME), str(path / PREPROCESSING_NAME))
-    shape = report["model"]
-    model = TabularMLP(int(shape["in_features"]), int(shape["outputs"]), hidden=[int(h) for h in shape["hidden"]])
-    masks = load_into(model, path / FILE_NAMES["dense"])
+    stored = _architecture(shapes, weights)
+    claimed = {k: report["model"][k] for k in ("in_features", "outputs", "hidden")}
+    if claimed != stored:
+        raise InvalidValueError(f"{path / REPORT_NAME} describes a network of {claimed} but {weights} holds one of "
+                                f"{stored}: the report is from another model; write the model directory again with "
+                                "occamgd fit")
+    width = len(pre.features)
+    outputs = len(pre.classes) if pre.task == "classification" else 1
+    if width != stored["in_features"] or outputs != stored["outputs"]:
+        raise InvalidValueError(f"{path / PREPROCESSING_NAME} encodes {width} features and {outputs} outputs but the "
+                                f"model takes {stored['in_features']} and gives {stored['outputs']}; write the model "
+                                "directory again with occamgd fit")
+    if pre.task != report["data"]["task"] or pre.target != report["data"]["target"]:
+        raise InvalidValueError(f"{path / PREPROCESSING_NAME} is for the {pre.task} of {pre.target!r} but the report "
+                                f"for the {report['data']['task']} of {report['data']['target']!r}; write the model "
+                                "directory again with occamgd fit")
+    # Sizes now come from the weights file, whose every tensor is backed by its bytes.
+    model = models.TabularMLP(stored["in_features"], stored["outputs"], hidden=stored["hidden"])
+    masks = load_into(model, weights)
     model.eval()
-    if len(pre.mean) != model.fc1.in_features or len(pre.features) != model.fc1.in_features:
-        raise InvalidValueError(f"{path / PREPROCESSING_NAME} encodes {len(pre.features)} features but the model takes "
-                         f"{model.fc1.in_features}; write the model directory again with occamgd fit")
     estimator = _estimator(pre.task, report["config"], progress=False)
     # A fitted estimator is its parameters plus these attributes (what fit sets).
     estimator.model_, estimator.masks_ = model, masks

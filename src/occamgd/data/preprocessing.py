@@ -420,8 +420,51 @@ class Preprocessing:
 
     @classmethod
     def from_dict(cls, doc: dict[str, Any], source: str) -> "Preprocessing":
+        """The encoding stored by :meth:`to_dict`, after checking every field's type and consistency
+        (the file is input like any other: a wrong field is refused by name, never a traceback)."""
         required = {f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING}
         missing = sorted(required - set(doc))
         if missing:
             raise InvalidValueError(f"{source} lacks the fields {missing}; write the model directory again with occamgd fit")
-        return cls(**{f.name: doc[f.name] for f in dataclasses.fields(cls) if f.name in doc})
+        pre = cls(**{f.name: doc[f.name] for f in dataclasses.fields(cls) if f.name in doc})
+        pre._validate(source)
+        return pre
+
+    def _validate(self, source: str) -> None:
+        def refuse(field: str, problem: str) -> None:
+            raise InvalidValueError(f"{source}: field {field!r} {problem}; write the model directory again with "
+                                    "occamgd fit")
+
+        def real(v) -> bool:
+            return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+        def texts(v) -> bool:
+            return isinstance(v, list) and all(isinstance(c, str) for c in v) and len(set(v)) == len(v)
+
+        if not (self.target is None or isinstance(self.target, str)):
+            refuse("target", f"is {self.target!r}; accepted: a column name")
+        if self.task not in (None, *TASKS):
+            refuse("task", f"is {self.task!r}; accepted: one of {TASKS}")
+        if not texts(self.columns):
+            refuse("columns", "is not a list of distinct column names")
+        if not (isinstance(self.numeric, dict) and all(real(v) for v in self.numeric.values())):
+            refuse("numeric", "is not an object mapping columns to finite numbers (their medians)")
+        if not (isinstance(self.categorical, dict) and all(texts(v) for v in self.categorical.values())):
+            refuse("categorical", "is not an object mapping columns to lists of distinct categories")
+        if set(self.numeric) & set(self.categorical) or set(self.numeric) | set(self.categorical) != set(self.columns):
+            refuse("columns", "does not list exactly the columns of 'numeric' and 'categorical', each once")
+        width = len(self.features)
+        for field in ("mean", "scale"):
+            values = getattr(self, field)
+            if not (isinstance(values, list) and len(values) == width and all(real(v) for v in values)):
+                refuse(field, f"is not a list of {width} finite numbers (one per encoded feature)")
+        if any(v <= 0 for v in self.scale):
+            refuse("scale", "holds a value <= 0; accepted: positive numbers")
+        if self.task == "classification" and not (texts(self.classes) and len(self.classes) >= 2):
+            refuse("classes", "is not a list of at least two distinct labels")
+        if self.task == "regression":
+            for field in ("y_mean", "y_scale"):
+                if not real(getattr(self, field)):
+                    refuse(field, f"is {getattr(self, field)!r}; accepted: a finite number")
+            if self.y_scale <= 0:
+                refuse("y_scale", f"is {self.y_scale!r}; accepted: a positive number")
