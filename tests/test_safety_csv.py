@@ -194,3 +194,33 @@ def test_predicting_a_value_beyond_float32_is_refused_naming_it(tmp_path, capsys
     assert main(["predict", str(out), str(new)]) == EXIT_BAD_INPUT
     err = capsys.readouterr().err
     assert "'x'" in err and "'1e100' on line 3" in err
+
+
+def test_a_value_that_overflows_the_network_names_the_value_not_the_weights(tmp_path, capsys, monkeypatch):
+    from occamgd.integrations.sklearn import OccamMLPRegressor
+
+    data = _write(tmp_path, _lines(60))
+    out = tmp_path / "m"
+    assert main(["fit", str(data), "--target", "y", "--out", str(out), *FAST]) == EXIT_OK
+    lines = _lines(5)
+    lines[2] = "3e30," + lines[2].split(",", 1)[1]  # finite in float32 once standardised
+    new = _write(tmp_path, lines, "new.csv")
+    predict = OccamMLPRegressor.predict
+
+    def overflowing(self, X):  # what a wide layer does with such a value
+        y = predict(self, X)
+        y[np.abs(X[:, 0]) > 1e20] = np.inf
+        return y
+
+    monkeypatch.setattr(OccamMLPRegressor, "predict", overflowing)
+    assert main(["predict", str(out), str(new)]) == EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert "'3e30' in column 'x'" in err and "line 3" in err and "damaged" not in err
+    monkeypatch.setattr(OccamMLPRegressor, "predict", lambda self, X: np.full(len(X), np.nan))
+    assert main(["predict", str(out), str(data)]) == EXIT_BAD_INPUT
+    assert "damaged" in capsys.readouterr().err
+
+
+def test_a_device_is_not_read_as_a_csv(tmp_path, capsys):
+    assert main(["fit", "/dev/zero", "--target", "y", "--out", str(tmp_path / "m"), *FAST]) == EXIT_BAD_INPUT
+    assert "not a regular file" in capsys.readouterr().err

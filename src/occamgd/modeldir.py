@@ -359,18 +359,23 @@ class ModelDir:
         _warn_unseen(frame, pre, source)
         if pre.task == "classification":
             proba = self.estimator.predict_proba(X)
-            _check_outputs(proba, frame, self.path, source)
+            _check_outputs(proba, frame, pre, X, self.path, source)
             out = {pre.target: np.asarray(pre.classes, dtype=object)[proba.argmax(axis=1)]}
             out.update({f"proba_{c}": proba[:, i] for i, c in enumerate(pre.classes)})
             return pd.DataFrame(out)
         values = self.estimator.predict(X)
-        _check_outputs(values, frame, self.path, source)
+        _check_outputs(values, frame, pre, X, self.path, source)
         return pd.DataFrame({pre.target: values})
 
 
-def _check_inputs(frame, pre: Preprocessing, X: np.ndarray, source: str) -> None:
+def _deviations(pre: Preprocessing, X: np.ndarray) -> np.ndarray:
+    """How many training standard deviations each encoded value lies from the training mean."""
     with np.errstate(all="ignore"):
-        z = np.abs((X - np.asarray(pre.mean)) / np.asarray(pre.scale))
+        return np.abs((X - np.asarray(pre.mean)) / np.asarray(pre.scale))
+
+
+def _check_inputs(frame, pre: Preprocessing, X: np.ndarray, source: str) -> None:
+    z = _deviations(pre, X)
     beyond = ~(z <= np.finfo(np.float32).max)
     if beyond.any():
         i, j = np.argwhere(beyond)[0]
@@ -395,12 +400,21 @@ def _warn_unseen(frame, pre: Preprocessing, source: str) -> None:
                       f"encoded as all zeros: {'; '.join(parts)}", stacklevel=3)
 
 
-def _check_outputs(values: np.ndarray, frame, path: Path, source: str) -> None:
+def _check_outputs(values: np.ndarray, frame, pre: Preprocessing, X: np.ndarray, path: Path, source: str) -> None:
     bad = ~np.isfinite(values).reshape(len(values), -1).all(axis=1)
-    if bad.any():
-        raise InvalidValueError(f"the model in {path} gives non-finite outputs for {int(bad.sum())} rows of {source} "
-                                f"(the first on line {int(frame.index[np.flatnonzero(bad)[0]]) + 2}); its weights "
-                                "are damaged: write the model directory again with occamgd fit")
+    if not bad.any():
+        return
+    i = int(np.flatnonzero(bad)[0])
+    what = (f"the model in {path} gives non-finite outputs for {int(bad.sum())} rows of {source} (the first on line "
+            f"{int(frame.index[i]) + 2})")
+    z = _deviations(pre, X[i:i + 1])[0]
+    if z.size and np.nanmax(z) > 1e3:
+        j = int(np.nanargmax(z))
+        column = pre.feature_columns[j]
+        raise InvalidValueError(f"{what}: its value {frame[column].iloc[i]!r} in column {column!r} lies {z[j]:.3g} "
+                                "standard deviations from the training data; accepted: values of the training "
+                                "data's magnitude")
+    raise InvalidValueError(f"{what}; its weights are damaged: write the model directory again with occamgd fit")
 
 
 #: First characters that make a spreadsheet run a cell as a formula.

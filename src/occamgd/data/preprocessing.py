@@ -96,6 +96,8 @@ def read_csv(path: str | os.PathLike):
         raise InvalidValueError(f"CSV file {path} is a directory; accepted: a CSV file")
     if not path.exists():
         raise MissingFileError(f"CSV file {path} does not exist")
+    if not (path.is_file() or path.is_fifo()):  # a pipe (/dev/stdin) streams a file; a device never ends
+        raise InvalidValueError(f"CSV file {path} is not a regular file (a device or socket); accepted: a CSV file")
     text = _decode(path.read_bytes(), path)
     source = f"CSV file {path}"
     reader = csv.reader(io.StringIO(text, newline=""))
