@@ -7,7 +7,15 @@ holds:
   in the compressed sparse form (see :mod:`occamgd.export`);
 - ``preprocessing.json``: how a CSV row becomes the network's input (JSON, not pickle);
 - ``report.json``: format version, configuration, per-epoch history, best epoch, density,
-  hold-back metrics and the files' sizes.
+  hold-back metrics, the files' sizes and SHA-256 digests, and a model id that the weights
+  files record too;
+- ``.occamgd-model``: the marker that lets ``occamgd fit --force`` replace the directory (it
+  replaces nothing else, and nothing holding files occamgd did not write).
+
+Everything in a model directory is input when it is loaded: the report and preprocessing are
+checked field by field, the report's sizes against the weights file's header before a network is
+built, the checksums and model id against the files, the weights for finiteness. A directory
+written before checksums were recorded loads with a warning.
 
 The directory is built in a temporary directory beside its destination and renamed into place
 when complete, so an error or Ctrl-C never leaves a half-written model behind.
@@ -36,7 +44,7 @@ from typing import Any
 import numpy as np
 
 from . import __version__
-from .data.preprocessing import TASKS, Preprocessing, encode_target, infer_task, read_csv
+from .data.preprocessing import TASKS, Preprocessing, encode_target, infer_task, read_csv, where
 from .errors import InvalidValueError, MissingFileError, OccamgdError
 from .export import FILE_NAMES, load_into, read_header, save
 from .fit import NonFiniteLossError
@@ -97,8 +105,9 @@ def _check_replaceable(out: Path) -> None:
     except (OSError, UnicodeDecodeError):
         ours = False
     if not ours:
-        _refuse_out(out, f"exists and is not a model directory written by occamgd (it has no {MARKER_NAME} marker); "
-                    "--force replaces only those: choose a new path, or move the directory away yourself")
+        _refuse_out(out, f"exists and is not a model directory written by occamgd (it has no {MARKER_NAME} marker; "
+                    "an older occamgd wrote none); --force replaces only those: choose a new path, or move the "
+                    "directory away yourself")
     try:
         read_report(out)
     except OccamgdError as e:
@@ -252,8 +261,8 @@ def _divergence_hint(frame, pre: Preprocessing, X: np.ndarray) -> str:
         return "Check the scaling of the columns."
     i, j = np.unravel_index(np.nanargmax(z), z.shape)
     column = pre.feature_columns[j]
-    return (f"The most extreme value is {frame[column].iloc[i]!r} in column {column!r} on line "
-            f"{int(frame.index[i]) + 2} ({z[i, j]:.0f} standard deviations from the column's mean): check that "
+    return (f"The most extreme value is {frame[column].iloc[i]!r} in column {column!r} on "
+            f"{where(frame.index[i])} ({z[i, j]:.0f} standard deviations from the column's mean): check that "
             "column's scale (other units, a logarithm) or drop it (--drop).")
 
 
@@ -380,8 +389,8 @@ def _check_inputs(frame, pre: Preprocessing, X: np.ndarray, source: str) -> None
     if beyond.any():
         i, j = np.argwhere(beyond)[0]
         column = pre.feature_columns[j]
-        raise InvalidValueError(f"{source}: column {column!r} has the value {frame[column].iloc[i]!r} on line "
-                                f"{int(frame.index[i]) + 2}, too far from the training data for the network (beyond "
+        raise InvalidValueError(f"{source}: column {column!r} has the value {frame[column].iloc[i]!r} on "
+                                f"{where(frame.index[i])}, too far from the training data for the network (beyond "
                                 "float32 once standardised); accepted: values of the training data's magnitude")
 
 
@@ -405,8 +414,8 @@ def _check_outputs(values: np.ndarray, frame, pre: Preprocessing, X: np.ndarray,
     if not bad.any():
         return
     i = int(np.flatnonzero(bad)[0])
-    what = (f"the model in {path} gives non-finite outputs for {int(bad.sum())} rows of {source} (the first on line "
-            f"{int(frame.index[i]) + 2})")
+    what = (f"the model in {path} gives non-finite outputs for {int(bad.sum())} rows of {source} (the first on "
+            f"{where(frame.index[i])})")
     z = _deviations(pre, X[i:i + 1])[0]
     if z.size and np.nanmax(z) > 1e3:
         j = int(np.nanargmax(z))

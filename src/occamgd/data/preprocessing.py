@@ -175,14 +175,18 @@ def _parse(column) -> tuple[Any, Any, Any]:
     return parsed.mask(infinite), (parsed.isna() & present) | infinite, nonfinite
 
 
-def _line(label) -> int:
-    return int(label) + 2
+def where(label) -> str:
+    """Where a row is: ``line N`` of its CSV (:func:`read_csv` indexes rows by line - 2), or ``row
+    LABEL`` for a DataFrame whose index is not numbers."""
+    if isinstance(label, (int, np.integer)) and not isinstance(label, bool):
+        return f"line {int(label) + 2}"
+    return f"row {label!r}"
 
 
 def _first_bad(column, bad) -> str:
     """``'VALUE' on line N`` for the first flagged cell (rows keep the CSV's index; the header is line 1)."""
     label = bad[bad].index[0]
-    return f"{column.loc[label]!r} on line {_line(label)}"
+    return f"{column.loc[label]!r} on {where(label)}"
 
 
 def _refuse_nonfinite(column, nonfinite, what: str, source: str, categorical_hint: bool) -> None:
@@ -195,7 +199,7 @@ def _refuse_nonfinite(column, nonfinite, what: str, source: str, categorical_hin
 def _refuse_overflow(column, parsed, what: str, source: str) -> None:
     label = parsed.abs().idxmax()
     raise InvalidValueError(
-        f"{source}: {what} {column.name!r} has the value {column.loc[label]!r} on line {_line(label)}, too large to "
+        f"{source}: {what} {column.name!r} has the value {column.loc[label]!r} on {where(label)}, too large to "
         "standardise (its squared deviation overflows float64); accepted: magnitudes up to about 1e150: rescale "
         "the column (other units, or a logarithm)")
 
