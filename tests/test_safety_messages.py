@@ -152,3 +152,15 @@ def test_a_regression_prediction_stays_a_number(tmp_path, capsys):
     _fit(tmp_path, _csv(tmp_path, frame), capsys, target="target", code=EXIT_OK)
     out = _run(["predict", str(tmp_path / "m"), str(tmp_path / "data.csv")], capsys, EXIT_OK).out
     assert all(not line.startswith("'") for line in out.splitlines())
+
+
+def test_a_file_given_as_the_model_directory_is_called_a_file(tmp_path, capsys):
+    data = _csv(tmp_path, _frame())
+    err = _run(["predict", str(data), str(data)], capsys).err
+    assert "is a file, not a directory" in err
+
+
+def test_a_long_text_field_is_read(tmp_path, capsys):
+    frame = _frame()
+    frame["note"] = ["x" * 200_000 if i == 0 else "short" for i in range(len(frame))]
+    _fit(tmp_path, _csv(tmp_path, frame), capsys, "--drop", "note", code=EXIT_OK)

@@ -218,12 +218,23 @@ def test_a_report_from_another_model_is_refused(tmp_path, data, capsys):
     b = _fit(tmp_path, data, "b", "--seed", "1")  # same shapes, other weights
     (b / "report.json").write_bytes((a / "report.json").read_bytes())
     _refused(["predict", str(b), str(data)], capsys, "report.json", "another model")
+    # Also with its checksums and model id removed: the weights still name their model.
+    report = json.loads((b / "report.json").read_text())
+    del report["sha256"], report["model_id"]
+    (b / "report.json").write_text(json.dumps(report))
+    _refused(["predict", str(b), str(data)], capsys, "report.json", "another model")
 
 
 def test_an_older_directory_without_checksums_loads_with_a_warning(model, data, capsys):
     report = json.loads((model / "report.json").read_text())
     del report["sha256"], report["model_id"]
     (model / "report.json").write_text(json.dumps(report))
+    path = model / "model.safetensors"  # nor did its weights record a model id
+    with safe_open(str(path), "pt") as f:
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+        header = f.metadata()
+    header["metadata"] = json.dumps({k: v for k, v in json.loads(header["metadata"]).items() if k != "model_id"})
+    save_file(tensors, str(path), metadata=header)
     assert main(["predict", str(model), str(data)]) == EXIT_OK
     err = capsys.readouterr().err
     assert "occamgd: warning:" in err and "records no checksums" in err

@@ -546,8 +546,11 @@ def read_report(path: str | os.PathLike) -> dict[str, Any]:
     """The report of model directory ``path``, after checking it is complete, not too new, and that
     every field the commands use has the type occamgd writes."""
     path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise InvalidValueError(f"model directory {path} is a file, not a directory; accepted: a directory "
+                                "written by occamgd fit")
     if not path.is_dir():
-        raise MissingFileError(f"model directory {path} does not exist (or is not a directory)")
+        raise MissingFileError(f"model directory {path} does not exist")
     missing = [name for name in REQUIRED if not (path / name).is_file()]
     if missing:
         raise InvalidValueError(f"model directory {path} is incomplete: missing {', '.join(missing)}; "
@@ -583,16 +586,16 @@ CHECKED_FILES = (FILE_NAMES["dense"], FILE_NAMES["sparse"], PREPROCESSING_NAME)
 def _verify(path: Path, report: dict[str, Any], metadata: dict[str, Any]) -> None:
     """Refuse files that are not the ones this report was written with (another model's report, a
     changed or damaged file); warn when an older directory records no checksums."""
-    sha = report.get("sha256")
-    if not sha:
-        warnings.warn(f"model directory {path} records no checksums (written by an older occamgd), so its files "
-                      "cannot be verified; write it again with occamgd fit to add them", stacklevel=3)
-        return
     ours, theirs = report.get("model_id"), metadata.get("model_id")
     if ours != theirs:
         raise InvalidValueError(f"{path / REPORT_NAME} is from another model (model id {ours!r}) than "
                                 f"{path / FILE_NAMES['dense']} (model id {theirs!r}); accepted: the report written "
                                 "with these weights: write the model directory again with occamgd fit")
+    sha = report.get("sha256")
+    if not sha:
+        warnings.warn(f"model directory {path} records no checksums (written by an older occamgd), so its files "
+                      "cannot be verified; write it again with occamgd fit to add them", stacklevel=3)
+        return
     for name in (FILE_NAMES["dense"], PREPROCESSING_NAME):
         if name not in sha:
             raise InvalidValueError(f"{path / REPORT_NAME} records no checksum of {name}; write the model directory "

@@ -100,6 +100,8 @@ def read_csv(path: str | os.PathLike):
         raise InvalidValueError(f"CSV file {path} is not a regular file (a device or socket); accepted: a CSV file")
     text = _decode(path.read_bytes(), path)
     source = f"CSV file {path}"
+    # pandas has no limit on a field's length; the csv module's default (128 KiB) would refuse long texts.
+    csv.field_size_limit(max(csv.field_size_limit(), 2**31 - 1))
     reader = csv.reader(io.StringIO(text, newline=""))
     header, rows, lines, done = None, [], [], 0
     try:
