@@ -121,3 +121,28 @@ def test_a_genuine_cifar_batch_still_loads(tmp_path):
     path = _batch(tmp_path, {b"batch_label": b"x", b"labels": [3, 7], b"data": data, b"filenames": [b"a", b"b"]})
     got, labels = images._read_batch(path)
     assert np.array_equal(got, data) and labels.tolist() == [3, 7]
+
+
+def test_a_cifar_archive_member_too_large_for_a_batch_is_refused(tmp_path, monkeypatch):
+    import tarfile
+
+    monkeypatch.setattr(images, "CIFAR_MEMBER_BYTES", 1000)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    archive = tmp_path / "cifar-10-python.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        for name in [*images.CIFAR_TRAIN, images.CIFAR_TEST]:
+            member = tmp_path / name
+            member.write_bytes(b"\0" * 2000)
+            tar.add(member, arcname=f"{images.CIFAR_DIR}/{name}")
+    with pytest.raises(InvalidValueError, match="claims 2,000 bytes"):
+        images._extract_cifar(archive)
+
+
+def test_a_gzip_bomb_is_not_inflated_past_what_an_idx_file_holds(tmp_path, monkeypatch):
+    import gzip
+
+    monkeypatch.setattr(images, "IDX_MAX_BYTES", 10_000)
+    path = tmp_path / "train-images-idx3-ubyte.gz"
+    path.write_bytes(gzip.compress(b"\0" * 1_000_000))
+    with pytest.raises(InvalidValueError, match="inflates to more than 10,000 bytes"):
+        images.read_idx(path, images.IMAGES_MAGIC)

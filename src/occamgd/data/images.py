@@ -14,6 +14,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import http.client
+import io
 import os
 import pickle
 import shutil
@@ -167,6 +168,10 @@ def _find(directory: Path, stem: str) -> Path | None:
     return None
 
 
+#: The most bytes a gzipped idx file may inflate to (MNIST's training images are 47 MB).
+IDX_MAX_BYTES = 256 * 2**20
+
+
 def read_idx(path: PathLike, magic: int) -> np.ndarray:
     """Read an idx file (gzipped or not) of unsigned bytes; check its magic number and length."""
     path = Path(path)
@@ -174,7 +179,11 @@ def read_idx(path: PathLike, magic: int) -> np.ndarray:
         with open(path, "rb") as f:
             raw = f.read()
         if raw[:2] == b"\x1f\x8b":  # gzip magic: decide by content, not by name
-            raw = gzip.decompress(raw)
+            with gzip.GzipFile(fileobj=io.BytesIO(raw)) as g:
+                raw = g.read(IDX_MAX_BYTES + 1)  # never inflate more than any idx file holds
+            if len(raw) > IDX_MAX_BYTES:
+                raise InvalidValueError(f"{path}: inflates to more than {IDX_MAX_BYTES:,} bytes, more than any "
+                                        "MNIST-style idx file holds")
     except (OSError, EOFError) as e:  # gzip.BadGzipFile is an OSError; a cut gzip is EOFError
         raise InvalidValueError(f"{path}: not a readable gzip file ({e})") from e
     if len(raw) < 4:
@@ -332,6 +341,10 @@ def _batches_in(directory: Path) -> Path | None:
     return None
 
 
+#: The largest member a CIFAR-10 archive may have (each batch is 10000 x 3073 bytes plus its pickle).
+CIFAR_MEMBER_BYTES = 40 * 2**20
+
+
 def _extract_cifar(archive: Path) -> Path:
     """Extract the six batches of ``archive`` into the cache, once per archive version.
 
@@ -350,7 +363,11 @@ def _extract_cifar(archive: Path) -> Path:
         try:
             with tarfile.open(archive, "r:gz") as tar:
                 for member in [*CIFAR_TRAIN, CIFAR_TEST]:
-                    f = tar.extractfile(f"{CIFAR_DIR}/{member}")
+                    info = tar.getmember(f"{CIFAR_DIR}/{member}")
+                    if info.size > CIFAR_MEMBER_BYTES:  # a batch is 31 MB: refuse to inflate a bomb
+                        raise InvalidValueError(f"{archive}: member {info.name} claims {info.size:,} bytes, more "
+                                                f"than a CIFAR-10 batch ({CIFAR_MEMBER_BYTES:,} at most)")
+                    f = tar.extractfile(info)
                     if f is None:
                         raise KeyError(member)
                     (tmp / member).write_bytes(f.read())
