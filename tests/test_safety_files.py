@@ -238,3 +238,56 @@ def test_report_does_not_write_through_a_symlink_into_the_model(model, tmp_path,
     before = _tree(tmp_path)
     _refused(["report", str(model), "--plot", str(link), "--force"], capsys)
     assert _tree(tmp_path) == before
+
+
+# Paths that walk out and back, and names a file system refuses ---------------------------------
+def test_force_through_dot_dot_replaces_the_model_and_loses_nothing(model, data, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["fit", "data.csv", "--target", "label", "--out", "model/../model", "--seed", "4", "--force",
+                 *FAST]) == EXIT_OK
+    assert '"seed": 4' in (model / "report.json").read_text()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_a_model_directory_is_not_written_inside_another(model, data, tmp_path, capsys, no_training):
+    before = _tree(tmp_path)
+    _refused(["fit", str(data), "--target", "label", "--out", str(model / "inner"), *FAST], capsys,
+             "inside the model directory")
+    assert _tree(tmp_path) == before
+
+
+def test_a_failed_rename_puts_the_old_model_back(model, data, tmp_path, monkeypatch, capsys):
+    before = _tree(model)
+    real = os.replace
+
+    def failing(src, dst):
+        if str(src).endswith(".tmp") and os.path.isdir(src):
+            raise OSError(28, "No space left on device")
+        return real(src, dst)
+
+    monkeypatch.setattr(modeldir.os, "replace", failing)
+    assert main(["fit", str(data), "--target", "label", "--out", str(model), "--seed", "5", "--force", *FAST]) == 1
+    assert _tree(model) == before
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+@pytest.mark.parametrize("command", ["fit", "predict", "report"])
+def test_a_name_too_long_for_the_file_system_is_refused(model, data, tmp_path, capsys, command):
+    long = str(tmp_path / ("x" * 300))
+    args = {"fit": ["fit", str(data), "--target", "label", "--out", long, *FAST],
+            "predict": ["predict", str(model), str(data), "--out", long],
+            "report": ["report", str(model), "--plot", long]}[command]
+    _refused(args, capsys, "at most 255 bytes")
+
+
+@pytest.mark.parametrize("command", ["predict", "report"])
+def test_an_unwritable_output_file_is_refused_up_front(model, data, capsys, command):
+    args = {"predict": ["predict", str(model), str(data), "--out", "/proc/p.csv"],
+            "report": ["report", str(model), "--plot", "/proc/p.png"]}[command]
+    _refused(args, capsys, "cannot be written")
+
+
+def test_a_holdback_that_leaves_nothing_to_train_on_is_refused_before_training(data, tmp_path, capsys,
+                                                                               no_training):
+    _refused(["fit", str(data), "--target", "label", "--out", str(tmp_path / "m"), "--holdback", "0.99", *FAST],
+             capsys, "leaving none to train on")

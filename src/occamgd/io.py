@@ -19,7 +19,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> 
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    # A long name is cut in the temporary one, which must fit the file system's name limit too.
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name[:100]}.", suffix=".tmp")
     try:
         # mkstemp makes the file private (0600); give it the mode a plain open() would have.
         umask = os.umask(0)
@@ -61,6 +62,21 @@ def file_ancestor(path: Path) -> Path | None:
     return None
 
 
+#: The longest file name (in bytes) most file systems allow; longer ones are refused up front.
+NAME_MAX = 255
+
+
+def check_name_lengths(path: Path, what: str) -> None:
+    """Refuse a path with a component longer than :data:`NAME_MAX` bytes (before any system call
+    that would fail on it with a bare OSError)."""
+    from .errors import InvalidValueError
+
+    for part in Path(path).parts:
+        if len(os.fsencode(part)) > NAME_MAX:
+            raise InvalidValueError(f"{what} path has the name {part[:40]!r}... of {len(os.fsencode(part))} bytes; "
+                                    f"accepted: names of at most {NAME_MAX} bytes")
+
+
 def check_output_file(path: str | os.PathLike, *, what: str = "output file", reads: tuple = (),
                       protected: tuple = (), own: tuple = (), force: bool = False) -> Path:
     """Refuse an output file that would lose something: an input the command reads (``reads``,
@@ -73,6 +89,17 @@ def check_output_file(path: str | os.PathLike, *, what: str = "output file", rea
     if os.fspath(path) == "":
         raise InvalidValueError(f"the {what} path is empty; accepted: a file path")
     path = Path(path)
+    check_name_lengths(path, what)
+    try:
+        _check_output_file(path, what, reads, protected, own, force)
+    except OSError as e:
+        raise InvalidValueError(f"{what} {path} cannot be used: {e.strerror or e}") from None
+    return path
+
+
+def _check_output_file(path: Path, what: str, reads: tuple, protected: tuple, own: tuple, force: bool) -> None:
+    from .errors import InvalidValueError
+
     resolved = path.resolve()
     for source in reads:
         if resolved == Path(source).resolve():
@@ -89,4 +116,20 @@ def check_output_file(path: str | os.PathLike, *, what: str = "output file", rea
         raise InvalidValueError(f"{what} {path} cannot be created: {blocker} is a file, not a directory")
     if (path.exists() or path.is_symlink()) and not force and resolved not in own_files:
         raise InvalidValueError(f"{what} {path} exists; accepted: another path, or --force to replace it")
-    return path
+    check_writable(path, what)
+
+
+def check_writable(path: Path, what: str) -> None:
+    """Refuse ``path`` if no file can be created there: its name is too long, or the nearest existing
+    directory above it cannot be written (a probe file is made there and removed at once)."""
+    from .errors import InvalidValueError
+
+    path = path.absolute()
+    existing = next(p for p in path.parents if p.exists())
+    try:
+        fd, probe = tempfile.mkstemp(dir=existing, prefix=".occamgd-probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise InvalidValueError(f"{what} {path} cannot be written: {e.strerror or e} in {existing}; accepted: a "
+                                "path in a directory you can write") from None

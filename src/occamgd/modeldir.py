@@ -48,7 +48,7 @@ from .data.preprocessing import TASKS, Preprocessing, encode_target, infer_task,
 from .errors import InvalidValueError, MissingFileError, OccamgdError
 from .export import FILE_NAMES, load_into, read_header, save
 from .fit import NonFiniteLossError
-from .io import _inside, atomic_write_text, file_ancestor
+from .io import _inside, atomic_write_text, check_name_lengths, check_writable, file_ancestor
 from .schedules import DEFAULT_PRESET
 
 FORMAT_NAME = "occamgd.modeldir"
@@ -121,32 +121,46 @@ def _check_replaceable(out: Path) -> None:
 
 
 def _check_out(out: str | os.PathLike, csv: str | os.PathLike, force: bool) -> Path:
-    """The model directory ``out``, after refusing every destination that would lose a file or
-    cannot be written (checked before any training, without writing anything)."""
+    """The model directory ``out`` as an absolute path in its resolved parent (``..`` and links
+    above it resolved), after refusing every destination that would lose a file or cannot be
+    written (checked before any training, without writing anything)."""
     if os.fspath(out) == "":
         raise InvalidValueError("the output directory path is empty; accepted: a path such as data-model")
-    out = Path(out)
-    if os.path.basename(os.path.normpath(os.fspath(out))) in ("", ".", ".."):
-        _refuse_out(out, "names the current directory, its parent or the root; accepted: a new directory path "
+    given = Path(out)
+    if os.path.basename(os.path.normpath(os.fspath(given))) in ("", ".", ".."):
+        _refuse_out(given, "names the current directory, its parent or the root; accepted: a new directory path "
                     "such as data-model")
-    resolved = out.resolve()
-    if resolved.parent == resolved:
-        _refuse_out(out, "is the root directory; accepted: a new directory path")
-    if _inside(Path.cwd().resolve(), resolved):
-        _refuse_out(out, "holds the current directory; accepted: a new directory path")
-    if _inside(Path(csv).resolve(), resolved):
-        _refuse_out(out, f"is or holds the CSV file {csv} this command reads; accepted: another path")
-    if out.is_symlink():
-        _refuse_out(out, "is a symbolic link; accepted: a real path (the link's target is never replaced)")
-    blocker = file_ancestor(out.absolute())
+    check_name_lengths(given, "output directory")
+    try:
+        return _check_out_path(given, csv, force)
+    except OSError as e:
+        raise InvalidValueError(f"output directory {given} cannot be used: {e.strerror or e}") from None
+
+
+def _check_out_path(given: Path, csv: str | os.PathLike, force: bool) -> Path:
+    blocker = file_ancestor(given.absolute())
     if blocker is not None:
-        _refuse_out(out, f"cannot be created: {blocker} is a file, not a directory")
+        _refuse_out(given, f"cannot be created: {blocker} is a file, not a directory")
+    # Every later step works on this path: renaming 'm/../m' away must not lose the way back.
+    out = given.absolute().parent.resolve() / given.name
+    resolved = out.resolve()
+    if _inside(Path.cwd().resolve(), resolved):
+        _refuse_out(given, "holds the current directory; accepted: a new directory path")
+    if _inside(Path(csv).resolve(), resolved):
+        _refuse_out(given, f"is or holds the CSV file {csv} this command reads; accepted: another path")
+    if out.is_symlink():
+        _refuse_out(given, "is a symbolic link; accepted: a real path (the link's target is never replaced)")
+    for parent in out.parents:
+        if (parent / MARKER_NAME).is_file():
+            _refuse_out(given, f"is inside the model directory {parent}; accepted: a path outside any model "
+                        "directory")
+    check_writable(out, "output directory")
     if out.exists():
         if not out.is_dir():
-            _refuse_out(out, "is a file, not a model directory; accepted: a new path (--force replaces only a "
+            _refuse_out(given, "is a file, not a model directory; accepted: a new path (--force replaces only a "
                         "model directory written by occamgd)")
         if not force:
-            _refuse_out(out, "exists; accepted: a new path, or --force to replace it")
+            _refuse_out(given, "exists; accepted: a new path, or --force to replace it")
         _check_replaceable(out)
     return out
 
@@ -157,7 +171,7 @@ def _reserve(out: Path) -> tuple[Path, list[Path]]:
     made = [p for p in out.absolute().parents if not p.exists()]
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name[:100]}.", suffix=".tmp"))
     except OSError as e:
         _remove_dirs(made)
         raise InvalidValueError(f"output directory {out} cannot be written: {e.strerror or e} ({out.parent}); "
@@ -226,6 +240,11 @@ def fit_csv(
         raise InvalidValueError(f"{source}: every feature column ({', '.join(map(repr, features[:10]))}"
                                 f"{', ...' if len(features) > 10 else ''}) is empty in every row with a target; "
                                 "accepted: at least one feature with values")
+    held = int(round(max(holdback, 1.0 / len(frame)) * len(frame)))  # what the estimator will hold back
+    if len(frame) - held < 1:
+        raise InvalidValueError(f"{source}: holdback={holdback} holds back {held} of its {len(frame)} rows with a "
+                                "target, leaving none to train on; accepted: a smaller fraction, or more rows "
+                                "(at least 2)")
     task = task or infer_task(frame[target], source)
     y, classes = encode_target(frame[target], task, source)
     pre = Preprocessing.learn(frame, target, task, categorical=categorical, classes=classes, source=source)
@@ -336,9 +355,14 @@ def _write_directory(out: Path, tmp: Path, csv, estimator, pre: Preprocessing, r
         if not force:
             raise InvalidValueError(f"output directory {out} appeared while training; accepted: --force to replace it")
         _check_out(out, csv, force)  # what is there now, not what was there before training
-        old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".old"))
+        old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name[:100]}.", suffix=".old"))
         os.replace(out, old / out.name)
-        os.replace(tmp, out)
+        try:
+            os.replace(tmp, out)
+        except BaseException:
+            os.replace(old / out.name, out)  # the old model goes back where it was
+            old.rmdir()
+            raise
         shutil.rmtree(old)
     else:
         os.replace(tmp, out)
