@@ -551,7 +551,8 @@ def _check_report(report: dict[str, Any], where: Path) -> None:
     for field in ("kept_weights", "prunable_weights"):
         if field in report and not _count(report[field]):
             refuse(field, "an integer >= 0")
-    if not (isinstance(hold, dict) and all(v is None or _number(v) for v in hold.values()) and _count(hold.get("rows"))):
+    if not (isinstance(hold, dict) and all(v is None or _number(v) for v in hold.values())
+            and _count(hold.get("rows"))):
         refuse("holdback", "an object of numbers (or null) with 'rows'")
     files = report.get("files", {})
     if not (isinstance(files, dict) and all(isinstance(k, str) and _count(v) for k, v in files.items())):

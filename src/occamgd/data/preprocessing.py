@@ -25,8 +25,10 @@ refused, naming the line (and the column) and what is accepted.
 
 Targets: :func:`infer_task` says classification when the target has a value that is not a
 number, or when all its values are whole numbers with at most :data:`MAX_INTEGER_CLASSES`
-distinct ones, regression otherwise (never from a non-finite value: that is refused); :func:`encode_target` numbers the classes in numeric order
-when every label is a number (``"9"`` before ``"010"``), alphabetically otherwise.
+distinct ones, regression otherwise (never from a non-finite value: that is refused);
+:func:`encode_target` numbers the classes in numeric order when every label is a number
+(``"9"`` before ``"010"``), alphabetically otherwise, and warns about labels that differ only in
+spelling (``1`` and ``1.0``).
 """
 
 from __future__ import annotations
@@ -194,8 +196,9 @@ def _first_bad(column, bad) -> str:
 def _refuse_nonfinite(column, nonfinite, what: str, source: str, categorical_hint: bool) -> None:
     hint = (f"; or declare it categorical to take the values as categories (occamgd fit --categorical "
             f"{column.name})" if categorical_hint else "")
-    raise InvalidValueError(f"{source}: {what} {column.name!r} has the non-finite value {_first_bad(column, nonfinite)}; "
-                            f"accepted: finite numbers, or an empty cell for a missing value{hint}")
+    raise InvalidValueError(f"{source}: {what} {column.name!r} has the non-finite value "
+                            f"{_first_bad(column, nonfinite)}; accepted: finite numbers, or an empty cell for a "
+                            f"missing value{hint}")
 
 
 def _refuse_overflow(column, parsed, what: str, source: str) -> None:
