@@ -11,7 +11,8 @@ training rows (``DistributedSampler``) and measures the loss on its shard of the
 first rank's masks. With ``--checkpoint`` the first rank writes model, optimizer, Occam state,
 epoch and every rank's random-number state atomically after every epoch, and a new launch with
 as many ranks resumes from it exactly where the interrupted run was (with another number of
-ranks, the weights and masks resume and dropout draws afresh).
+ranks, the weights and masks resume and dropout draws afresh). The checkpoint is read with
+``weights_only=True``: tensors and plain containers only, so a file from elsewhere cannot run code.
 """
 
 from __future__ import annotations
@@ -78,6 +79,24 @@ def digits(seed: int):
     return TensorDataset(tensors[0], labels[0]), (tensors[1], labels[1])
 
 
+def load_checkpoint(path: Path, device: torch.device) -> dict:
+    """The checkpoint at ``path``, unpickling nothing but tensors and plain containers
+    (``weights_only=True``): a checkpoint from elsewhere cannot run code. Exits naming the file if
+    it holds anything else or is damaged."""
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:  # UnpicklingError, EOFError, RuntimeError (a damaged zip), ...
+        raise SystemExit(f"checkpoint {path} cannot be read as plain tensors ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0] if str(e) else ''}); delete it to start afresh, or pass "
+                         "another --checkpoint") from None
+    needed = {"epoch", "model", "optimizer", "occam", "pending_signal", "rng"}
+    if not isinstance(state, dict) or needed - set(state):
+        raise SystemExit(f"checkpoint {path} is not one this script wrote (it lacks "
+                         f"{sorted(needed - set(state)) if isinstance(state, dict) else 'everything'}); delete it "
+                         "to start afresh, or pass another --checkpoint")
+    return state
+
+
 def rng_state(device: torch.device) -> dict:
     """This rank's random-number state (dropout draws from it)."""
     return {"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
@@ -119,7 +138,7 @@ def main(argv: list[str] | None = None) -> None:
 
     start, pending = 0, None
     if args.checkpoint is not None and args.checkpoint.exists():
-        state = torch.load(args.checkpoint, map_location=device, weights_only=False)
+        state = load_checkpoint(args.checkpoint, device)
         net.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         occam.load_state_dict(state["occam"])

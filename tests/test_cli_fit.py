@@ -48,7 +48,7 @@ def test_fit_predict_report_round_trip_for_classification(tmp_path, capsys):
     out = tmp_path / "model"
     assert main(["fit", str(data), "--target", "label", "--out", str(out), "--drop", "price", *FAST]) == EXIT_OK
     assert {p.name for p in out.iterdir()} == {"model.safetensors", "model.sparse.safetensors",
-                                               "preprocessing.json", "report.json"}
+                                               "preprocessing.json", "report.json", ".occamgd-model"}
     report = json.loads((out / "report.json").read_text())
     assert report["format_version"] == MODELDIR_FORMAT
     assert report["data"]["task"] == "classification" and report["data"]["classes"] == ["drop", "keep"]
@@ -159,7 +159,8 @@ def test_an_explicit_task_overrides_inference_and_regression_refuses_text(tmp_pa
 def _fails(args, capsys) -> str:
     assert main(args) == EXIT_BAD_INPUT
     err = capsys.readouterr().err
-    assert err.startswith("occamgd: error: ")
+    # Warnings about the data may come first; the error is the last line.
+    assert err.splitlines()[-1].startswith("occamgd: error: "), err
     return err
 
 
@@ -252,6 +253,7 @@ def test_predicting_handles_unseen_categories_and_gaps_but_refuses_text_in_numbe
     ok = _csv(tmp_path, frame, "ok.csv")
     assert main(["predict", str(model_dir), str(ok), "--out", str(tmp_path / "p.csv")]) == EXIT_OK
     assert len(pd.read_csv(tmp_path / "p.csv")) == 10
+    assert "1 of 10 rows hold categories not seen in training" in capsys.readouterr().err
     frame.loc[4, "size"] = "big"
     err = _fails(["predict", str(model_dir), str(_csv(tmp_path, frame, "bad.csv"))], capsys)
     assert "numeric column 'size' has the value 'big' on line 6" in err

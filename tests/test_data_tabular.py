@@ -26,6 +26,9 @@ from occamgd.data.tabular import BUNDLED_MANIFEST
 
 COLORS = ["red", "green", "blue"]
 
+# ``key`` (and the OpenML frame's ``id``) are kept on purpose: their identifier warnings are expected.
+pytestmark = pytest.mark.filterwarnings("ignore:.*looks like an identifier:UserWarning")
+
 
 def frame(n=30, seed=0) -> pd.DataFrame:
     """20 'yes' and 10 'no' rows; ``key`` is unique so a row can be found after preprocessing."""

@@ -103,7 +103,8 @@ def _add_model_commands(sub) -> None:
     fit.add_argument("--categorical", type=_names, default=[],
                      help="comma-separated columns to one-hot encode even though they look numeric")
     fit.add_argument("--drop", type=_names, default=[], help="comma-separated columns to ignore (ids, leaks)")
-    fit.add_argument("--force", action="store_true", help="replace MODEL_DIR if it exists")
+    fit.add_argument("--force", action="store_true",
+                     help="replace MODEL_DIR if it exists and is a model directory occamgd wrote (nothing else)")
     fit.add_argument("--quiet", action="store_true", help="no progress bar, no summary")
     predict = sub.add_parser(
         "predict",
@@ -114,7 +115,9 @@ def _add_model_commands(sub) -> None:
     )
     predict.add_argument("model_dir", help="directory written by occamgd fit")
     predict.add_argument("csv", help="rows to predict (CSV with the training columns)")
-    predict.add_argument("--out", help="predictions CSV to write (default: standard output)")
+    predict.add_argument("--out", help="predictions CSV to write (default: standard output); never the input CSV "
+                         "nor a file in MODEL_DIR")
+    predict.add_argument("--force", action="store_true", help="replace the --out file if it exists")
     report = sub.add_parser(
         "report",
         help="print a model directory's training history and plot it",
@@ -122,32 +125,47 @@ def _add_model_commands(sub) -> None:
         "a plot of training loss, hold-back loss and density per epoch.",
     )
     report.add_argument("model_dir", help="directory written by occamgd fit")
-    report.add_argument("--plot", help="PNG to write (default: MODEL_DIR/curves.png)")
+    report.add_argument("--plot", help="PNG to write (default: MODEL_DIR/curves.png, which is rewritten each "
+                        "time); never another file in MODEL_DIR")
+    report.add_argument("--force", action="store_true", help="replace the --plot file if it exists")
 
 
-def _run_fit(args) -> None:
-    import warnings
-    from pathlib import Path
+class _DataWarnings:
+    """Show warnings about the data (rows dropped for an empty target, unseen categories, ...) in
+    the command line's own words, also when the command then fails; library warnings keep their
+    usual form."""
 
-    from .modeldir import fit_csv, summary
+    def __enter__(self):
+        import warnings
 
-    out = args.out or f"{Path(args.csv).stem}-model"
-    # Warnings about the data (rows dropped for an empty target, ...) are shown in the command
-    # line's own words, also when training then fails; library warnings keep their usual form.
-    caught: list[warnings.WarningMessage] = []
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", UserWarning)
-            report = fit_csv(args.csv, args.target, out, task=args.task, epochs=args.epochs,
-                             holdback=args.holdback, seed=args.seed, hidden=args.hidden, schedule=args.schedule,
-                             categorical=args.categorical, drop=args.drop, force=args.force,
-                             progress=not args.quiet)
-    finally:
-        for w in caught:
+        self._catcher = warnings.catch_warnings(record=True)
+        self._caught = self._catcher.__enter__()
+        warnings.simplefilter("always", UserWarning)
+        return self
+
+    def __exit__(self, *exc):
+        import warnings
+
+        self._catcher.__exit__(*exc)
+        for w in self._caught:
             if type(w.message) is UserWarning:
                 print(f"occamgd: warning: {w.message}", file=sys.stderr)
             else:
                 warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+        return False
+
+
+def _run_fit(args) -> None:
+    from pathlib import Path
+
+    from .modeldir import fit_csv, summary
+
+    out = f"{Path(args.csv).stem}-model" if args.out is None else args.out
+    with _DataWarnings():
+        report = fit_csv(args.csv, args.target, out, task=args.task, epochs=args.epochs,
+                         holdback=args.holdback, seed=args.seed, hidden=args.hidden, schedule=args.schedule,
+                         categorical=args.categorical, drop=args.drop, force=args.force,
+                         progress=not args.quiet)
     if not args.quiet:
         print(summary(report))
         print(f"wrote {out}")
@@ -164,12 +182,16 @@ def _print(text: str) -> None:
 
 
 def _run_predict(args) -> None:
-    from .io import atomic_write_text
-    from .modeldir import load_model_dir, read_csv
+    from .io import atomic_write_text, check_output_file
+    from .modeldir import load_model_dir, read_csv, spreadsheet_safe
 
-    model = load_model_dir(args.model_dir)
-    predictions = model.predict(read_csv(args.csv), source=f"CSV file {args.csv}")
-    text = predictions.to_csv(index=False)
+    if args.out is not None:
+        check_output_file(args.out, what="predictions file", reads=(args.csv,), protected=(args.model_dir,),
+                          force=args.force)
+    with _DataWarnings():
+        model = load_model_dir(args.model_dir)
+        predictions = model.predict(read_csv(args.csv), source=f"CSV file {args.csv}")
+    text = spreadsheet_safe(predictions).to_csv(index=False)
     if args.out:
         atomic_write_text(text, args.out)
     else:
@@ -179,10 +201,14 @@ def _run_predict(args) -> None:
 def _run_report(args) -> None:
     from pathlib import Path
 
+    from .io import check_output_file
     from .modeldir import PLOT_NAME, history_table, read_report, summary, write_plots
 
+    own = Path(args.model_dir) / PLOT_NAME
+    plot = check_output_file(own if args.plot is None else args.plot, what="plot", protected=(args.model_dir,),
+                             own=(own,), force=args.force)
     report = read_report(args.model_dir)
-    plot = write_plots(report, args.plot or Path(args.model_dir) / PLOT_NAME)
+    plot = write_plots(report, plot)
     _print(f"{summary(report)}\n\n{history_table(report)}\n\nwrote {plot}\n")
 
 

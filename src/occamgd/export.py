@@ -11,6 +11,10 @@ Tensor names inside a file: ``weights/<key>`` (dense tensors), ``masks/<key>`` (
 metadata holds the format name and version, the layout, the shapes of the sparse tensors and
 the caller's own metadata (JSON). Loading checks the format version, the file's consistency and
 the tensor names and shapes against the model before changing anything.
+
+A file is untrusted input: every size it records is checked against the data it holds before
+anything is allocated (a sparse tensor's recorded shape is bounded by its bitmask, or, for the
+index form, by the model it is loaded into or by ``max_elements``), and its weights must be finite.
 """
 
 from __future__ import annotations
@@ -38,6 +42,9 @@ EXPORT_FORMAT = 1
 LAYOUTS = ("dense", "sparse")
 #: File names that :func:`save` writes in a directory.
 FILE_NAMES = {"dense": "model.safetensors", "sparse": "model.sparse.safetensors"}
+#: The most elements :func:`load` expands sparse tensors in the index form to, when no model bounds
+#: them: the file holds no evidence of their size (268M elements: 1 GiB of float32).
+MAX_ELEMENTS = 2**28
 
 
 @dataclass
@@ -80,9 +87,11 @@ def _state_and_masks(model: nn.Module | Mapping[str, torch.Tensor],
 
 def _header(layout: str, metadata: Mapping[str, Any] | None, **extra: Any) -> dict[str, str]:
     try:
-        user = json.dumps(dict(metadata or {}), sort_keys=True)
+        user = json.dumps(dict(metadata or {}), sort_keys=True, allow_nan=False)
     except TypeError as e:
         raise InvalidTypeError(f"metadata must be JSON-serialisable: {e}") from e
+    except ValueError as e:
+        raise InvalidValueError(f"metadata must be standard JSON, without NaN or Infinity: {e}") from e
     header = {"format": FORMAT_NAME, "format_version": str(EXPORT_FORMAT), "layout": layout, "metadata": user}
     header.update({k: json.dumps(v, sort_keys=True) for k, v in extra.items()})
     return header
@@ -177,9 +186,31 @@ def _open(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
 
 def _json(header: dict[str, str], key: str, path: Path) -> Any:
     try:
-        return json.loads(header.get(key, "{}"))
+        value = json.loads(header.get(key, "{}"))
     except json.JSONDecodeError as e:
         raise InvalidValueError(f"{path}: metadata {key!r} is not valid JSON: {e}") from e
+    if not isinstance(value, dict):
+        raise InvalidValueError(f"{path}: metadata {key!r} holds {type(value).__name__}, not a JSON object")
+    return value
+
+
+def read_header(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, tuple[int, ...]]]:
+    """The caller's metadata and every tensor's shape, read from the header without loading a tensor.
+
+    The safetensors header is checked against the file (every tensor's bytes present)."""
+    path = Path(path)
+    if not path.is_file():
+        raise MissingFileError(f"export file {path} does not exist")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            header = f.metadata() or {}
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except SafetensorError as e:
+        raise InvalidValueError(f"{path} is not a readable safetensors file: {e}") from e
+    if header.get("format") != FORMAT_NAME:
+        raise InvalidValueError(f"{path} is not an occamgd export (its metadata has format "
+                                f"{header.get('format')!r}; accepted: {FORMAT_NAME!r})")
+    return _json(header, "metadata", path), shapes
 
 
 def _split_names(tensors: dict[str, torch.Tensor], path: Path) -> dict[str, dict[str, torch.Tensor]]:
@@ -193,17 +224,29 @@ def _split_names(tensors: dict[str, torch.Tensor], path: Path) -> dict[str, dict
     return groups
 
 
+def _shape(key: str, shape: Any, path: Path) -> list[int]:
+    if not (isinstance(shape, list) and len(shape) <= 64
+            and all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape)):
+        raise InvalidValueError(f"{path}: the recorded shape of {key!r} is {shape!r}; accepted: a list of sizes "
+                                "(integers >= 0)")
+    return shape
+
+
 def _unpack(key: str, shape: list[int], values: torch.Tensor, groups: dict, path: Path) -> tuple:
     """Rebuild one sparse tensor and its mask, checking every count and index on the way."""
     numel = math.prod(shape)
     if key in groups.get("bitmask", {}):
         packed = groups["bitmask"][key]
-        if packed.dtype != torch.uint8 or packed.numel() != math.ceil(numel / 8):
+        if packed.dtype != torch.uint8 or packed.dim() != 1 or packed.numel() != math.ceil(numel / 8):
             raise InvalidValueError(f"{path}: bitmask of {key!r} has {packed.numel()} {packed.dtype} entries; a tensor "
                              f"of shape {shape} needs {math.ceil(numel / 8)} uint8")
         flat = torch.from_numpy(np.unpackbits(packed.numpy(), count=numel, bitorder="little").astype(bool))
     elif key in groups.get("indices", {}):
-        index = groups["indices"][key].to(torch.int64)
+        index = groups["indices"][key]
+        if index.dtype not in (torch.int32, torch.int64) or index.dim() != 1:
+            raise InvalidValueError(f"{path}: indices of {key!r} are {index.dtype} of {index.dim()} dimensions; "
+                                    "accepted: one dimension of int32 or int64")
+        index = index.to(torch.int64)
         if index.numel() and (index.min() < 0 or index.max() >= numel or not bool((index[1:] > index[:-1]).all())):
             raise InvalidValueError(f"{path}: indices of {key!r} are not increasing positions in [0, {numel})")
         flat = torch.zeros(numel, dtype=torch.bool)
@@ -217,8 +260,35 @@ def _unpack(key: str, shape: list[int], values: torch.Tensor, groups: dict, path
     return dense.reshape(shape), flat.reshape(shape)
 
 
-def load(path: str | os.PathLike) -> Exported:
-    """Read either layout back: the ``state_dict`` (pruned entries zero), the masks, the metadata."""
+def _check_finite(name: str, tensor: torch.Tensor, path: Path) -> None:
+    if tensor.is_floating_point() or tensor.is_complex():
+        bad = int((~torch.isfinite(tensor)).sum())
+        if bad:
+            raise InvalidValueError(f"{path}: tensor {name!r} holds {bad} non-finite values (NaN or infinity); "
+                                    "the weights are damaged: save them again (or pass check_finite=False to "
+                                    "read them anyway)")
+
+
+def _mismatch(theirs: Mapping[str, tuple], ours: Mapping[str, tuple], name: str, source: str) -> str | None:
+    missing, unexpected = sorted(set(ours) - set(theirs)), sorted(set(theirs) - set(ours))
+    shapes = [f"{k}: {tuple(theirs[k])} in the {source}, {tuple(ours[k])} in the model"
+              for k in sorted(set(ours) & set(theirs)) if tuple(ours[k]) != tuple(theirs[k])]
+    if missing or unexpected or shapes:
+        return (f"the {source} does not fit {name}: missing tensors {missing}, unexpected tensors {unexpected}, "
+                f"shape mismatches {shapes}; accepted: a file saved from the same architecture")
+    return None
+
+
+def load(path: str | os.PathLike, *, max_elements: int = MAX_ELEMENTS, check_finite: bool = True,
+         expected: Mapping[str, tuple] | None = None) -> Exported:
+    """Read either layout back: the ``state_dict`` (pruned entries zero), the masks, the metadata.
+
+    Nothing recorded in the file is trusted: the sparse layout's shapes must be sizes that its
+    bitmask covers or, in the index form (which holds no evidence of the size), together at most
+    ``max_elements`` elements, unless ``expected`` (tensor name -> shape, what :func:`load_into`
+    passes) bounds them first; every floating-point tensor must be finite unless ``check_finite``
+    is false.
+    """
     path = Path(path)
     header, tensors = _open(path)
     groups = _split_names(tensors, path)
@@ -228,14 +298,34 @@ def load(path: str | os.PathLike) -> Exported:
         if key not in state or mask.dtype != torch.bool or mask.shape != state[key].shape:
             raise InvalidValueError(f"{path}: mask {key!r} has no tensor of the same shape, or is not bool")
     if header["layout"] == "sparse":
-        shapes = _json(header, "shapes", path)
+        shapes = {key: _shape(key, shape, path) for key, shape in _json(header, "shapes", path).items()}
         if set(shapes) != set(groups.get("values", {})):
             raise InvalidValueError(f"{path}: the sparse tensors {sorted(groups.get('values', {}))} do not match "
                              f"the shapes recorded for {sorted(shapes)}")
+        if expected is not None:
+            theirs = {**{k: tuple(v.shape) for k, v in state.items()}, **{k: tuple(v) for k, v in shapes.items()}}
+            problem = _mismatch(theirs, expected, "the model", f"export {path}")
+            if problem:
+                raise InvalidValueError(problem)
+        else:
+            unbacked = 0
+            for key, shape in shapes.items():
+                if key not in groups.get("bitmask", {}):
+                    unbacked += math.prod(shape)
+                    if unbacked > max_elements:
+                        raise InvalidValueError(
+                            f"{path}: sparse tensor {key!r} of shape {shape} would expand to {math.prod(shape):,} "
+                            f"elements that the file holds no evidence of; accepted: up to max_elements="
+                            f"{max_elements:,} in all (pass a larger max_elements, or load_into a model of that shape)")
         for key, shape in shapes.items():
             if key in state:
                 raise InvalidValueError(f"{path}: {key!r} is stored both dense and sparse")
+            if check_finite:
+                _check_finite(key, groups["values"][key], path)
             state[key], masks[key] = _unpack(key, shape, groups["values"][key], groups, path)
+    if check_finite:
+        for key in groups.get("weights", {}):
+            _check_finite(key, state[key], path)
     return Exported(state_dict=state, masks=masks, metadata=_json(header, "metadata", path), layout=header["layout"])
 
 
@@ -243,21 +333,19 @@ def check_compatible(state: Mapping[str, torch.Tensor], model: nn.Module, source
     """Raise ``ValueError`` naming every tensor whose name or shape differs between ``state`` and ``model``."""
     ours = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     theirs = {k: tuple(v.shape) for k, v in state.items()}
-    missing, unexpected = sorted(set(ours) - set(theirs)), sorted(set(theirs) - set(ours))
-    shapes = [f"{k}: {theirs[k]} in the {source}, {ours[k]} in the model"
-              for k in sorted(set(ours) & set(theirs)) if ours[k] != theirs[k]]
-    if missing or unexpected or shapes:
-        raise InvalidValueError(f"the {source} does not fit {type(model).__name__}: missing tensors {missing}, "
-                         f"unexpected tensors {unexpected}, shape mismatches {shapes}; accepted: a file saved "
-                         "from the same architecture")
+    problem = _mismatch(theirs, ours, type(model).__name__, source)
+    if problem:
+        raise InvalidValueError(problem)
 
 
-def load_into(model: nn.Module, path: str | os.PathLike) -> dict[str, torch.Tensor]:
+def load_into(model: nn.Module, path: str | os.PathLike, *, check_finite: bool = True) -> dict[str, torch.Tensor]:
     """Load an export into ``model`` (left unchanged on any error); return its masks.
 
-    The masks come back on the devices of their tensors, ready for ``Occam(...).masks.update``.
+    The file's recorded shapes are checked against the model's before anything is expanded. The
+    masks come back on the devices of their tensors, ready for ``Occam(...).masks.update``.
     """
-    exported = load(path)
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    exported = load(path, check_finite=check_finite, expected=expected)
     check_compatible(exported.state_dict, model, f"export {path}")
     model.load_state_dict(exported.state_dict)
     devices = {k: v.device for k, v in model.state_dict().items()}

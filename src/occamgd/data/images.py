@@ -14,6 +14,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import http.client
+import io
 import os
 import pickle
 import shutil
@@ -167,6 +168,10 @@ def _find(directory: Path, stem: str) -> Path | None:
     return None
 
 
+#: The most bytes a gzipped idx file may inflate to (MNIST's training images are 47 MB).
+IDX_MAX_BYTES = 256 * 2**20
+
+
 def read_idx(path: PathLike, magic: int) -> np.ndarray:
     """Read an idx file (gzipped or not) of unsigned bytes; check its magic number and length."""
     path = Path(path)
@@ -174,7 +179,11 @@ def read_idx(path: PathLike, magic: int) -> np.ndarray:
         with open(path, "rb") as f:
             raw = f.read()
         if raw[:2] == b"\x1f\x8b":  # gzip magic: decide by content, not by name
-            raw = gzip.decompress(raw)
+            with gzip.GzipFile(fileobj=io.BytesIO(raw)) as g:
+                raw = g.read(IDX_MAX_BYTES + 1)  # never inflate more than any idx file holds
+            if len(raw) > IDX_MAX_BYTES:
+                raise InvalidValueError(f"{path}: inflates to more than {IDX_MAX_BYTES:,} bytes, more than any "
+                                        "MNIST-style idx file holds")
     except (OSError, EOFError) as e:  # gzip.BadGzipFile is an OSError; a cut gzip is EOFError
         raise InvalidValueError(f"{path}: not a readable gzip file ({e})") from e
     if len(raw) < 4:
@@ -235,23 +244,50 @@ def load_fashion_mnist(root: PathLike | None = None, download: bool = False) -> 
 
 
 # CIFAR-10 -------------------------------------------------------------------------------------
+class _NdarrayName:
+    """What a batch gets for the name ``numpy.ndarray``: a token only :func:`_reconstruct` accepts.
+
+    Calling ``numpy.ndarray(shape, dtype)`` from a pickle would allocate any size the file names;
+    the published batches only pass the class to ``_reconstruct``."""
+
+    def __call__(self, *args, **kwargs):
+        raise pickle.UnpicklingError("CIFAR batch calls numpy.ndarray directly; only the array pickles numpy "
+                                     "writes are allowed")
+
+
+_NDARRAY = _NdarrayName()
+
+
+def _reconstruct(subtype, shape, dtype):
+    """numpy's ``_reconstruct`` for plain arrays of no elements (their bytes come after, from the
+    file): a pickle naming a larger shape would allocate what the file does not hold."""
+    if subtype is not _NDARRAY or not (isinstance(shape, tuple) and 0 in shape):
+        raise pickle.UnpicklingError(f"CIFAR batch reconstructs {getattr(subtype, '__name__', subtype)!r} of shape "
+                                     f"{shape!r}; only numpy's own array pickles (an empty array, then its bytes) "
+                                     "are allowed")
+    return np.empty(shape, dtype=dtype)  # what numpy's _reconstruct(ndarray, shape, dtype) makes
+
+
 class _BatchUnpickler(pickle.Unpickler):
-    """Unpickles CIFAR batches only: a pickle can run any code, so allow just what they hold."""
+    """Unpickles CIFAR batches only: a pickle can run any code, so allow just what they hold (dicts,
+    lists, bytes, strings, numbers, and numpy arrays built the way numpy pickles them)."""
 
     # The published batches name numpy.core, which numpy 2 renamed to numpy._core;
     # _codecs.encode is how protocol 2 stores bytes under Python 3; _frombuffer is how protocol 5
     # stores arrays. Names are resolved at load time, so no private numpy name is imported here.
     ALLOWED = {
-        ("numpy", "ndarray"),
         ("numpy", "dtype"),
-        ("numpy.core.multiarray", "_reconstruct"),
-        ("numpy._core.multiarray", "_reconstruct"),
         ("numpy.core.numeric", "_frombuffer"),
         ("numpy._core.numeric", "_frombuffer"),
         ("_codecs", "encode"),
     }
+    RECONSTRUCT = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct")}
 
     def find_class(self, module: str, name: str):
+        if (module, name) == ("numpy", "ndarray"):
+            return _NDARRAY
+        if (module, name) in self.RECONSTRUCT:
+            return _reconstruct
         if (module, name) not in self.ALLOWED:
             raise pickle.UnpicklingError(f"CIFAR batch refers to {module}.{name}; only numpy arrays are allowed")
         if module.startswith("numpy.core.") and np.lib.NumpyVersion(np.__version__) >= "2.0.0":
@@ -264,10 +300,20 @@ def _read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
         with open(path, "rb") as f:
             batch = _BatchUnpickler(f, encoding="bytes").load()
         data, labels = batch[b"data"], batch[b"labels"]
-    except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError, AttributeError) as e:
+    except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError, AttributeError, IndexError,
+            MemoryError, RecursionError) as e:
         raise InvalidValueError(f"{path}: not a CIFAR-10 python batch (a pickled dict with b'data' and "
                          f"b'labels'): {type(e).__name__}: {e}") from e
-    data, labels = np.asarray(data), np.asarray(labels, dtype=np.int64)
+    if not isinstance(data, np.ndarray) or not isinstance(labels, (list, np.ndarray)):
+        raise InvalidValueError(f"{path}: data of type {type(data).__name__} and labels of type "
+                                f"{type(labels).__name__}; expected a uint8 numpy array and a list of labels")
+    if data.nbytes > path.stat().st_size:
+        raise InvalidValueError(f"{path}: its data claims {data.nbytes:,} bytes but the file holds "
+                                f"{path.stat().st_size:,}; not a CIFAR-10 python batch")
+    try:
+        labels = np.asarray(labels, dtype=np.int64)
+    except (TypeError, ValueError, OverflowError) as e:
+        raise InvalidValueError(f"{path}: labels are not integers: {e}") from e
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
         raise InvalidValueError(f"{path}: data of dtype {data.dtype} and shape {data.shape}, "
                          "expected uint8 of shape (n, 3072)")
@@ -295,6 +341,10 @@ def _batches_in(directory: Path) -> Path | None:
     return None
 
 
+#: The largest member a CIFAR-10 archive may have (each batch is 10000 x 3073 bytes plus its pickle).
+CIFAR_MEMBER_BYTES = 40 * 2**20
+
+
 def _extract_cifar(archive: Path) -> Path:
     """Extract the six batches of ``archive`` into the cache, once per archive version.
 
@@ -313,7 +363,11 @@ def _extract_cifar(archive: Path) -> Path:
         try:
             with tarfile.open(archive, "r:gz") as tar:
                 for member in [*CIFAR_TRAIN, CIFAR_TEST]:
-                    f = tar.extractfile(f"{CIFAR_DIR}/{member}")
+                    info = tar.getmember(f"{CIFAR_DIR}/{member}")
+                    if info.size > CIFAR_MEMBER_BYTES:  # a batch is 31 MB: refuse to inflate a bomb
+                        raise InvalidValueError(f"{archive}: member {info.name} claims {info.size:,} bytes, more "
+                                                f"than a CIFAR-10 batch ({CIFAR_MEMBER_BYTES:,} at most)")
+                    f = tar.extractfile(info)
                     if f is None:
                         raise KeyError(member)
                     (tmp / member).write_bytes(f.read())

@@ -73,8 +73,8 @@ def read_manifest(path: PathLike | None = None) -> dict[str, TableSpec]:
         raise MissingFileError(f"manifest {path} does not exist; accepted: a {MANIFEST_NAME} file or its directory")
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise InvalidValueError(f"manifest {path} is not valid JSON: {e}") from e
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:  # JSONDecodeError is a ValueError
+        raise InvalidValueError(f"manifest {path} is not valid JSON: {type(e).__name__}: {str(e)[:200]}") from None
     if not (isinstance(doc, dict) and isinstance(doc.get("datasets"), dict)):
         raise InvalidValueError(f'manifest {path}: expected an object with "datasets": {{name: {{"file", "target", ...}}}}')
     if doc.get("task", "classification") != "classification":
