@@ -102,7 +102,7 @@ def test_lightning_callback_under_ddp_agrees_across_ranks(ranks):
 def test_example_script_trains_prunes_and_checkpoints(ranks):
     out = ranks[0]["example"]
     assert "epoch   1  hold-back loss (mean of 2 ranks)" in out and ranks[1]["example"] == ""
-    state = torch.load(ranks[0]["out"] / "example.pt", weights_only=False)
+    state = torch.load(ranks[0]["out"] / "example.pt", weights_only=True)
     assert state["epoch"] == 1 and state["pending_signal"] is not None and len(state["rng"]) == 2
     masks = state["occam"]["masks"]
     assert 0.5 < float(masks["1.weight"].float().mean()) < 0.7  # one prune at r0 = 0.4

@@ -177,3 +177,12 @@ def test_beats_sklearns_mlp_of_the_same_size_on_glass_by_test_log_loss():
 def test_estimators_are_reachable_from_the_top_level_package():
     assert occamgd.OccamMLPClassifier is OccamMLPClassifier
     assert occamgd.OccamMLPRegressor is OccamMLPRegressor
+
+
+def test_a_target_whose_scaling_overflows_is_refused_by_name():
+    X = np.arange(20, dtype=float).reshape(10, 2)
+    y = np.array([1e300, -1e300] * 5)
+    with pytest.raises(ValueError, match=r"y column\(s\) \[0\] cannot be standardised"):
+        OccamMLPRegressor(epochs=1, hidden_layer_sizes=(4,)).fit(X, y)
+    with pytest.raises(ValueError, match=r"X column\(s\) \[1\] cannot be standardised"):
+        OccamMLPClassifier(epochs=1, hidden_layer_sizes=(4,)).fit(np.c_[X[:, 0], y], np.arange(10) % 2)

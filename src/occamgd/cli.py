@@ -79,6 +79,8 @@ def _names(text: str) -> list[str]:
 
 
 def _add_model_commands(sub) -> None:
+    from .schedules import DEFAULT_PRESET, PRESETS
+
     fit = sub.add_parser(
         "fit",
         help="train on a CSV file and write a model directory",
@@ -97,8 +99,8 @@ def _add_model_commands(sub) -> None:
     fit.add_argument("--holdback", type=float, default=0.15,
                      help="fraction of rows held back to drive pruning and pick the epoch (default: 0.15)")
     fit.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    fit.add_argument("--schedule", choices=("paper", "guarded"),
-                     help="rate controller: the paper's rule or the guarded one (default: the library's default)")
+    fit.add_argument("--schedule", choices=list(PRESETS),
+                     help=f"rate controller preset (default: {DEFAULT_PRESET}, the library's default)")
     fit.add_argument("--hidden", type=_widths, default=[256, 256], help="hidden layer widths (default: 256,256)")
     fit.add_argument("--categorical", type=_names, default=[],
                      help="comma-separated columns to one-hot encode even though they look numeric")

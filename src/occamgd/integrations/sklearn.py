@@ -93,6 +93,19 @@ def _hidden_sizes(value) -> tuple[int, ...]:
     return tuple(int(h) for h in value)
 
 
+
+def _finite_standardisation(values: np.ndarray, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`standardisation`, refusing columns whose mean or spread overflows (values near 1e300)."""
+    mean, scale = standardisation(values)
+    bad = np.flatnonzero(~(np.isfinite(mean) & np.isfinite(scale)))
+    if bad.size:
+        raise InvalidValueError(
+            f"{name} column(s) {bad[:5].tolist()} cannot be standardised: their mean or spread overflows float64 "
+            f"(largest magnitude {np.abs(values[:, bad[0]]).max():.3g}); accepted: values whose spread is finite, "
+            "e.g. rescaled to a smaller unit"
+        )
+    return mean, scale
+
 class _OccamMLP(BaseEstimator):
     """Shared parameters, training and forward pass of the two estimators."""
 
@@ -151,7 +164,7 @@ class _OccamMLP(BaseEstimator):
             raise InvalidValueError(f"{type(self).__name__} needs at least 2 samples (one held back), got {n} sample")
         seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
         # The rule the bench's tables and occamgd fit's preprocessing.json use too.
-        mean, scale = standardisation(X)
+        mean, scale = _finite_standardisation(X, "X")
         x = torch.as_tensor(((X - mean) / scale).astype(np.float32))
         # At least one row is held back, so small data sets (and cross-validation folds) still work.
         holdback = max(float(self.holdback), 1.0 / n) if self.holdback > 0 else 0.0
@@ -297,9 +310,7 @@ class OccamMLPRegressor(RegressorMixin, _OccamMLP):
         X, y = validate_data(self, X, y, dtype=np.float64, y_numeric=True, multi_output=True)
         y = np.asarray(y, dtype=np.float64)
         targets = y.reshape(len(y), -1)
-        y_mean = targets.mean(axis=0)
-        y_scale = targets.std(axis=0)
-        y_scale[y_scale == 0.0] = 1.0
+        y_mean, y_scale = _finite_standardisation(targets, "y")
         standard = ((targets - y_mean) / y_scale).astype(np.float32)
         self._train(X, torch.as_tensor(standard.reshape(y.shape)), targets.shape[1], hidden, device)
         self.y_mean_, self.y_scale_ = y_mean, y_scale
