@@ -335,13 +335,16 @@ def fit(
     train_set, hold_set = _split(dataset, float(holdback), task, seed, labels)
     opt = _make_optimizer(optimizer, model, lr)
     occam.attach(opt)
+    # Every setting that shapes the result: a checkpoint made with another one is refused by name.
     config = {"seed": seed, "batch_size": batch_size, "holdback": float(holdback), "signal": signal,
-              "task": task, "rows": len(dataset), "schedule": type(schedule).__name__}
+              "task": task, "rows": len(dataset), "schedule": repr(schedule),
+              "criterion": getattr(occam.criterion, "__name__", repr(occam.criterion)),
+              "optimizer": _optimizer_settings(opt), "loss": getattr(loss_fn, "__name__", repr(loss_fn))}
     generator = torch.Generator().manual_seed(seed)
     ckpt_path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
     try:
         if ckpt_path is not None and ckpt_path.exists():
-            history, best, start = _resume(ckpt_path, config, model, opt, occam, device, generator)
+            history, best, start = _resume(ckpt_path, config, epochs, model, opt, occam, device, generator)
         else:
             history, best, start = History(), None, 0
             torch.manual_seed(seed)
@@ -387,7 +390,7 @@ def fit(
             record["time"] = time.perf_counter() - t0
             history.append(record)
             if ckpt_path is not None:
-                atomic_save({"format": CHECKPOINT_FORMAT, "config": config, "epoch": epoch,
+                atomic_save({"format": CHECKPOINT_FORMAT, "config": config, "epochs": epochs, "epoch": epoch,
                              **_snapshot(model, opt, occam), "history": history.to_list(), "best": best,
                              "rng": _rng_state(device, generator)}, ckpt_path)
             bar.set_postfix(loss=f"{record['train_loss']:.4f}", signal=f"{signal_value:.4f}",
@@ -408,12 +411,44 @@ def fit(
     return FitResult(model=model, occam=occam, history=history, best_epoch=best["epoch"] if best else None)
 
 
-def _resume(path: Path, config: dict, model: nn.Module, opt: torch.optim.Optimizer, occam: Occam,
+def _optimizer_settings(opt: torch.optim.Optimizer) -> list[str]:
+    """The optimizer's type and every hyper-parameter of each parameter group, as text."""
+    return [type(opt).__name__] + [repr(sorted((k, v) for k, v in group.items() if k != "params"))
+                                   for group in opt.param_groups]
+
+
+def _read_checkpoint(path: Path) -> dict:
+    """A fit() checkpoint's contents (tensors and plain data only), or an error naming the file."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a truncated zip, a pickle with code in it, not a checkpoint at all
+        raise InvalidValueError(
+            f"checkpoint {path} cannot be read ({type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}): it is "
+            "damaged, "
+            "or not a checkpoint fit() wrote; accepted: move it away to start afresh in that checkpoint_dir, "
+            "or pass another checkpoint_dir"
+        ) from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        found = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise InvalidValueError(f"checkpoint {path} has format {found!r}; accepted: {CHECKPOINT_FORMAT} (a "
+                                "checkpoint this version of fit() wrote), or a fresh checkpoint_dir")
+    missing = sorted({"config", "epochs", "epoch", "model", "optimizer", "occam", "history", "best", "rng"} - set(ckpt))
+    if missing:
+        raise InvalidValueError(f"checkpoint {path} lacks {missing}: it is damaged or not fit()'s; accepted: move it "
+                                "away, or a fresh checkpoint_dir")
+    return ckpt
+
+
+def _resume(path: Path, config: dict, epochs: int, model: nn.Module, opt: torch.optim.Optimizer, occam: Occam,
             device: torch.device, generator: torch.Generator) -> tuple[History, dict | None, int]:
-    """Load a fit() checkpoint after checking it belongs to this model and these settings."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    if ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise InvalidValueError(f"checkpoint {path} has format {ckpt.get('format')!r}; accepted: {CHECKPOINT_FORMAT}")
+    """Load a fit() checkpoint after checking it belongs to this model and these settings.
+
+    A run may be extended (more epochs than the checkpoint's) exactly: a finished run's last epoch
+    was not followed by a prune, so that prune, the one an uninterrupted longer run makes there, is
+    made now from the signal the checkpoint recorded. Fewer epochs than the checkpoint holds are
+    refused: its history and state are those of a longer run.
+    """
+    ckpt = _read_checkpoint(path)
     _check_same_model(model, ckpt["model"], path)
     for key, value in config.items():
         if ckpt["config"].get(key) != value:
@@ -421,9 +456,20 @@ def _resume(path: Path, config: dict, model: nn.Module, opt: torch.optim.Optimiz
                 f"checkpoint {path} was written with {key}={ckpt['config'].get(key)!r}, this call has "
                 f"{key}={value!r}; accepted: the same {key}, or a fresh checkpoint_dir"
             )
+    done = ckpt["epoch"] + 1
+    if done > epochs:
+        raise InvalidValueError(
+            f"checkpoint {path} holds {done} finished epochs, more than epochs={epochs}; accepted: epochs >= {done} "
+            "(the run goes on, or returns as it is), or a fresh checkpoint_dir"
+        )
     _restore(ckpt, model, opt, occam)
     _set_rng_state(ckpt["rng"], device, generator)
-    return History(ckpt["history"]), ckpt["best"], ckpt["epoch"] + 1
+    history = History(ckpt["history"])
+    if done == ckpt["epochs"] < epochs:
+        last = history[-1]
+        last["rate"] = occam.step(last["holdback_loss"] if config["signal"] == "holdback" else last["train_loss"])
+        last["action"] = occam.history[-1]["action"]
+    return history, ckpt["best"], done
 
 
 def _train_epoch(model: nn.Module, opt: torch.optim.Optimizer, loader: DataLoader, loss_fn: Callable,
