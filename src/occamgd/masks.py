@@ -148,7 +148,8 @@ def select_prunable(
 
     By default: the ``weight`` of every Linear, Conv1d/2d/3d and Embedding layer and the weight
     matrices of every recurrent layer (RNN, LSTM, GRU and their cells; see
-    :func:`module_weights`). Biases and normalisation parameters are never selected by default. Tied parameters appear once. Names
+    :func:`module_weights`), unless frozen (``requires_grad=False``; an ``include`` selects frozen
+    ones too). Biases and normalisation parameters are never selected by default. Tied parameters appear once. Names
     (those selected by and those returned) leave out the segments of ``torch.compile`` and
     DDP / DataParallel wrappers (see :func:`unwrapped_names`).
     """
@@ -158,7 +159,10 @@ def select_prunable(
     exclude_match = _matcher(exclude, model) if exclude is not None else (lambda n, p: False)
     unwrap = unwrapped_names(model)
     named = ((unwrap(name), param) for name, param in model.named_parameters())
-    selected = {name: param for name, param in named if include_match(name, param) and not exclude_match(name, param)}
+    # A frozen parameter (requires_grad=False) never trains, so pruning it by default would only
+    # cut what the user chose to keep; naming it in ``include`` selects it all the same.
+    selected = {name: param for name, param in named if include_match(name, param) and not exclude_match(name, param)
+                and (param.requires_grad or include is not None)}
     if not selected:
         raise InvalidValueError(
             f"{type(model).__name__} has no prunable tensors for include={include!r}, "
@@ -234,6 +238,19 @@ class Masks(Mapping[str, torch.Tensor]):
         self._refresh_multipliers()
         self.apply()
 
+    def rebind(self, params: Mapping[str, nn.Parameter]) -> None:
+        """Mask these new parameter objects under their names (same shapes); their pruned entries are zeroed."""
+        for name, param in params.items():
+            if tuple(param.shape) != tuple(self.params[name].shape):
+                raise InvalidValueError(
+                    f"parameter {name!r} was replaced by one of shape {tuple(param.shape)}, but its mask has shape "
+                    f"{tuple(self.params[name].shape)}; accepted: a parameter of the same shape, or a new Occam"
+                )
+            self.params[name] = param
+            self._masks[name] = self._masks[name].to(param.device)
+        self._refresh_multipliers()
+        self.apply()
+
     def _refresh_multipliers(self) -> None:
         # Enforcement multiplies by these: the cheapest in-place op, one pass over each weight.
         # Tensors with nothing pruned are skipped: before the first prune enforcement is free.
@@ -283,6 +300,12 @@ class Masks(Mapping[str, torch.Tensor]):
                 f"{sorted(self.params)}"
             )
         for name, mask in masks.items():
+            if not torch.is_tensor(mask) or mask.dtype != torch.bool:
+                found = mask.dtype if torch.is_tensor(mask) else type(mask).__name__
+                raise InvalidTypeError(
+                    f"{what}: mask for {name!r} is {found}; accepted: a torch.bool tensor (True = kept), e.g. "
+                    "mask.bool() for one of zeros and ones"
+                )
             if tuple(mask.shape) != tuple(self.params[name].shape):
                 raise InvalidValueError(
                     f"{what}: mask for {name!r} has shape {tuple(mask.shape)}, but the parameter "

@@ -123,6 +123,7 @@ class Occam:
         optimizer inside it hooked (see :func:`unwrap_optimizer`); ``self.optimizer`` is that one.
         """
         optimizer = unwrap_optimizer(optimizer)
+        self._follow_parameters(optimizer)
         keep = self.enforce if self.zero_state == "step" else self.masks.apply
         try:
             handles = [optimizer.register_step_post_hook(lambda opt, args, kwargs: keep())]
@@ -157,6 +158,39 @@ class Occam:
         self._handles = []
         self.optimizer = None
 
+    def _follow_parameters(self, optimizer: torch.optim.Optimizer | None = None) -> None:
+        """Masks follow the model's parameters by name, so they never silently stop holding.
+
+        Anything that replaces a ``Parameter`` object (``load_state_dict(..., assign=True)``, a
+        re-registered weight) leaves the masks bound to the old one; here each masked name is looked
+        up again and a replaced parameter is masked in its place (its pruned entries zeroed), so the
+        density read is the live weights'. The optimizer must update the new one: if it still holds
+        the old object the step is refused, naming the tensor. Checked at every epoch step, density
+        read, checkpoint and attach; not inside the optimizer hook (that stays one fused multiply).
+        """
+        optimizer = optimizer if optimizer is not None else self.optimizer
+        unwrap = unwrapped_names(self.model)
+        live = {unwrap(name): param for name, param in self.model.named_parameters()}
+        moved = {name: live.get(name) for name, param in self.masks.params.items() if live.get(name) is not param}
+        if not moved:
+            return
+        gone = sorted(name for name, param in moved.items() if param is None)
+        if gone:
+            raise InvalidValueError(
+                f"the prunable tensors {gone} are no longer parameters of the model; accepted: a model with the "
+                "parameters Occam was built on (same names), or a new Occam"
+            )
+        if optimizer is not None:
+            held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+            stale = sorted(name for name, param in moved.items() if id(param) not in held)
+            if stale:
+                raise InvalidValueError(
+                    f"the parameters {stale} were replaced (e.g. by load_state_dict(..., assign=True)) but the "
+                    "optimizer still updates the old ones; accepted: build the optimizer on the model's parameters "
+                    "again and call occam.attach(optimizer)"
+                )
+        self.masks.rebind(moved)
+
     def enforce(self) -> None:
         """Zero pruned weights and their optimizer state now (for loops without an optimizer)."""
         self.masks.apply()
@@ -167,11 +201,13 @@ class Occam:
     @property
     def density(self) -> float:
         """Kept fraction of all prunable weights (see :attr:`occamgd.masks.Masks.density` for what it counts)."""
+        self._follow_parameters()
         return self.masks.density
 
     @property
     def densities(self) -> dict[str, float]:
         """Kept fraction of each prunable tensor."""
+        self._follow_parameters()
         return self.masks.densities()
 
     # The epoch step ---------------------------------------------------------------------
@@ -186,6 +222,7 @@ class Occam:
         and masks return to their state before it.
         """
         signal = check_signal(signal)
+        self._follow_parameters()
         density_before = self.masks.density
         answer = self.schedule.decide(signal, density_before, self.schedule_state)
         if not (isinstance(answer, tuple) and len(answer) == 2 and isinstance(answer[0], Decision)
