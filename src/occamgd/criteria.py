@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -210,6 +210,118 @@ def structured_criterion(units: Mapping[str, Units]) -> Criterion:
         return structured_magnitude(weights, masks, rate, units)
 
     return structured
+
+
+# Coupled groups --------------------------------------------------------------------------------
+@dataclass(frozen=True, eq=False)
+class Coupled:
+    """One weight's share of a group of coupled units: unit ``u`` owns the entries ``index[u]``
+    (a ``(units, k)`` integer tensor) along dimension ``dim`` of the tensor named ``param``.
+
+    A ResNet stage's channels, say, are one group: each unit owns a row of every convolution that
+    writes the channel (the residual additions make them one channel) and a column of every
+    convolution that reads it. :func:`occamgd.compaction.structured_pruning` finds the groups.
+    """
+
+    param: str
+    dim: int
+    index: torch.Tensor
+    #: False for tensors pruned with the unit but not scored (its biases, its batch-norm scale and shift).
+    score: bool = True
+
+
+def _gather(t: torch.Tensor, member: Coupled) -> torch.Tensor:
+    """The entries of ``t`` that each unit owns, as ``(units, entries)``."""
+    index = member.index.to(t.device)
+    return t.movedim(member.dim, 0)[index.reshape(-1)].reshape(index.shape[0], -1)
+
+
+def group_scores(weights, masks, group):
+    """Per unit of one group: the summed squares of its kept weights (``inf`` where pruned) and
+    whether it is kept (any entry kept)."""
+    squares, kept = None, None
+    for member in group:
+        if not member.score:
+            continue
+        w, m = weights[member.param], masks[member.param]
+        dtype = torch.promote_types(w.dtype, torch.float32)  # half-precision squares overflow
+        entries = _gather(m, member)
+        sq = _gather(w.detach(), member).to(dtype).masked_fill(~entries, 0).square().sum(1).cpu().double()
+        k = entries.any(1).cpu()
+        squares = sq if squares is None else squares + sq
+        kept = k if kept is None else kept | k
+    return squares.masked_fill(~kept, math.inf), kept
+
+
+def group_magnitude(
+    weights: Mapping[str, torch.Tensor],
+    masks: Mapping[str, torch.Tensor],
+    rate: float,
+    groups: Sequence[Sequence[Coupled]],
+    scope: str = "layer",
+) -> dict[str, torch.Tensor]:
+    """Prune whole units of coupled groups by the L2 norm of all their coupled weights together.
+
+    ``scope="layer"``: in each group separately, of ``n`` kept units ``prune_count(n, rate)`` go,
+    smallest norm first, ties to the lowest index, so a group always keeps a unit (the counting
+    of :func:`structured_magnitude`). ``scope="global"``: ``prune_count`` of all groups' kept units
+    together, by one threshold, each group still keeping its largest unit. Pruning a unit prunes
+    every entry it owns in every member; a unit stays kept while any of its scored entries is.
+    """
+    _check_rate(rate)
+    if scope not in ("layer", "global"):
+        raise InvalidValueError(f"scope must be 'layer' or 'global', got {scope!r}")
+    for group in groups:
+        for member in group:
+            if member.param not in weights:
+                raise InvalidValueError(f"group member {member.param!r} is not among the pruned tensors; accepted: "
+                                        f"names among {list(weights)[:4]}...")
+    scored = [group_scores(weights, masks, group) for group in groups]
+    if scope == "layer":
+        chosen = [smallest_k(s, prune_count(int(k.sum()), rate)) for s, k in scored]
+    else:
+        flat = []
+        for s, k in scored:
+            s = s.clone()
+            if k.any():  # each group keeps its best unit
+                s[torch.argmax(s.masked_fill(~k, -math.inf))] = math.inf
+            flat.append(s)
+        allscores = torch.cat(flat) if flat else torch.zeros(0, dtype=torch.float64)
+        kept = sum(int(k.sum()) for _, k in scored)
+        k = min(prune_count(kept, rate), int(torch.isfinite(allscores).sum()))
+        chosen = list(torch.split(smallest_k(allscores, k), [len(s) for s, _ in scored]))
+    new = {name: mask.clone() for name, mask in masks.items()}
+    for group, pruned in zip(groups, chosen):
+        if not pruned.any():
+            continue
+        for member in group:
+            index = member.index[pruned.to(member.index.device)].reshape(-1)
+            target = new[member.param]
+            target.movedim(member.dim, 0)[index.to(target.device)] = False
+    return new
+
+
+class GroupCriterion:
+    """:func:`group_magnitude` with its groups bound, for ``Occam(criterion=...)``.
+
+    Made by :func:`occamgd.compaction.structured_pruning`, which also keeps here what
+    :func:`occamgd.compact` needs to compact the model later without being told again
+    (``example_input``, ``exclude``).
+    """
+
+    def __init__(self, groups: Sequence[Sequence[Coupled]], scope: str = "layer", **context):
+        if scope not in ("layer", "global"):
+            raise InvalidValueError(f"scope must be 'layer' or 'global', got {scope!r}")
+        self.groups = [list(g) for g in groups]
+        self.scope = scope
+        self.context = context
+        self.__name__ = f"group_{scope}"
+
+    def __call__(self, weights, masks, rate):
+        return group_magnitude(weights, masks, rate, self.groups, self.scope)
+
+    def __repr__(self) -> str:
+        return f"GroupCriterion(groups={len(self.groups)}, scope={self.scope!r})"
 
 
 # N:M -----------------------------------------------------------------------------------------
