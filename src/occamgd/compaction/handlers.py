@@ -445,6 +445,121 @@ class HeadsHandler:
             setattr(m, self.split, kept * d)
 
 
+class CompactMultiheadAttention(nn.MultiheadAttention):
+    """``nn.MultiheadAttention`` with fewer heads than ``embed_dim // head_dim``, which torch's own
+    forward cannot run: what :func:`occamgd.compact` turns a self-attention with pruned heads into.
+
+    Same parameters and call signature (self-attention: ``query``, ``key`` and ``value`` of one
+    width; ``attn_mask`` 2-D or ``None``, ``key_padding_mask``, ``need_weights``, ``is_causal``);
+    ``num_heads`` heads of ``head_dim`` features each. ``_qkv_same_embed_dim`` is False so that
+    ``nn.TransformerEncoderLayer`` takes its ordinary path, which calls this forward.
+    """
+
+    def forward(self, query, key, value, key_padding_mask=None, need_weights=True, attn_mask=None,
+                average_attn_weights=True, is_causal=False):
+        batched = query.dim() == 3
+        if not batched:
+            query, key, value = (t.unsqueeze(1 if not self.batch_first else 0) for t in (query, key, value))
+        if not self.batch_first:
+            query, key, value = (t.transpose(0, 1) for t in (query, key, value))
+        heads, d = self.num_heads, self.head_dim
+        inner = heads * d
+        w, b = self.in_proj_weight, self.in_proj_bias
+        q, k, v = (nn.functional.linear(t, w[i * inner:(i + 1) * inner], None if b is None else b[i * inner:(i + 1) * inner])
+                   for i, t in enumerate((query, key, value)))
+        n, length, source = q.shape[0], q.shape[1], k.shape[1]
+        q, k, v = (t.reshape(n, -1, heads, d).transpose(1, 2) for t in (q, k, v))
+        scores = (q @ k.transpose(-2, -1)) * d ** -0.5
+        mask = nn.functional._canonical_mask(mask=attn_mask, mask_name="attn_mask", other_type=None,
+                                             other_name="", target_type=q.dtype, check_other=False)
+        if mask is not None:
+            if mask.dim() != 2:
+                raise ValueError("a compacted MultiheadAttention takes a 2-D attn_mask (or None): a per-head 3-D mask "
+                                 "does not say which of the original heads were kept")
+            scores = scores + mask
+        elif is_causal:
+            causal = torch.ones(length, source, dtype=torch.bool, device=q.device).triu(1)
+            scores = scores.masked_fill(causal, float("-inf"))
+        padding = nn.functional._canonical_mask(mask=key_padding_mask, mask_name="key_padding_mask", other_type=None,
+                                                other_name="", target_type=q.dtype, check_other=False)
+        if padding is not None:
+            scores = scores + padding.view(n, 1, 1, source)
+        attn = torch.softmax(scores, dim=-1)
+        if self.training and self.dropout > 0:
+            attn = nn.functional.dropout(attn, p=self.dropout)
+        y = (attn @ v).transpose(1, 2).reshape(n, length, inner)
+        out = self.out_proj(y)
+        if not self.batch_first:
+            out = out.transpose(0, 1)
+        if not batched:
+            out = out.squeeze(1 if not self.batch_first else 0)
+        weights = None
+        if need_weights:
+            weights = attn.mean(1) if average_attn_weights else attn
+            if not batched:
+                weights = weights.squeeze(0)
+        return out, weights
+
+
+class MultiheadAttentionHandler(HeadsHandler):
+    """``nn.MultiheadAttention`` used as self-attention: heads of its fused ``in_proj_weight`` and the
+    columns of ``out_proj``. A compacted one becomes :class:`CompactMultiheadAttention`."""
+
+    def __init__(self):
+        super().__init__("in_proj", out="out_proj", heads="num_heads", dim="head_dim")
+
+    def trace(self, tracer: Tracer, call: Call, args, kwargs, output) -> None:
+        m = call.module
+        inputs = list(args[:3]) + [kwargs.get(k) for k in ("query", "key", "value") if k in kwargs]
+        mask = kwargs.get("attn_mask", args[5] if len(args) > 5 else None)
+        why = None
+        if not m._qkv_same_embed_dim or m.bias_k is not None or m.add_zero_attn:
+            why = "kdim / vdim, bias_k / bias_v or add_zero_attn"
+        elif not (len(inputs) >= 3 and inputs[0] is inputs[1] is inputs[2]):
+            why = "cross-attention (query, key and value differ)"
+        elif torch.is_tensor(mask) and mask.dim() == 3:
+            why = "a per-head 3-D attn_mask"
+        if why is None:
+            return super().trace(tracer, call, args, kwargs, output)
+        g, y = tracer.graph, _first_tensor(output)
+        for t in inputs:
+            g.block(tracer.feat(t), f"read by the attention {call.name!r}")
+        sid = g.new(y.shape[-1], call.name, blocked=f"outputs of {call.name!r}, whose heads stay whole ({why})")
+        tracer.set(y, Feature(y.dim() - 1, (Seg(sid),)))
+
+    def _layers(self, m):
+        return [_InProj(m)]
+
+    def cut(self, call: Call, keep_in, keep_out, inner) -> None:
+        m = call.module
+        super().cut(call, keep_in, keep_out, inner)
+        if isinstance(m, CompactMultiheadAttention) or "heads" not in inner:
+            return
+        m.__class__ = CompactMultiheadAttention
+        m._qkv_same_embed_dim = False  # torch's fused paths assume every head is there
+
+
+class _InProj:
+    """``nn.MultiheadAttention``'s fused projection seen as a layer (``weight``, ``bias``) for HeadsHandler."""
+
+    def __init__(self, m):
+        object.__setattr__(self, "m", m)
+
+    @property
+    def weight(self):
+        return self.m.in_proj_weight
+
+    @property
+    def bias(self):
+        return self.m.in_proj_bias
+
+    def __setattr__(self, name, value):
+        setattr(self.m, {"weight": "in_proj_weight", "bias": "in_proj_bias"}[name], value)
+
+    def __getattr__(self, name):
+        return getattr(self.m, {"weight": "in_proj_weight", "bias": "in_proj_bias"}.get(name, name))
+
+
 def _resize(layer) -> None:
     if isinstance(layer, nn.Linear):
         layer.out_features, layer.in_features = layer.weight.shape
@@ -461,6 +576,7 @@ for _norm in (nn.LayerNorm, getattr(nn, "RMSNorm", None), "transformers.models.l
     if _norm is not None:
         register_handler(_norm, FeatureNormHandler())
 register_handler(nn.Embedding, EmbeddingHandler())
+register_handler(nn.MultiheadAttention, MultiheadAttentionHandler())
 register_handler("transformers.pytorch_utils.Conv1D", Conv1DHandler())
 register_handler("transformers.models.bert.modeling_bert.BertSelfAttention",
                  HeadsHandler("query", "key", "value", heads="num_attention_heads", dim="attention_head_size",

@@ -134,10 +134,11 @@ def structured_pruning(
                  if graph.unfollowable[r] and not graph.blocked[r] and graph.producers(r)]
         if stuck:
             lines = "; ".join(f"units of {graph.producers(r)}: {graph.unfollowable[r][0]}" for r in stuck[:4])
+            names = [p for r in stuck for p in graph.producers(r)]
             raise InvalidValueError(
                 f"structured pruning cannot follow {len(stuck)} group(s) of {type(model).__name__}: {lines}. "
-                "Accepted: exclude=[those layers or the module holding the op] to leave them whole, strict=False to "
-                "leave every such group whole, or unstructured pruning (criterion='layerwise')"
+                f"Accepted: exclude={names[:6]!r} (or the module holding the op) to leave them whole, strict=False "
+                "to leave every such group whole, or unstructured pruning (criterion='layerwise')"
             )
     roots = graph.groups()
     if not roots:
