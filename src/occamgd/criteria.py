@@ -176,9 +176,10 @@ def structured_magnitude(
     weights). Its bias stays, so in training a pruned neuron still outputs the constant
     ``act(bias)``; :func:`occamgd.compact` folds that constant through to the next layer's
     bias and removes the next layer's input slices of the unit, so the compacted model computes
-    what the masked one computes (in eval mode). With Occam's default selection the last layer's
-    rows are pruned too (for a classifier: whole classes), and those cannot be removed:
-    :func:`occamgd.compaction.structured_pruning` selects only the layers whose units can.
+    what the masked one computes (in eval mode). By name (``criterion="structured"``,
+    :func:`structured_rows`) the last selected tensor keeps its rows (a classifier keeps its
+    classes); :func:`occamgd.compaction.structured_pruning` finds the coupled groups of any
+    traceable model instead.
     """
     _check_rate(rate)
     units = dict(units or {})
@@ -196,6 +197,28 @@ def structured_magnitude(
         scores = square.masked_fill(~kept_units, math.inf)
         pruned = smallest_k(scores, prune_count(int(kept_units.sum()), rate))
         new[name] = mask & ~spec.expand(pruned, tuple(mask.shape))
+    return new
+
+
+def structured_rows(
+    weights: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor], rate: float
+) -> dict[str, torch.Tensor]:
+    """``criterion="structured"``: :func:`structured_magnitude`, except that the last selected tensor
+    keeps all its rows.
+
+    Selected by name, the criterion sees tensors and no graph; the last one, in the model's
+    ``named_parameters`` order, is the output layer of almost every model (a classifier's classes,
+    an untied language-model head), whose rows are the model's outputs and must not go (pruned,
+    a classifier loses classes). Its entries are kept as they are. For the coupled groups of any
+    traceable model, and heads tied to an embedding, use
+    :func:`occamgd.compaction.structured_pruning` instead.
+    """
+    names = list(weights)
+    if len(names) < 2:
+        return structured_magnitude(weights, masks, rate)
+    last = names[-1]
+    new = structured_magnitude({n: weights[n] for n in names[:-1]}, {n: masks[n] for n in names[:-1]}, rate)
+    new[last] = masks[last].clone()
     return new
 
 
@@ -397,7 +420,7 @@ def is_nm(weight: torch.Tensor, n: int = 2, m: int = 4) -> bool:
 CRITERIA: dict[str, Criterion] = {
     "layerwise": layerwise_magnitude,
     "global": global_magnitude,
-    "structured": structured_magnitude,
+    "structured": structured_rows,
     "nm": nm_magnitude,
 }
 

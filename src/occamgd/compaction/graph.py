@@ -251,16 +251,19 @@ ELEMENTWISE = {
     "rrelu", "glu_", "dropout", "dropout1d", "dropout2d", "dropout3d", "alpha_dropout", "feature_alpha_dropout",
     "contiguous", "clone", "detach", "float", "double", "half", "bfloat16", "to", "type_as", "cpu", "cuda",
     "requires_grad_", "masked_fill", "nan_to_num", "sign", "floor", "ceil", "round", "trunc", "frac",
+    "eq", "ne", "lt", "le", "gt", "ge", "isnan", "isinf", "isfinite", "logical_not", "logical_and", "logical_or",
+    "bitwise_not", "__and__", "__or__", "__invert__", "__xor__",
 }
 ELEMENTWISE |= {f"{n}_" for n in list(ELEMENTWISE)}
 ELEMENTWISE |= {f"__{n}__" for n in ("add", "radd", "iadd", "sub", "rsub", "isub", "mul", "rmul", "imul",
-                                     "truediv", "rtruediv", "itruediv", "pow", "rpow", "neg", "abs")}
+                                     "truediv", "rtruediv", "itruediv", "pow", "rpow", "neg", "abs",
+                                     "eq", "ne", "lt", "le", "gt", "ge")}
 RESHAPES = {"view", "reshape", "flatten", "unflatten", "squeeze", "unsqueeze", "view_as", "reshape_as",
             "squeeze_", "unsqueeze_"}
 PERMUTES = {"permute", "transpose", "swapaxes", "swapdims", "t", "movedim", "moveaxis", "transpose_"}
 EXPANDS = {"expand", "expand_as", "repeat"}
 REDUCTIONS = {"mean", "sum", "amax", "amin", "max", "min", "std", "var", "logsumexp", "nansum", "nanmean", "prod",
-              "norm", "median"}
+              "norm", "median", "any", "all", "argmax", "argmin"}
 SOFTMAX = {"softmax", "log_softmax", "cumsum", "cumprod"}
 SPATIAL = {"max_pool1d", "max_pool2d", "max_pool3d", "avg_pool1d", "avg_pool2d", "avg_pool3d",
            "adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool3d", "adaptive_max_pool1d",
@@ -272,8 +275,7 @@ SPLITS = {"split", "chunk", "split_with_sizes", "tensor_split", "unbind"}
 #: Results that carry no unit data (sizes, flags): ignored.
 QUERIES = {"size", "dim", "numel", "__len__", "__get__", "is_contiguous", "is_floating_point", "type", "__bool__",
            "__index__", "__int__", "__float__", "element_size", "data_ptr", "stride", "nelement", "ndimension",
-           "__format__", "__repr__", "tolist", "item", "__eq__", "__ne__", "__lt__", "__le__", "__gt__", "__ge__",
-           "eq", "ne", "lt", "le", "gt", "ge", "isnan", "isinf", "isfinite", "any", "all", "argmax", "argmin"}
+           "__format__", "__repr__", "tolist", "item"}
 
 
 class _Mode(TorchFunctionMode):

@@ -85,7 +85,8 @@ def _refuse(model: nn.Module, graph: Graph, groups: list[int], error: BaseExcept
         f"a trial compaction of {type(model).__name__} on the example input failed after removing units of "
         f"{names[:6]}: {type(error).__name__}: {error}{_where(error)}. A shape written as a number (such as "
         "x.view(-1, 400)) cannot follow removed units: write it from the input (x.flatten(1), "
-        "x.view(x.size(0), -1)), or exclude=[...] those layers, or prune unstructured (criterion='layerwise')"
+        f"x.view(x.size(0), -1)), or leave those layers whole with exclude={names[:6]!r}, or prune unstructured "
+        "(criterion='layerwise')"
     ) from error
 
 
