@@ -101,12 +101,19 @@ def test_an_example_the_model_does_not_take_is_refused_with_the_error():
         structured_pruning(LiteralView(), torch.randn(2, 3, 8, 8), scope="model")
 
 
-def test_group_norms_stay_whole_by_design_and_grouped_convolutions_are_refused():
+def test_group_norm_channels_go_in_whole_groups_and_grouped_convolutions_are_refused():
     x = torch.randn(2, 3, 8, 8)
     normed = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.GroupNorm(2, 8), nn.ReLU(), nn.Conv2d(8, 6, 1),
-                           nn.GroupNorm(6, 6), nn.ReLU(), nn.Conv2d(6, 4, 1))
-    setup = structured_pruning(normed, x)  # 4 channels per group: normalised together, left whole, no refusal
-    assert [n for n in setup["include"] if n.endswith("weight")] == ["3.weight", "4.weight", "6.weight"]
+                           nn.GroupNorm(3, 6), nn.ReLU(), nn.Conv2d(6, 4, 1))
+    setup = structured_pruning(normed, x)
+    assert [g[0].index.shape for g in setup["criterion"].groups] == [(2, 4), (3, 2)]  # units: groups of channels
+    occam = occamgd.Occam(normed, None, schedule=occamgd.ConstantRate(0.5), **setup)
+    occam.step(1.0)
+    small = compact(normed, occam)
+    assert (small[1].num_groups, small[1].num_channels, small[4].num_groups, small[4].num_channels) == (1, 4, 2, 4)
+    normed.eval(), small.eval()
+    with torch.no_grad():
+        assert torch.allclose(small(x), normed(x), rtol=1e-5, atol=1e-6)
     grouped = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, groups=2), nn.ReLU(),
                             nn.Conv2d(8, 6, 1), nn.ReLU(), nn.Conv2d(6, 4, 1))
     with pytest.raises(ValueError, match=r"\['0'\].*grouped \(groups=2\) convolution"):

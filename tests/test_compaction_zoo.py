@@ -26,15 +26,15 @@ RATES = (0.3, 0.5)
 
 # The zoo -----------------------------------------------------------------------------------------
 class BasicBlock(nn.Module):
-    def __init__(self, cin, cout, stride=1):
+    def __init__(self, cin, cout, stride=1, norm=nn.BatchNorm2d):
         super().__init__()
         self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cout)
+        self.bn1 = norm(cout)
         self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
+        self.bn2 = norm(cout)
         self.downsample = None
         if stride != 1 or cin != cout:
-            self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+            self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), norm(cout))
 
     def forward(self, x):
         out = F.relu(self.bn1(self.conv1(x)))
@@ -60,17 +60,17 @@ class Bottleneck(nn.Module):
 
 
 class ResNet(nn.Module):
-    def __init__(self, bottleneck=False, classes=5):
+    def __init__(self, bottleneck=False, classes=5, norm=nn.BatchNorm2d):
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, 1, 1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, 1, 1, bias=False), norm(8), nn.ReLU(),
                                   nn.MaxPool2d(2))
         if bottleneck:
             self.layer1 = nn.Sequential(Bottleneck(8, 4, 16), Bottleneck(16, 4, 16))
             self.layer2 = nn.Sequential(Bottleneck(16, 8, 24, stride=2))
             width = 24
         else:
-            self.layer1 = nn.Sequential(BasicBlock(8, 8), BasicBlock(8, 8))
-            self.layer2 = nn.Sequential(BasicBlock(8, 16, stride=2), BasicBlock(16, 16))
+            self.layer1 = nn.Sequential(BasicBlock(8, 8, norm=norm), BasicBlock(8, 8, norm=norm))
+            self.layer2 = nn.Sequential(BasicBlock(8, 16, stride=2, norm=norm), BasicBlock(16, 16, norm=norm))
             width = 16
         self.fc = nn.Linear(width, classes)
 
@@ -188,6 +188,7 @@ def _hf(name):
 
 ZOO = {
     "resnet-basic": lambda: (ResNet(), torch.randn(2, 3, 16, 16)),
+    "resnet-groupnorm": lambda: (ResNet(norm=lambda c: nn.GroupNorm(c // 2, c)), torch.randn(2, 3, 16, 16)),
     "resnet-bottleneck": lambda: (ResNet(bottleneck=True), torch.randn(2, 3, 16, 16)),
     "mobilenetv2": lambda: (MobileNet(), torch.randn(2, 3, 16, 16)),
     "densenet": lambda: (DenseNet(), torch.randn(2, 3, 8, 8)),

@@ -94,11 +94,11 @@ def default_example(model: nn.Module) -> Any:
     )
 
 
-def _unit_pruned(member, masks: Mapping[str, torch.Tensor], n: int) -> torch.Tensor:
+def _unit_pruned(graph: Graph, sid: int, member, masks: Mapping[str, torch.Tensor]) -> torch.Tensor:
     mask = masks.get(member.param)
     if mask is None:
-        return torch.zeros(n, dtype=torch.bool)
-    return ~_gather(mask, Coupled(member.param, member.dim, member.index)).any(1).cpu()
+        return torch.zeros(graph.units(sid), dtype=torch.bool)
+    return ~_gather(mask, Coupled(member.param, member.dim, graph.unit_index(member, sid))).any(1).cpu()
 
 
 def _columns(graph: Graph, feat: Feature, units: Mapping[int, torch.Tensor]) -> dict[int, list[torch.Tensor]]:
@@ -133,19 +133,19 @@ def _decide(graph: Graph, masks: Mapping[str, torch.Tensor]):
     removed, folds = {}, {}
     prunable = set(graph.groups())
     for sid in sorted({graph.find(s) for s in range(len(graph.sizes))}):
-        members, n = graph.members[sid], graph.sizes[sid]
+        members, n = graph.members[sid], graph.units(sid)
         writers = [m for m in members if m.role == "out"]
         readers = [m for m in members if m.role == "in"]
         if not writers:
             continue
         rows = torch.ones(n, dtype=torch.bool)
         for m in writers:
-            rows &= _unit_pruned(m, masks, n)
+            rows &= _unit_pruned(graph, sid, m, masks)
         cols = torch.zeros(n, dtype=torch.bool)
         if readers:
             cols = torch.ones(n, dtype=torch.bool)
             for m in readers:
-                cols &= _unit_pruned(m, masks, n)
+                cols &= _unit_pruned(graph, sid, m, masks)
         gone = rows | cols
         if not gone.any():
             continue
@@ -157,7 +157,9 @@ def _decide(graph: Graph, masks: Mapping[str, torch.Tensor]):
             continue
         if gone.all() and sid not in graph.can_empty:
             gone[0] = False  # a layer keeps one unit, so every shape stays valid
-        removed[sid], folds[sid] = gone, gone & rows & ~cols
+        block = graph.per_unit[sid]  # per channel from here on
+        removed[sid] = gone.repeat_interleave(block)
+        folds[sid] = (gone & rows & ~cols).repeat_interleave(block)
     return removed, folds
 
 

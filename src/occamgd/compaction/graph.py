@@ -98,6 +98,8 @@ class Graph:
     def __init__(self, model: nn.Module):
         self.model = model
         self.sizes: list[int] = []
+        #: Channels per unit of each space: 1, or a GroupNorm's group size (whole groups go together).
+        self.per_unit: list[int] = []
         self.parent: list[int] = []
         self.origin: list[str] = []
         self.members: dict[int, list[Member]] = {}
@@ -114,6 +116,7 @@ class Graph:
     # Spaces -----------------------------------------------------------------------------------
     def new(self, size: int, origin: str, blocked: str | None = None) -> int:
         self.sizes.append(int(size))
+        self.per_unit.append(1)
         self.parent.append(len(self.parent))
         self.origin.append(origin)
         sid = len(self.sizes) - 1
@@ -135,11 +138,32 @@ class Graph:
         if a > b:
             a, b = b, a  # the older space (nearer the input) names the group
         self.parent[b] = a
+        self.coarsen(a, self.per_unit[b], "coupled to channels that are grouped differently")
         for table in (self.members, self.blocked, self.unfollowable):
             table[a].extend(table.pop(b))
         if a in self.can_empty and b not in self.can_empty:
             self.can_empty.discard(a)
         self.can_empty.discard(b)
+
+    def coarsen(self, sid: int, channels: int, why: str) -> bool:
+        """Make units of ``channels`` consecutive channels (a GroupNorm's groups); False if they do not divide."""
+        sid = self.find(sid)
+        block = math.lcm(self.per_unit[sid], channels)
+        if self.sizes[sid] % block:
+            if why:
+                self.blocked[sid].append(why)
+            return False
+        self.per_unit[sid] = block
+        return True
+
+    def units(self, sid: int) -> int:
+        """How many units a space holds (channels over channels per unit)."""
+        sid = self.find(sid)
+        return self.sizes[sid] // self.per_unit[sid]
+
+    def unit_index(self, member: Member, sid: int) -> torch.Tensor:
+        """``member.index`` per unit: a unit of several channels owns all their entries."""
+        return member.index.reshape(self.units(sid), -1)
 
     def size(self, sid: int) -> int:
         return self.sizes[self.find(sid)]
@@ -199,7 +223,7 @@ class Graph:
         """The spaces whose units can be removed: weights own them, nothing blocks them, at least two units."""
         roots = sorted({self.find(s) for s in range(len(self.sizes))})
         return [r for r in roots if self.members[r] and any(m.role == "out" for m in self.members[r])
-                and not self.blocked[r] and not self.unfollowable[r] and self.sizes[r] >= 2]
+                and not self.blocked[r] and not self.unfollowable[r] and self.units(r) >= 2]
 
     def producers(self, sid: int) -> list[str]:
         return list(dict.fromkeys(m.module for m in self.members[self.find(sid)] if m.role == "out"))

@@ -286,18 +286,30 @@ class BatchNormHandler:
 
 
 class GroupNormHandler(BatchNormHandler):
-    """GroupNorm with one channel per group is per channel; with larger groups its channels are
-    normalised together, so they are blocked (removing one would change the others)."""
+    """GroupNorm normalises each group of ``C / G`` consecutive channels together: whole groups are
+    the units (a group's channels go together, and the group count falls with them)."""
 
     def trace(self, tracer: Tracer, call: Call, args, kwargs, output) -> None:
-        m = call.module
-        if m.num_groups == m.num_channels:
-            return super().trace(tracer, call, args, kwargs, output)
-        x, y = _input(args, kwargs, "input"), _first_tensor(output)
+        m, g = call.module, tracer.graph
+        per = m.num_channels // m.num_groups
+        x = _input(args, kwargs, "input")
         f = tracer.feat(x)
-        tracer.graph.block(f, f"normalised {m.num_channels // m.num_groups} channels per group by {call.name!r} "
-                              f"(GroupNorm)")
-        tracer.set(y, f)
+        if f is not None and per > 1 and f.dim == 1:
+            for sid, offset, inner, n in g.layout(f):
+                if inner != 1 or offset % per or n % per or not g.coarsen(
+                        sid, per, f"normalised in groups of {per} channels by {call.name!r} that do not divide them"):
+                    g.block(f, f"normalised in groups of {per} channels by {call.name!r} that straddle layers' units")
+        return super().trace(tracer, call, args, kwargs, output)
+
+    def cut(self, call: Call, keep_in, keep_out, inner) -> None:
+        m = call.module
+        per = m.num_channels // m.num_groups
+        if keep_out is None:
+            return
+        for attr in ("weight", "bias"):
+            if getattr(m, attr, None) is not None:
+                set_param(m, attr, take(getattr(m, attr), 0, keep_out))
+        m.num_channels, m.num_groups = len(keep_out), len(keep_out) // per
 
 
 class FeatureNormHandler:

@@ -148,7 +148,8 @@ def structured_pruning(
             "feed another layer, not the model's outputs nor a normalisation over them); accepted: a model with "
             "hidden layers, or unstructured pruning (criterion='layerwise')"
         )
-    groups = [[Coupled(m.param, m.dim, m.index, m.role != "zero") for m in graph.members[r]] for r in roots]
+    groups = [[Coupled(m.param, m.dim, graph.unit_index(m, r), m.role != "zero") for m in graph.members[r]]
+              for r in roots]
     if check:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
