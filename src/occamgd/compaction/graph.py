@@ -295,6 +295,8 @@ SPATIAL = {"max_pool1d", "max_pool2d", "max_pool3d", "avg_pool1d", "avg_pool2d",
            "max_pool3d_with_indices", "_max_pool1d", "_max_pool2d", "_max_pool3d", "interpolate", "upsample",
            "lp_pool1d", "lp_pool2d", "fractional_max_pool2d"}
 CONCATS = {"cat", "concat", "concatenate"}
+#: Functional normalisations over trailing dimensions: their units are normalised together.
+FEATURE_NORMS = {"layer_norm", "rms_norm", "normalize", "local_response_norm"}
 SPLITS = {"split", "chunk", "split_with_sizes", "tensor_split", "unbind"}
 #: Results that carry no unit data (sizes, flags): ignored.
 QUERIES = {"size", "dim", "numel", "__len__", "__get__", "is_contiguous", "is_floating_point", "type", "__bool__",
@@ -392,6 +394,11 @@ class Tracer:
             for t in _tensors(out):
                 if t.dim() == x.dim() and t.shape[1] == x.shape[1]:
                     self.set(t, f)
+            return True
+        if name in FEATURE_NORMS:
+            self.graph.block(f, f"normalised together by {name} {self.where()}")
+            if torch.is_tensor(out):
+                self.set(out, f)
             return True
         if name in SOFTMAX:
             dim = kwargs.get("dim", args[1] if len(args) > 1 else None)
