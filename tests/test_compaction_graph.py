@@ -64,7 +64,17 @@ class FunctionalNorm(nn.Module):
         return self.c(F.relu(self.b(F.layer_norm(self.a(x), (6,)))))
 
 
+class BagOfWords(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed, self.fc, self.out = nn.Embedding(20, 8), nn.Linear(8, 6), nn.Linear(6, 2)
+
+    def forward(self, tokens):
+        return self.out(F.relu(self.fc(self.embed(tokens).mean(1))))
+
+
 CASES = {
+    "embedding-width": (BagOfWords, None, [["embed"], ["fc"]]),
     "squeeze-excite": (SqueezeExcite, (2, 3, 6, 6), [["conv", "fc2"], ["fc1"]]),
     "channels-last": (ChannelsLast, (2, 3, 4, 4), [["conv"], ["mix"]]),
     "cat-split": (CatSplit, (3, 5), [["a"], ["b"]]),
@@ -82,7 +92,7 @@ def test_rule_couples_the_right_layers_and_compacts_to_the_same_outputs(name):
         for n, p in model.named_parameters():
             if n.endswith("bias"):
                 p.uniform_(-1, 1)
-    x = torch.randn(shape)
+    x = torch.randint(0, 20, (3, 5)) if shape is None else torch.randn(shape)
     setup = structured_pruning(model, x)
     assert setup["criterion"].context["names"] == expected
     occam = occamgd.Occam(model, None, schedule=occamgd.ConstantRate(0.5), **setup)

@@ -222,6 +222,17 @@ class Graph:
     def groups(self) -> list[int]:
         """The spaces whose units can be removed: weights own them, nothing blocks them, at least two units."""
         roots = sorted({self.find(s) for s in range(len(self.sizes))})
+        # A tensor cut along one dimension by two spaces (weights tied between layers) cannot follow both.
+        owners: dict[tuple[str, int], set[int]] = {}
+        for r in roots:
+            for m in self.members[r]:
+                owners.setdefault((m.param, m.dim), set()).add(r)
+        for (param, dim), spaces in owners.items():
+            if len(spaces) > 1:
+                for r in spaces:
+                    why = f"{param!r} is cut along dimension {dim} by more than one group (tied weights)"
+                    if why not in self.blocked[r]:
+                        self.blocked[r].append(why)
         return [r for r in roots if self.members[r] and any(m.role == "out" for m in self.members[r])
                 and not self.blocked[r] and not self.unfollowable[r] and self.units(r) >= 2]
 

@@ -331,15 +331,22 @@ class FeatureNormHandler:
 
 
 class EmbeddingHandler:
-    """An embedding's width is the model's interface to its tokens: a fixed space."""
+    """An embedding's columns are its output units (no bias: a pruned column outputs zero). Its width
+    can go where the graph allows: in a transformer it meets a LayerNorm and stays whole."""
 
     def trace(self, tracer: Tracer, call: Call, args, kwargs, output) -> None:
-        y = _first_tensor(output)
-        sid = tracer.graph.new(y.shape[-1], call.name, blocked=f"the width of the embedding {call.name!r}")
-        tracer.set(y, Feature(y.dim() - 1, (Seg(sid),)))
+        y, g = _first_tensor(output), tracer.graph
+        sid = g.new(y.shape[-1], call.name)
+        call.out_feat = Feature(y.dim() - 1, (Seg(sid),))
+        if first_call(tracer, call):
+            g.add_feature(call.out_feat, call.module.weight, 1, "out", call.name)
+        tracer.set(y, call.out_feat)
 
     def cut(self, call: Call, keep_in, keep_out, inner) -> None:
-        return None
+        m = call.module
+        if keep_out is not None:
+            set_param(m, "weight", take(m.weight, 1, keep_out))
+            m.embedding_dim = m.weight.shape[1]
 
 
 # Attention ---------------------------------------------------------------------------------------
