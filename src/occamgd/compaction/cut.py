@@ -244,6 +244,7 @@ def compact(model: nn.Module, masks_or_occam: Occam | Mapping[str, torch.Tensor]
         example_input = default_example(model)
     if exclude is None:
         exclude = context.get("exclude", ())
+    example_input = on_device(example_input, model)
     out = copy.deepcopy(model)
     params = dict(out.named_parameters())
     with torch.no_grad():
@@ -262,6 +263,22 @@ def compact(model: nn.Module, masks_or_occam: Occam | Mapping[str, torch.Tensor]
             if keep_in is not None or keep_out is not None or inner:
                 call.handler.cut(call, keep_in, keep_out, inner)
     return out
+
+
+def on_device(example: Any, model: nn.Module) -> Any:
+    """The example's tensors on the device of the model's first parameter (a model moved after tracing)."""
+    param = next(iter(model.parameters()), None)
+    if param is None:
+        return example
+
+    def move(t):
+        return t.to(param.device) if torch.is_tensor(t) and t.device != param.device else t
+
+    if isinstance(example, tuple):
+        return tuple(move(t) for t in example)
+    if isinstance(example, Mapping):
+        return {k: move(v) for k, v in example.items()}
+    return move(example)
 
 
 def exclude_names(model: nn.Module, exclude: Any) -> tuple[str, ...]:
