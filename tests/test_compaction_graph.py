@@ -64,6 +64,19 @@ class FunctionalNorm(nn.Module):
         return self.c(F.relu(self.b(F.layer_norm(self.a(x), (6,)))))
 
 
+class GatedMLP(nn.Module):
+    """A fused gate-and-up projection chunked apart (as in GLU / SwiGLU MLPs)."""
+
+    def __init__(self):
+        super().__init__()
+        self.inp, self.proj, self.down, self.out = nn.Linear(4, 6), nn.Linear(6, 2 * 8), nn.Linear(8, 6), nn.Linear(6, 2)
+
+    def forward(self, x):
+        h = torch.tanh(self.inp(x))
+        gate, up = self.proj(h).chunk(2, dim=-1)
+        return self.out(torch.tanh(self.down(F.silu(gate) * up)))
+
+
 class BagOfWords(nn.Module):
     def __init__(self):
         super().__init__()
@@ -75,6 +88,7 @@ class BagOfWords(nn.Module):
 
 CASES = {
     "embedding-width": (BagOfWords, None, [["embed"], ["fc"]]),
+    "fused-gate-chunk": (GatedMLP, (3, 4), [["inp"], ["proj"], ["down"]]),
     "squeeze-excite": (SqueezeExcite, (2, 3, 6, 6), [["conv", "fc2"], ["fc1"]]),
     "channels-last": (ChannelsLast, (2, 3, 4, 4), [["conv"], ["mix"]]),
     "cat-split": (CatSplit, (3, 5), [["a"], ["b"]]),

@@ -107,6 +107,8 @@ class Graph:
         self.unfollowable: dict[int, list[str]] = {}
         self.calls: list[Call] = []
         self.calls_by_module: dict[int, Call] = {}
+        #: Spaces split apart into consecutive parts (by split / chunk), by root.
+        self.parts: dict[int, list[int]] = {}
         #: Spaces whose every unit may go (a handler's that copes with zero width, such as the GPT's heads).
         self.can_empty: set[int] = set()
         self.param_names: dict[int, str] = {}
@@ -134,6 +136,13 @@ class Graph:
     def union(self, a: int, b: int) -> None:
         a, b = self.find(a), self.find(b)
         if a == b:
+            return
+        if a in self.parts or b in self.parts:  # split spaces: unify part by part
+            fa, fb = Feature(0, (Seg(a),)), Feature(0, (Seg(b),))
+            if not self._match(fa, fb):
+                why = "unified with units that were split apart differently"
+                self.block(fa, why, unfollowable=True)
+                self.block(fb, why, unfollowable=True)
             return
         if a > b:
             a, b = b, a  # the older space (nearer the input) names the group
@@ -185,13 +194,61 @@ class Graph:
         return sum(self.size(s.space) * s.inner for s in feat.segs)
 
     def layout(self, feat: Feature) -> list[tuple[int, int, int, int]]:
-        """``(space, offset, inner, units)`` of each segment, offsets along the feature dimension."""
+        """``(space, offset, inner, units)`` of each segment, offsets along the feature dimension (a
+        space split apart by ``split`` / ``chunk`` counts as its parts, in order)."""
         out, offset = [], 0
+
+        def emit(sid, inner):
+            nonlocal offset
+            sid = self.find(sid)
+            if sid in self.parts:
+                for part in self.parts[sid]:
+                    emit(part, inner)
+                return
+            n = self.sizes[sid]
+            out.append((sid, offset, inner, n))
+            offset += n * inner
+
         for seg in feat.segs:
-            n = self.size(seg.space)
-            out.append((self.find(seg.space), offset, seg.inner, n))
-            offset += n * seg.inner
+            emit(seg.space, seg.inner)
         return out
+
+    def split_space(self, sid: int, sizes: list[int]) -> None:
+        """Split a space into consecutive parts of ``sizes`` units (a fused projection's output
+        chunked apart): each part keeps its units' members and reasons."""
+        sid = self.find(sid)
+        parts, start = [], 0
+        for n in sizes:
+            part = self.new(n, self.origin[sid])
+            for m in self.members[sid]:
+                self.members[part].append(Member(m.param, m.dim, m.index[start:start + n], m.role, m.module))
+            self.blocked[part] = list(self.blocked[sid])
+            self.unfollowable[part] = list(self.unfollowable[sid])
+            parts.append(part)
+            start += n
+        self.members[sid] = []
+        self.parts[sid] = parts
+
+    def refine(self, feat: Feature, bounds: set[int]) -> None:
+        """Split the spaces of ``feat`` so that every offset in ``bounds`` falls between units' spaces."""
+        for sid, offset, inner, n in self.layout(feat):
+            cuts = sorted(b for b in bounds if offset < b < offset + n * inner and (b - offset) % inner == 0)
+            if cuts and self.per_unit[sid] == 1:
+                edges = [0] + [(b - offset) // inner for b in cuts] + [n]
+                self.split_space(sid, [e - s for s, e in zip(edges, edges[1:])])
+
+    def _match(self, a: Feature, b: Feature) -> bool:
+        """Unify two features part by part, splitting spaces to common boundaries; False if they cannot."""
+        bounds = {o for _, o, _, _ in self.layout(a) + self.layout(b)}
+        bounds |= {o + n * i for _, o, i, n in self.layout(a) + self.layout(b)}
+        self.refine(a, bounds)
+        self.refine(b, bounds)
+        la, lb = self.layout(a), self.layout(b)
+        if [(o, i, n) for _, o, i, n in la] != [(o, i, n) for _, o, i, n in lb]:
+            return False
+        for (sa, *_), (sb, *_) in zip(la, lb):
+            self.union(sa, sb)
+        return True
 
     # Members ----------------------------------------------------------------------------------
     def param_name(self, param: torch.Tensor) -> str:
@@ -209,30 +266,32 @@ class Graph:
 
     def unify(self, a: Feature, b: Feature, why: str) -> Feature:
         """The two features share unit indices (element-wise): unify their spaces segment by segment."""
-        la, lb = self.layout(a), self.layout(b)
-        if [(o, i, n) for _, o, i, n in la] != [(o, i, n) for _, o, i, n in lb]:
+        if not self._match(a, b):
             self.block(a, why, unfollowable=True)
             self.block(b, why, unfollowable=True)
-            return a
-        for (sa, *_), (sb, *_) in zip(la, lb):
-            self.union(sa, sb)
         return a
 
     # Results ----------------------------------------------------------------------------------
     def groups(self) -> list[int]:
         """The spaces whose units can be removed: weights own them, nothing blocks them, at least two units."""
         roots = sorted({self.find(s) for s in range(len(self.sizes))})
-        # A tensor cut along one dimension by two spaces (weights tied between layers) cannot follow both.
-        owners: dict[tuple[str, int], set[int]] = {}
+        # An entry of a tensor owned by two spaces (weights tied between layers) cannot follow both.
+        owners: dict[tuple[str, int], list[tuple[int, torch.Tensor]]] = {}
         for r in roots:
             for m in self.members[r]:
-                owners.setdefault((m.param, m.dim), set()).add(r)
-        for (param, dim), spaces in owners.items():
-            if len(spaces) > 1:
-                for r in spaces:
-                    why = f"{param!r} is cut along dimension {dim} by more than one group (tied weights)"
-                    if why not in self.blocked[r]:
-                        self.blocked[r].append(why)
+                owners.setdefault((m.param, m.dim), []).append((r, m.index.reshape(-1)))
+        for (param, dim), entries in owners.items():
+            if len({r for r, _ in entries}) < 2:
+                continue
+            index = torch.cat([i for _, i in entries])
+            label = torch.cat([torch.full_like(i, r) for r, i in entries])
+            order = torch.argsort(index, stable=True)
+            index, label = index[order], label[order]
+            clash = (index[1:] == index[:-1]) & (label[1:] != label[:-1])
+            for r in set(label[1:][clash].tolist()) | set(label[:-1][clash].tolist()):
+                why = f"{param!r} is cut along dimension {dim} by more than one group (tied weights)"
+                if why not in self.blocked[r]:
+                    self.blocked[r].append(why)
         return [r for r in roots if self.members[r] and any(m.role == "out" for m in self.members[r])
                 and not self.blocked[r] and not self.unfollowable[r] and self.units(r) >= 2]
 
@@ -288,6 +347,8 @@ ELEMENTWISE = {
     "requires_grad_", "masked_fill", "nan_to_num", "sign", "floor", "ceil", "round", "trunc", "frac",
     "eq", "ne", "lt", "le", "gt", "ge", "isnan", "isinf", "isfinite", "logical_not", "logical_and", "logical_or",
     "bitwise_not", "__and__", "__or__", "__invert__", "__xor__",
+    # Same layout, values that do not depend on the input's: the units stay where they are.
+    "zeros_like", "ones_like", "empty_like", "full_like", "rand_like", "randn_like", "fill_", "zero_",
 }
 ELEMENTWISE |= {f"{n}_" for n in list(ELEMENTWISE)}
 ELEMENTWISE |= {f"__{n}__" for n in ("add", "radd", "iadd", "sub", "rsub", "isub", "mul", "rmul", "imul",
@@ -555,16 +616,19 @@ class Tracer:
             return True
         if name == "unbind":
             raise _Unfollowable("takes the units apart one by one")
-        bounds = [0]
-        for _, start, inner, n in g.layout(f):
-            bounds.append(start + n * inner)
-        pos, segs = 0, list(f.segs)
+        edges, pos = set(), 0
+        for t in parts:
+            edges |= {pos, pos + t.shape[dim]}
+            pos += t.shape[dim]
+        g.refine(f, edges)  # a fused projection chunked apart: its space splits into parts
+        layout = g.layout(f)
+        pos = 0
         for t in parts:
             end = pos + t.shape[dim]
-            if pos not in bounds or end not in bounds:
-                raise _Unfollowable("splits one layer's units apart")
-            taken = [s for s, (a, b) in zip(segs, zip(bounds, bounds[1:])) if a >= pos and b <= end]
-            self.set(t, Feature(dim, tuple(taken)))
+            taken = [(sid, inner) for sid, o, inner, n in layout if o >= pos and o + n * inner <= end]
+            if sum(g.sizes[sid] * inner for sid, inner in taken) != end - pos:
+                raise _Unfollowable("splits one unit's entries apart")
+            self.set(t, Feature(dim, tuple(Seg(sid, inner) for sid, inner in taken)))
             pos = end
         return True
 
