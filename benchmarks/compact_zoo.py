@@ -16,11 +16,23 @@ Run from the repository root::
     .venv/bin/python benchmarks/compact_zoo.py                      # CPU, batch 1 and 64
     .venv/bin/python benchmarks/compact_zoo.py --device cuda
     .venv/bin/python benchmarks/compact_zoo.py --smoke              # tiny models, few repeats: checks it runs
+
+``--torch-pruning`` adds Torch-Pruning (DepGraph) on the same ResNet at the same kept fraction
+(``MagnitudePruner``, L2 importance, the classifier ignored): its parameters, FLOPs and latency
+beside ours. Install it in the benchmark's environment only, not as a dependency of occamgd::
+
+    .venv/bin/python -m pip install --target /tmp/tp torch-pruning --no-deps
+    PYTHONPATH=/tmp/tp .venv/bin/python benchmarks/compact_zoo.py --models resnet --torch-pruning
+
+It prunes without masks and without folding, so its model is not expected to compute the
+unpruned one's outputs (the column ``max |diff|`` says by how much it differs); ours computes the
+masked model's.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 from pathlib import Path
 
@@ -99,6 +111,8 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=20, help="timed forward passes per model (default 20)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed forward passes first (default 3)")
     parser.add_argument("--smoke", action="store_true", help="tiny models, --repeats 2 --warmup 1 --batch-sizes 2")
+    parser.add_argument("--torch-pruning", action="store_true",
+                        help="also prune the ResNet with Torch-Pruning (installed beside, see above)")
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the figures as JSON here")
     args = parser.parse_args()
     if args.smoke:
@@ -135,12 +149,14 @@ def main() -> int:
                     report = compaction_report(model, small, example, repeats=args.repeats, warmup=args.warmup)
                 rows.append({"model": name, "kept": kept, "groups": groups, "flops_before": before,
                              "flops_after": after, **report})
+                if args.torch_pruning and name == "resnet":
+                    rows.append(torch_pruning_row(args, kept, batch, example, device))
     print()
-    print(f"{'model':7}{'kept':>6}{'batch':>6}{'params':>12}{'compact':>12}{'GFLOPs':>9}{'compact':>9}"
+    print(f"{'model':10}{'kept':>6}{'batch':>6}{'params':>12}{'compact':>12}{'GFLOPs':>9}{'compact':>9}"
           f"{'FLOP x':>8}{'masked ms':>11}{'compact ms':>12}{'speed-up':>10}{'ex/s after':>12}{'max |diff|':>12}")
     for r in rows:
         b, a = r["before"], r["after"]
-        print(f"{r['model']:7}{r['kept']:6.2f}{r['batch']:6d}{b['parameters']:12,}{a['parameters']:12,}"
+        print(f"{r['model']:10}{r['kept']:6.2f}{r['batch']:6d}{b['parameters']:12,}{a['parameters']:12,}"
               f"{r['flops_before'] / 1e9:9.3f}{r['flops_after'] / 1e9:9.3f}{r['flops_before'] / r['flops_after']:7.2f}x"
               f"{b['latency_s'] * 1e3:11.2f}{a['latency_s'] * 1e3:12.2f}{r['ratio']['latency']:9.2f}x"
               f"{a['throughput']:12,.1f}{r['max_abs_diff']:12.1e}")
@@ -150,6 +166,23 @@ def main() -> int:
         write_figures(args.json, "compact_zoo", command, {"device": str(device), "hardware": hardware,
                                                           "repeats": args.repeats, "results": rows})
     return 0
+
+
+def torch_pruning_row(args, kept: float, batch: int, example: torch.Tensor, device) -> dict:
+    """The same ResNet (same seed) pruned by Torch-Pruning to ``kept`` of its channels, timed like ours."""
+    import torch_pruning as tp
+
+    torch.manual_seed(SEED)
+    model, _ = build("resnet", args.smoke)
+    model.to(device).eval()
+    reference = copy.deepcopy(model)
+    pruner = tp.pruner.MagnitudePruner(model, example[:1], importance=tp.importance.MagnitudeImportance(p=2),
+                                       pruning_ratio=1 - kept, ignored_layers=[model.fc])
+    pruner.step()
+    model.eval()
+    report = compaction_report(reference, model, example, repeats=args.repeats, warmup=args.warmup)
+    return {"model": "resnet/TP", "kept": kept, "groups": 0, "flops_before": flops(reference, example),
+            "flops_after": flops(model, example), **report}
 
 
 def _report_dict(model, small, example, args):
