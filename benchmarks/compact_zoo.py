@@ -37,12 +37,12 @@ import sys
 from pathlib import Path
 
 import torch
+from _common import setup, write_figures
 from torch import nn
 from torch.nn import functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 import occamgd
-from _common import setup, write_figures
 from occamgd.compaction import compact, compaction_report, structured_pruning
 
 SEED = 0

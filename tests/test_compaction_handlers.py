@@ -11,7 +11,13 @@ import torch
 from torch import nn
 
 import occamgd
-from occamgd.compaction import HANDLERS, compact, handler_for, register_handler, structured_pruning
+from occamgd.compaction import (
+    HANDLERS,
+    compact,
+    handler_for,
+    register_handler,
+    structured_pruning,
+)
 from occamgd.compaction.graph import Feature
 from occamgd.compaction.handlers import set_param, take
 from occamgd.models.gpt import CausalSelfAttention

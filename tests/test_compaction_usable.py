@@ -33,7 +33,7 @@ def test_compacted_gpt2_generates_what_the_masked_model_generates():
     small = compact(model, occam)
     assert small.transformer.h[0].attn.num_heads == 2 and small.transformer.h[0].attn.c_attn.nf == 3 * 2 * 4
     assert small.transformer.h[0].mlp.c_fc.nf == 32
-    kwargs = dict(max_new_tokens=4, do_sample=False, min_new_tokens=4)
+    kwargs = {"max_new_tokens": 4, "do_sample": False, "min_new_tokens": 4}
     assert torch.equal(small.generate(ids, **kwargs), model.generate(ids, **kwargs))  # greedy, with the KV cache
 
 

@@ -20,10 +20,20 @@ from __future__ import annotations
 
 from .cut import compact, default_example
 from .graph import Graph, trace
-from .handlers import HANDLERS, HeadsHandler, handler_for, register_example, register_handler
+from .handlers import (
+    HANDLERS,
+    HeadsHandler,
+    handler_for,
+    register_example,
+    register_handler,
+)
 from .plan import structured_pruning
 from .report import compaction_report, model_size
-from .semi_structured import SEMI_STRUCTURED_MIN_FEATURES, SEMI_STRUCTURED_MULTIPLES, to_semi_structured
+from .semi_structured import (
+    SEMI_STRUCTURED_MIN_FEATURES,
+    SEMI_STRUCTURED_MULTIPLES,
+    to_semi_structured,
+)
 
 __all__ = [
     "HANDLERS",

@@ -85,7 +85,7 @@ def default_example(model: nn.Module) -> Any:
                     finally:
                         model.train(was)
                 return x
-            except Exception:
+            except Exception:  # noqa: BLE001 - any failure means: not this size, try the next
                 continue
     raise InvalidValueError(
         f"an example input is needed to trace {type(model).__name__}; accepted: example_input= a batch the model's "
@@ -168,12 +168,16 @@ def _inputs(model: nn.Module, calls: list[Call], example: Any) -> dict[int, torc
     """The input of each of ``calls``' layers on the example, in eval mode (first call of each)."""
     seen: dict[int, torch.Tensor] = {}
     handles = []
-    for call in calls:
-        def hook(module, args, kwargs, key=id(call.module)):
+
+    def recorder(key: int):
+        def hook(module, args, kwargs):
             if key not in seen:
                 x = args[0] if args else next(iter(kwargs.values()))
                 seen[key] = x.detach()
-        handles.append(call.module.register_forward_pre_hook(hook, with_kwargs=True))
+        return hook
+
+    for call in calls:
+        handles.append(call.module.register_forward_pre_hook(recorder(id(call.module)), with_kwargs=True))
     was_training = model.training
     model.eval()
     args, kwargs = example_args(example)

@@ -437,7 +437,6 @@ class Tracer:
                         unfollowable=True)
 
     def _rule(self, name, args, kwargs, out, tracked):
-        g = self.graph
         if name in ELEMENTWISE and torch.is_tensor(out):
             self.set(out, self._elementwise(name, [a for a in list(args) + list(kwargs.values())
                                                    if torch.is_tensor(a)], out))

@@ -21,7 +21,8 @@ imported before they are used (the Hugging Face handlers below are registered th
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn

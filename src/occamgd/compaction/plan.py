@@ -156,12 +156,12 @@ def structured_pruning(
                 _trial(model, example_input, groups, list(range(len(groups))), excluded)
             except (InvalidValueError, InvalidTypeError):
                 raise
-            except Exception as error:
+            except Exception as error:  # noqa: BLE001 - whatever the user's forward raises is reported
                 culprits = []
                 for i in range(len(groups)):
                     try:
                         _trial(model, example_input, groups, [i], excluded)
-                    except Exception:
+                    except Exception:  # noqa: BLE001
                         culprits.append(roots[i])
                 _refuse(model, graph, roots, error, culprits or roots)
     order = {name: i for i, (name, _) in enumerate(model.named_parameters())}
