@@ -143,10 +143,7 @@ def main() -> int:
                 model.eval()
                 small.eval()
                 before, after = flops(model, example), flops(small, example)
-                if isinstance(example, dict):
-                    report = _report_dict(model, small, example, args)
-                else:
-                    report = compaction_report(model, small, example, repeats=args.repeats, warmup=args.warmup)
+                report = compaction_report(model, small, example, repeats=args.repeats, warmup=args.warmup)
                 rows.append({"model": name, "kept": kept, "groups": groups, "flops_before": before,
                              "flops_after": after, **report})
                 if args.torch_pruning and name == "resnet":
@@ -183,40 +180,6 @@ def torch_pruning_row(args, kept: float, batch: int, example: torch.Tensor, devi
     report = compaction_report(reference, model, example, repeats=args.repeats, warmup=args.warmup)
     return {"model": "resnet/TP", "kept": kept, "groups": 0, "flops_before": flops(reference, example),
             "flops_after": flops(model, example), **report}
-
-
-def _report_dict(model, small, example, args):
-    """compaction_report for a model that takes a dict: time the logits of both on the same batch."""
-    import math
-    import statistics
-    import time
-
-    from occamgd._timing import synchronize
-    from occamgd.compaction import model_size
-
-    times = {"before": [], "after": []}
-    models = {"before": model, "after": small}
-    device = next(model.parameters()).device
-    with torch.no_grad():
-        outs = {k: m(**example).logits for k, m in models.items()}
-        for _ in range(args.warmup):
-            for m in models.values():
-                m(**example)
-        for r in range(args.repeats):
-            for key in ("before", "after") if r % 2 == 0 else ("after", "before"):
-                synchronize(device)
-                start = time.perf_counter()
-                models[key](**example)
-                synchronize(device)
-                times[key].append(time.perf_counter() - start)
-    batch = example["input_ids"].shape[0]
-    report = {"batch": batch}
-    for key, m in models.items():
-        latency = statistics.median(times[key])
-        report[key] = {**model_size(m), "latency_s": latency, "throughput": batch / latency if latency else math.inf}
-    report["ratio"] = {"latency": report["before"]["latency_s"] / report["after"]["latency_s"]}
-    report["max_abs_diff"] = float((outs["before"] - outs["after"]).abs().max())
-    return report
 
 
 if __name__ == "__main__":

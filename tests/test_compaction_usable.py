@@ -9,7 +9,7 @@ from torch import nn
 
 import occamgd
 from occamgd import export
-from occamgd.compaction import compact, structured_pruning
+from occamgd.compaction import compact, compaction_report, structured_pruning
 from occamgd.compaction.handlers import CompactMultiheadAttention
 
 transformers = pytest.importorskip("transformers")
@@ -55,6 +55,9 @@ def test_compacted_bert_classifies_with_its_head_trains_and_reloads_through_expo
     small.eval()
     with torch.no_grad():
         assert torch.allclose(small(**batch).logits, model(**batch).logits, rtol=1e-5, atol=1e-6)
+    report = compaction_report(model, small, batch, repeats=1, warmup=0)  # keyword inputs, ModelOutput logits
+    assert report["batch"] == 4 and report["max_abs_diff"] < 1e-5
+    assert report["after"]["parameters"] < report["before"]["parameters"]
     # One more training step with the classification loss, then save the compacted weights.
     small.train()
     labels = torch.tensor([0, 1, 2, 1])
