@@ -303,3 +303,20 @@ def test_zoo_model_compacts_to_the_same_outputs_with_the_parameters_the_masks_sa
     _train_step(small, torch.optim.SGD(small.parameters(), lr=0.01), x)
     assert any(not torch.equal(before[k], v) for k, v in small.state_dict().items())
     assert math.isfinite(float(_loss(small, x)))
+
+
+def test_global_scope_ranks_every_groups_units_together_and_compacts_the_same(one_thread):
+    torch.manual_seed(0)
+    model, x = ZOO["resnet-basic"]()
+    _randomise(model)
+    setup = structured_pruning(model, x, scope="global")
+    assert setup["criterion"].scope == "global"
+    occam = occamgd.Occam(model, None, schedule=occamgd.ConstantRate(0.5), **setup)
+    occam.step(1.0)
+    kept = [int(_gather(occam.masks[g[0].param], g[0]).any(1).sum()) for g in occam.criterion.groups]
+    sizes = [g[0].index.shape[0] for g in occam.criterion.groups]
+    assert sum(sizes) - sum(kept) == occamgd.criteria.prune_count(sum(sizes), 0.5)
+    assert min(kept) >= 1 and len({k / n for k, n in zip(kept, sizes)}) > 1  # not the same share everywhere
+    small = compact(model, occam)
+    expected = _eval(model, x)
+    assert torch.allclose(_eval(small, x), expected, rtol=1e-5, atol=1e-5 * float(expected.abs().max()))

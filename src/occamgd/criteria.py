@@ -14,7 +14,10 @@ Two more families (see :func:`structured_magnitude` and :func:`nm_magnitude`):
 
 - **structured**: whole output units (rows: Linear neurons, Conv output channels, attention
   heads through :class:`Units`) by the L2 norm of their weights, so that
-  :func:`occamgd.compact` can remove them and the network gets physically smaller;
+  :func:`occamgd.compact` can remove them and the network gets physically smaller; and whole
+  *coupled groups* (:func:`group_magnitude`, :class:`GroupCriterion`): every unit scored by all
+  the weights tied to it across layers (residual additions, concatenations, attention heads),
+  the groups :func:`occamgd.compaction.structured_pruning` finds by tracing the model;
 - **N:M** (2:4 by default): at most N kept weights in every group of M consecutive input weights,
   the pattern that sparse tensor cores execute.
 """
