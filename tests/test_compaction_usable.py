@@ -98,3 +98,19 @@ def test_transformer_encoder_loses_heads_and_keeps_padding_and_causal_masks():
     small.train()
     small(x).sum().backward()
     assert attn.in_proj_weight.grad is not None
+
+
+def test_compacted_llama_keeps_grouped_query_heads_together_and_generates_the_same():
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(vocab_size=40, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=16,
+                                   bos_token_id=0, eos_token_id=0, pad_token_id=0)
+    model = transformers.LlamaForCausalLM(cfg).eval()
+    ids = torch.randint(1, 40, (2, 5))
+    small = compact(model, _pruned(model, {"input_ids": ids}))
+    attn = small.model.layers[0].self_attn
+    # One of the 2 key/value heads is gone, with its 2 query heads and their output columns.
+    assert (attn.q_proj.out_features, attn.k_proj.out_features, attn.o_proj.in_features) == (8, 4, 8)
+    assert attn.num_key_value_groups == 2 and small.model.layers[0].mlp.down_proj.in_features == 16
+    kwargs = {"max_new_tokens": 4, "do_sample": False, "min_new_tokens": 4}
+    assert torch.equal(small.generate(ids, **kwargs), model.generate(ids, **kwargs))

@@ -181,6 +181,12 @@ def _hf(name):
     if name == "gpt2":
         cfg = transformers.GPT2Config(vocab_size=40, n_positions=16, n_embd=16, n_layer=2, n_head=4)
         return transformers.GPT2LMHeadModel(cfg), {"input_ids": torch.randint(0, 40, (2, 8))}
+    if name in ("llama", "qwen2"):  # grouped-query attention: 4 query heads share 2 key/value heads
+        config = {"llama": transformers.LlamaConfig, "qwen2": transformers.Qwen2Config}[name]
+        cfg = config(vocab_size=40, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=4,
+                     num_key_value_heads=2, max_position_embeddings=16)
+        model_class = {"llama": transformers.LlamaForCausalLM, "qwen2": transformers.Qwen2ForCausalLM}[name]
+        return model_class(cfg), {"input_ids": torch.randint(0, 40, (2, 8))}
     cfg = transformers.ViTConfig(image_size=8, patch_size=4, num_channels=3, hidden_size=16, num_hidden_layers=2,
                                  num_attention_heads=4, intermediate_size=32, num_labels=3)
     return transformers.ViTForImageClassification(cfg), {"pixel_values": torch.randn(2, 3, 8, 8)}
@@ -198,6 +204,8 @@ ZOO = {
     "bert": lambda: _hf("bert"),
     "gpt2": lambda: _hf("gpt2"),
     "vit": lambda: _hf("vit"),
+    "llama": lambda: _hf("llama"),
+    "qwen2": lambda: _hf("qwen2"),
     "gpt": lambda: (GPT(GPTConfig(vocab_size=11, block_size=8, n_layer=2, n_head=4, n_embd=16)),
                     torch.randint(0, 11, (2, 8))),
     "cnn": lambda: (CNN(3, 4, n=4, image_size=24, dropout=0.1), torch.randn(2, 3, 24, 24)),

@@ -360,19 +360,25 @@ class HeadsHandler:
     (a head whose value rows are pruned outputs its value bias, whatever it attends to: the
     attention weights sum to 1); query and key rows go with it. Without ``out`` the heads are the
     module's outputs (Hugging Face BERT), read by the next layer like any units. ``allow_empty``:
-    the forward copes with zero heads, so every head may go. The embedding
-    width the attention reads and writes is left whole. ``heads`` / ``dim`` / ``total`` /
-    ``split`` name the module's attributes that the forward reads (the number of heads, each
-    head's width, the width of all heads, the split size of the fused projection).
+    the forward copes with zero heads, so every head may go. The embedding width the attention
+    reads and writes is left whole.
+
+    Grouped-query attention (``queries``: the attribute holding the query heads per key/value
+    head, as LLaMA's ``num_key_value_groups``): a unit is one key/value head with its group of
+    query heads. ``heads`` / ``dim`` / ``total`` / ``split`` name the module's attributes that the
+    forward reads (the number of heads, each head's width, the width of all heads, the split size
+    of the fused projection); ``heads=None`` counts them from the value projection.
     """
 
     def __init__(self, q: str, k: str | None = None, v: str | None = None, out: str | None = None,
-                 heads: str = "num_heads", dim: str = "head_dim", total: str | None = None, split: str | None = None,
-                 skip_if: str | None = None, allow_empty: bool = False):
+                 heads: str | None = "num_heads", dim: str = "head_dim", total: str | None = None,
+                 split: str | None = None, skip_if: str | None = None, allow_empty: bool = False,
+                 queries: str | None = None):
         self.q, self.k, self.v, self.out = q, k, v, out
         self.heads, self.dim, self.total, self.split, self.skip_if = heads, dim, total, split, skip_if
         self.fused = k is None
         self.allow_empty = allow_empty  # whether the module's forward copes with no heads at all
+        self.queries = queries
 
     def _layers(self, m):
         return [getattr(m, n) for n in ((self.q,) if self.fused else (self.q, self.k, self.v))]
@@ -381,11 +387,25 @@ class HeadsHandler:
     def _rows_dim(layer) -> int:
         return 1 if isinstance(getattr(layer, "nf", None), int) else 0  # HF Conv1D stores (in, out)
 
+    def _shape(self, m) -> tuple[int, int, int]:
+        """(units, head width, query heads per unit)."""
+        d = int(getattr(m, self.dim))
+        group = int(getattr(m, self.queries)) if self.queries else 1
+        if self.heads is None:
+            v = self._layers(m)[-1]
+            return v.weight.shape[self._rows_dim(v)] // d, d, group
+        return int(getattr(m, self.heads)), d, group
+
+    @staticmethod
+    def _blocks(units: torch.Tensor, width: int) -> torch.Tensor:
+        """Unit ``u``'s ``width`` consecutive entries, for each of ``units``."""
+        return units.view(-1, 1) * width + torch.arange(width, device=units.device).view(1, width)
+
     def trace(self, tracer: Tracer, call: Call, args, kwargs, output) -> None:
         g, m = tracer.graph, call.module
         x, y = _input(args, kwargs), _first_tensor(output)
         g.block(tracer.feat(x), f"read by the attention {call.name!r} (its embedding width is left whole)")
-        heads, d = int(getattr(m, self.heads)), int(getattr(m, self.dim))
+        heads, d, group = self._shape(m)
         if (self.skip_if and getattr(m, self.skip_if, False)) or heads < 1:
             sid = g.new(y.shape[-1], call.name, blocked=f"outputs of the attention {call.name!r}")
             tracer.set(y, Feature(y.dim() - 1, (Seg(sid),)))
@@ -394,73 +414,73 @@ class HeadsHandler:
         hid = g.new(heads, f"{call.name} heads")
         if self.allow_empty:
             g.can_empty.add(hid)
-        unit = torch.arange(heads).view(heads, 1) * d + torch.arange(d).view(1, d)
+        units = torch.arange(heads)
+        qs, kv = self._blocks(units, group * d), self._blocks(units, d)
         if first:
             layers = self._layers(m)
             for c, role in enumerate(("aux", "aux", "out")):
                 layer = layers[0] if self.fused else layers[c]
-                index = unit + (c * heads * d if self.fused else 0)
+                index = (kv + c * heads * d) if self.fused else (qs if c == 0 else kv)
                 g.add(hid, layer.weight, self._rows_dim(layer), index, role, call.name)
                 if layer.bias is not None:
                     g.add(hid, layer.bias, 0, index, "zero", call.name)
         if self.out is None:
-            call.out_feat = Feature(y.dim() - 1, (Seg(hid, d),))
+            call.out_feat = Feature(y.dim() - 1, (Seg(hid, group * d),))
             tracer.set(y, call.out_feat)
             return
         proj = getattr(m, self.out)
         if first:
-            g.add(hid, proj.weight, 1 - self._rows_dim(proj), unit, "in", call.name)
+            g.add(hid, proj.weight, 1 - self._rows_dim(proj), qs, "in", call.name)
         call.inner["heads"] = hid
         sid = g.new(y.shape[-1], call.name, blocked=f"outputs of the attention {call.name!r}")
         tracer.set(y, Feature(y.dim() - 1, (Seg(sid),)))
 
     def cut(self, call: Call, keep_in, keep_out, inner) -> None:
         m = call.module
-        d = int(getattr(m, self.dim))
-        heads = int(getattr(m, self.heads))
+        heads, d, group = self._shape(m)
         if self.out is None:
             if keep_out is None:
                 return
-            keep_heads = keep_out.view(-1, d)[:, 0] // d
-            fold = None
+            keep, fold = keep_out.view(-1, group * d)[:, 0] // (group * d), None
         else:
             if "heads" not in inner:
                 return
-            keep_heads, fold = inner["heads"]
-        cols = (keep_heads.view(-1, 1) * d + torch.arange(d, device=keep_heads.device).view(1, d)).reshape(-1)
+            keep, fold = inner["heads"]
+        qcols, kvcols = self._blocks(keep, group * d).reshape(-1), self._blocks(keep, d).reshape(-1)
         layers = self._layers(m)
         if self.out is not None:
             proj = getattr(m, self.out)
             pdim = 1 - self._rows_dim(proj)
-            if fold is not None and fold.any():
-                # Heads whose value rows are pruned output their value bias: into the projection's bias.
-                v = layers[0] if self.fused else layers[2]
-                if v.bias is not None:
-                    offset = 2 * heads * d if self.fused else 0
-                    v_bias = v.bias.detach()[offset:offset + heads * d].view(heads, d)[fold].reshape(-1)
-                    fcols = (fold.nonzero().view(-1, 1) * d + torch.arange(d).view(1, d)).reshape(-1)
-                    w = take(proj.weight.detach(), pdim, fcols.to(proj.weight.device))
-                    added = (w.movedim(pdim, 1) @ v_bias) if pdim == 1 else (v_bias @ w)
-                    add_bias(proj, added, proj.weight)
-            set_param(proj, "weight", take(proj.weight, pdim, cols))
+            v = layers[0] if self.fused else layers[2]
+            if fold is not None and fold.any() and v.bias is not None:
+                # Heads whose value rows are pruned output their value bias (each query head of the
+                # group the same one): into the projection's bias.
+                offset = 2 * heads * d if self.fused else 0
+                v_bias = v.bias.detach()[offset:offset + heads * d].view(heads, 1, d).expand(heads, group, d)
+                v_bias = v_bias[fold.to(v_bias.device)].reshape(-1)
+                fcols = self._blocks(fold.nonzero().view(-1), group * d).reshape(-1)
+                w = take(proj.weight.detach(), pdim, fcols)
+                add_bias(proj, (w @ v_bias) if pdim == 1 else (v_bias @ w), proj.weight)
+            set_param(proj, "weight", take(proj.weight, pdim, qcols))
             _resize(proj)
         if self.fused:
             layer = layers[0]
-            rows = torch.cat([cols + c * heads * d for c in range(3)])
+            rows = torch.cat([kvcols + c * heads * d for c in range(3)])
             set_param(layer, "weight", take(layer.weight, self._rows_dim(layer), rows))
             if layer.bias is not None:
                 set_param(layer, "bias", take(layer.bias, 0, rows))
             _resize(layer)
         else:
-            for layer in layers:
+            for layer, cols in zip(layers, (qcols, kvcols, kvcols)):
                 set_param(layer, "weight", take(layer.weight, 0, cols))
                 if layer.bias is not None:
                     set_param(layer, "bias", take(layer.bias, 0, cols))
                 _resize(layer)
-        kept = len(keep_heads)
-        setattr(m, self.heads, kept)
+        kept = len(keep)
+        if self.heads is not None:
+            setattr(m, self.heads, kept * group)
         if self.total:
-            setattr(m, self.total, kept * d)
+            setattr(m, self.total, kept * group * d)
         if self.split:
             setattr(m, self.split, kept * d)
 
@@ -592,7 +612,9 @@ register_handler(nn.Linear, LinearHandler())
 register_handler(_ConvNd, ConvHandler())
 register_handler(_BatchNorm, BatchNormHandler())
 register_handler(nn.GroupNorm, GroupNormHandler())
-for _norm in (nn.LayerNorm, getattr(nn, "RMSNorm", None), "transformers.models.llama.modeling_llama.LlamaRMSNorm"):
+for _norm in (nn.LayerNorm, getattr(nn, "RMSNorm", None), "transformers.models.llama.modeling_llama.LlamaRMSNorm",
+              "transformers.models.mistral.modeling_mistral.MistralRMSNorm",
+              "transformers.models.qwen2.modeling_qwen2.Qwen2RMSNorm"):
     if _norm is not None:
         register_handler(_norm, FeatureNormHandler())
 register_handler(nn.Embedding, EmbeddingHandler())
@@ -603,6 +625,10 @@ register_handler("transformers.models.bert.modeling_bert.BertSelfAttention",
                               total="all_head_size"))
 register_handler("transformers.models.vit.modeling_vit.ViTAttention",
                  HeadsHandler("q_proj", "k_proj", "v_proj", out="o_proj", heads="num_attention_heads", dim="head_dim"))
+for _family in ("llama", "mistral", "qwen2"):  # q/k/v/o projections, grouped-query heads, head count from -1 views
+    register_handler(f"transformers.models.{_family}.modeling_{_family}.{_family.capitalize()}Attention",
+                     HeadsHandler("q_proj", "k_proj", "v_proj", out="o_proj", heads=None, dim="head_dim",
+                                  queries="num_key_value_groups"))
 register_handler("transformers.models.gpt2.modeling_gpt2.GPT2Attention",
                  HeadsHandler("c_attn", out="c_proj", heads="num_heads", dim="head_dim", split="split_size",
                               skip_if="is_cross_attention"))
