@@ -310,3 +310,14 @@ def test_to_semi_structured_refuses_a_model_off_cuda_with_a_clear_error():
         to_semi_structured(nn.Sequential(nn.ReLU()))
     with pytest.raises(ValueError, match="min_features"):
         to_semi_structured(model, min_features=0)
+
+
+def test_a_wrapped_model_is_traced_and_compacted_through_its_wrapper():
+    torch.manual_seed(0)
+    model = _random_biases(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)))
+    wrapped = nn.DataParallel(model)  # Occam names the masks without the wrapper's "module." prefix
+    occam = _prune(wrapped, rate=0.5, steps=1, **structured_pruning(wrapped))
+    assert "0.weight" in occam.masks
+    compacted = compact(wrapped, occam)
+    assert type(compacted) is nn.Sequential and compacted[0].out_features == 4
+    _assert_same_function_and_smaller(model, compacted, torch.randn(3, 4))

@@ -23,6 +23,7 @@ from torch import nn
 
 from ..criteria import Coupled, _gather
 from ..errors import InvalidTypeError, InvalidValueError
+from ..masks import _wrapped_attribute
 from ..occam import Occam
 from .graph import Call, Feature, Graph, example_args, trace
 from .handlers import example_for, handler_for
@@ -55,6 +56,13 @@ def masks_of(model: nn.Module, masks_or_occam: Any) -> dict[str, torch.Tensor]:
             )
         out[name] = mask.to(device=params[name].device, dtype=torch.bool)
     return out
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module inside ``torch.compile`` / DDP / DataParallel wrappers at the root (Occam's names are its names)."""
+    while (attr := _wrapped_attribute(model)) is not None:
+        model = getattr(model, attr)
+    return model
 
 
 def default_example(model: nn.Module) -> Any:
@@ -236,10 +244,12 @@ def compact(model: nn.Module, masks_or_occam: Occam | Mapping[str, torch.Tensor]
     the same outputs in eval mode (see :mod:`occamgd.compaction.cut`). ``model`` is left as it was.
 
     Pruned units that cannot be removed (they reach the model's outputs, or are normalised
-    together) stay as zeros; a warning names them unless they are the model's outputs.
+    together) stay as zeros; a warning names them unless they are the model's outputs. For a model
+    inside ``torch.compile`` or DDP the copy is of the module inside.
     """
     if not isinstance(model, nn.Module):
         raise InvalidTypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    model = unwrap(model)
     masks = masks_of(model, masks_or_occam)
     context = getattr(getattr(masks_or_occam, "criterion", None), "context", {}) or {}
     if example_input is None:

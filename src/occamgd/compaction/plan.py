@@ -20,7 +20,7 @@ from torch import nn
 
 from ..criteria import Coupled, GroupCriterion
 from ..errors import InvalidTypeError, InvalidValueError
-from .cut import compact, default_example, exclude_names, on_device
+from .cut import compact, default_example, exclude_names, on_device, unwrap
 from .graph import Graph, example_args, trace
 from .handlers import handler_for
 
@@ -126,6 +126,7 @@ def structured_pruning(
         raise InvalidTypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if scope not in ("layer", "global"):
         raise InvalidValueError(f"scope must be 'layer' or 'global', got {scope!r}")
+    model = unwrap(model)  # names as Occam's masks name them
     example_input = on_device(default_example(model) if example_input is None else example_input, model)
     excluded = exclude_names(model, exclude)
     graph = trace(model, example_input, handler_for, excluded)
