@@ -1,4 +1,4 @@
-"""compaction.graph: the trace's rules for ops between layers, each checked end to end (groups found, compacted,
+"""compaction.tracing: the trace's rules for ops between layers, each checked end to end (groups found, compacted,
 same outputs): squeeze-excitation gating, channels-last permutes, a concatenation split at its boundaries, a layer
 called twice, functional layer norm."""
 

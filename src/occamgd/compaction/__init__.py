@@ -2,9 +2,9 @@
 
 Zeros left by unstructured pruning save nothing on ordinary hardware. Here:
 
-- :func:`structured_pruning` traces a model on an example input, finds the groups of units that
-  must be removed together (``graph``), and returns the selection and criterion that prune them
-  whole: ``Occam(model, opt, **structured_pruning(model, example_input))``.
+- :func:`structured_pruning` traces a model on an example input (``tracing``), finds the groups
+  of units that must be removed together (``graph``), and returns the selection and criterion
+  that prune them whole (``plan``): ``Occam(model, opt, **structured_pruning(model, example_input))``.
 - :func:`compact` returns a smaller dense copy of the model without the pruned units (``cut``).
 - each layer type is a registered handler (``handlers``): :func:`register_handler` adds one.
 - :func:`to_semi_structured` converts 2:4-sparse Linear layers (see
@@ -19,7 +19,7 @@ See docs/compaction.md for what is supported and why.
 from __future__ import annotations
 
 from .cut import compact, default_example
-from .graph import Graph, trace
+from .graph import Graph
 from .handlers import (
     HANDLERS,
     HeadsHandler,
@@ -34,6 +34,7 @@ from .semi_structured import (
     SEMI_STRUCTURED_MULTIPLES,
     to_semi_structured,
 )
+from .tracing import trace
 
 __all__ = [
     "HANDLERS",

@@ -25,8 +25,9 @@ from ..criteria import Coupled, _gather
 from ..errors import InvalidTypeError, InvalidValueError
 from ..masks import _wrapped_attribute
 from ..occam import Occam
-from .graph import Call, Feature, Graph, example_args, trace
+from .graph import Call, Feature, Graph
 from .handlers import example_for, handler_for
+from .tracing import example_args, trace
 
 #: Largest spread, relative to its size, of an entry that still counts as one constant.
 CONSTANT_TOLERANCE = 1e-6

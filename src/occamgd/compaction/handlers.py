@@ -1,7 +1,7 @@
 """What each kind of layer does with units: a registry of handlers by module type.
 
 A handler knows one layer type, and nothing of the graph around it (after Torch-Pruning's
-``PrunerBox``; the walk in :mod:`occamgd.compaction.graph` finds the coupled groups, a handler
+``PrunerBox``; the trace in :mod:`occamgd.compaction.tracing` finds the coupled groups, a handler
 only describes and cuts). It has three parts:
 
 - ``trace(tracer, call, args, kwargs, output)``: during the trace, say where the layer's input
@@ -30,7 +30,8 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd
 
 from ..errors import InvalidTypeError
-from .graph import Call, Feature, Seg, Tracer
+from .graph import Call, Feature, Seg
+from .tracing import Tracer
 
 HANDLERS: dict[type | str, Any] = {}
 #: Example inputs for models whose input a handler can make up (``compact`` without ``example_input``).

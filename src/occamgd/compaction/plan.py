@@ -1,6 +1,6 @@
 """``structured_pruning``: which weights to prune and how, so that :func:`compact` can remove the units.
 
-It traces the model on an example input (:mod:`occamgd.compaction.graph`), takes the groups of
+It traces the model on an example input (:mod:`occamgd.compaction.tracing`), takes the groups of
 coupled units that can be removed, and refuses, before anything trains, what it cannot handle:
 an op or module that reads units in a way compaction cannot follow (named with its module path),
 and any graph on which a trial compaction of a copy fails or changes the outputs (a size written
@@ -21,8 +21,9 @@ from torch import nn
 from ..criteria import Coupled, GroupCriterion
 from ..errors import InvalidTypeError, InvalidValueError
 from .cut import compact, default_example, exclude_names, on_device, unwrap
-from .graph import Graph, example_args, trace
+from .graph import Graph
 from .handlers import handler_for
+from .tracing import example_args, trace
 
 _HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _TORCH = os.path.dirname(os.path.abspath(torch.__file__))
