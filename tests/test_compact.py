@@ -99,11 +99,11 @@ def test_compacted_chain_matches_the_masked_model_in_eval_and_is_smaller(make, x
 def test_units_removed_match_the_masks_and_the_output_layer_keeps_every_class():
     torch.manual_seed(0)
     model = _random_biases(TabularMLP(5, 3, hidden=(10, 8)))
-    # Occam's default selection with "structured" prunes the output rows (classes) too.
+    # Occam's default selection with "structured": the output layer (the last tensor) keeps its classes.
     occam = _prune(model, rate=0.4, steps=1, criterion="structured")
     kept1 = int(occam.masks["fc1.weight"].all(1).sum())
     kept2 = int(occam.masks["fc2.weight"].all(1).sum())
-    assert int(occam.masks["out.weight"].all(1).sum()) < 3
+    assert kept1 < 10 and kept2 < 8 and bool(occam.masks["out.weight"].all())
     compacted = compact(model, occam.masks)
     assert (compacted.fc1.out_features, compacted.fc2.in_features, compacted.fc2.out_features) == (kept1, kept1, kept2)
     assert (compacted.out.in_features, compacted.out.out_features) == (kept2, 3)
@@ -140,7 +140,7 @@ def test_zero_padding_keeps_units_with_a_nonzero_constant_and_says_so():
         model[0].bias.copy_(torch.tensor([1.0, -1.0, 2.0, 0.5]))
     masks = {"0.weight": torch.ones(4, 1, 3, 3, dtype=torch.bool)}
     masks["0.weight"][:2] = False  # unit 0 outputs relu(1) = 1, unit 1 outputs relu(-1) = 0
-    with pytest.warns(UserWarning, match="kept 1 pruned units of '0'"):
+    with pytest.warns(UserWarning, match="kept a pruned unit of '0'"):
         compacted = compact(model, masks)
     assert compacted[0].out_channels == 3  # only the zero-constant unit could go
     x = torch.randn(2, 1, 8, 8)
@@ -202,25 +202,30 @@ def test_gpt_heads_go_when_their_values_or_their_projection_columns_are_pruned_e
     assert compact(compacted, {}).transformer.h[1].attn.n_head == 3  # compacting again is harmless
 
 
-def test_structured_pruning_selects_the_layers_whose_units_can_go():
-    assert structured_pruning(MLP(8, 3, hidden=5)) == {"include": ["fc1.weight"], "criterion": "structured"}
-    cnn = structured_pruning(CNN(1, 10, n=4))
-    assert cnn["include"] == ["conv1.weight", "conv2.weight", "conv3.weight", "fc1.weight"]
+def test_structured_pruning_selects_the_coupled_weights_of_the_layers_whose_units_can_go():
+    mlp = structured_pruning(MLP(8, 3, hidden=5))
+    assert mlp["include"] == ["fc1.weight", "fc1.bias", "fc2.weight"]  # fc2's columns read fc1's units
+    assert len(mlp["criterion"].groups) == 1
+    cnn = structured_pruning(CNN(1, 10, n=4))  # no example: the smallest image it runs on (26 x 26 here)
+    assert cnn["criterion"].context["example_input"].shape == (2, 1, 26, 26)
+    assert [n for n in cnn["include"] if n.endswith("weight")] == [
+        "conv1.weight", "conv2.weight", "conv3.weight", "fc1.weight", "fc2.weight"]
     gpt = structured_pruning(_gpt())
-    assert gpt["include"] == ["transformer.h.0.attn.c_attn.weight", "transformer.h.0.mlp.c_fc.weight",
-                              "transformer.h.1.attn.c_attn.weight", "transformer.h.1.mlp.c_fc.weight"]
+    assert [n for n in gpt["include"] if n.endswith("weight")] == [
+        f"transformer.h.{i}.{layer}.weight" for i in (0, 1)
+        for layer in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")]
     blocked = nn.Sequential(nn.Linear(3, 4), nn.LayerNorm(4), nn.Linear(4, 5), nn.ReLU(), nn.Linear(5, 2))
-    assert structured_pruning(blocked)["include"] == ["2.weight"]
-    with pytest.raises(ValueError, match="no layer whose units"):
+    assert structured_pruning(blocked)["include"] == ["2.weight", "2.bias", "4.weight"]
+    with pytest.raises(ValueError, match="no group of units"):
         structured_pruning(nn.Sequential(nn.Linear(3, 2)))
-    with pytest.raises(TypeError, match="ModuleList"):
-        structured_pruning(nn.ModuleList([nn.Linear(2, 2)]))
+    with pytest.raises(ValueError, match="example input is needed"):
+        structured_pruning(nn.Sequential(nn.Embedding(5, 4), nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2)))
 
 
 def test_structured_training_with_fit_then_compact_end_to_end(tiny_data, one_thread):
     model = TabularMLP(6, 3, hidden=(16, 16))
     x, y = tiny_data(n=64, features=6)
-    result = occamgd.fit(model, (x, y), epochs=3, batch_size=16, progress=False,
+    result = occamgd.fit(model, (x, y), epochs=3, batch_size=16, progress=False, schedule="paper",
                          keep_best=False, **structured_pruning(model))
     assert result.occam.density < 1.0
     compacted = compact(result.model, result.occam)
@@ -228,21 +233,21 @@ def test_structured_training_with_fit_then_compact_end_to_end(tiny_data, one_thr
 
 
 # Errors ----------------------------------------------------------------------------------------
-def test_pruned_units_before_a_module_compact_cannot_carry_them_through_name_it():
+def test_pruned_units_that_cannot_be_removed_stay_as_zeros_and_a_warning_says_why():
     model = nn.Sequential(nn.Linear(3, 4), nn.LayerNorm(4), nn.Linear(4, 2))
     masks = {"0.weight": torch.ones(4, 3, dtype=torch.bool)}
     masks["0.weight"][1] = False
-    with pytest.raises(ValueError, match=r"'0' \(Linear\).*'1' \(LayerNorm\)"):
-        compact(model, masks)
-    conv_to_linear = nn.Sequential(nn.Conv1d(2, 4, 3), nn.ReLU(), nn.Linear(5, 2))
-    with pytest.raises(ValueError, match=r"'2' \(Linear\) does not read its 4 channels"):
-        compact(conv_to_linear, {"0.weight": torch.zeros(4, 2, 3, dtype=torch.bool)})
+    with pytest.warns(UserWarning, match=r"kept 1 pruned units of '0'.*normalised together by '1' \(LayerNorm\)"):
+        compacted = compact(model, masks)
+    assert compacted[0].out_features == 4
+    x = torch.randn(5, 3)
+    assert torch.allclose(_outputs(_masked(model, masks), x), _outputs(compacted, x), atol=ATOL)
     # Nothing pruned there: nothing to carry, so the same graph compacts (to itself).
     assert model_size(compact(model, {}))["parameters"] == model_size(model)["parameters"]
 
 
 class Wrapper(nn.Module):
-    """A module compact knows nothing about, around a Linear."""
+    """A custom module around a Linear: traced into like any module without a handler."""
 
     def __init__(self, features: int):
         super().__init__()
@@ -252,9 +257,9 @@ class Wrapper(nn.Module):
         return self.inner(x)
 
 
-def test_unsupported_models_and_bad_masks_are_refused_before_anything_changes():
-    with pytest.raises(TypeError, match="compact does not support Wrapper"):
-        compact(Wrapper(2), {})
+def test_bad_masks_and_models_are_refused_before_anything_changes():
+    with pytest.raises(TypeError, match="torch.nn.Module"):
+        compact("model", {})
     model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
     with pytest.raises(ValueError, match="'fc9.weight'"):
         compact(model, {"fc9.weight": torch.ones(4, 3, dtype=torch.bool)})
@@ -262,14 +267,19 @@ def test_unsupported_models_and_bad_masks_are_refused_before_anything_changes():
         compact(model, {"0.weight": torch.ones(3, 4, dtype=torch.bool)})
     with pytest.raises(TypeError, match="masks_or_occam"):
         compact(model, [torch.ones(4, 3)])
+    with pytest.raises(ValueError, match="did not run on the example input"):
+        compact(model, {}, torch.randn(2, 7))
 
 
-def test_pruned_rows_inside_an_unknown_module_are_refused_not_ignored():
-    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), Wrapper(4), nn.Linear(4, 2))
+def test_pruned_rows_inside_a_custom_module_are_found_by_the_trace_and_removed():
+    torch.manual_seed(0)
+    model = _random_biases(nn.Sequential(nn.Linear(3, 4), nn.ReLU(), Wrapper(4), nn.Tanh(), nn.Linear(4, 2)))
     masks = {"2.inner.weight": torch.ones(4, 4, dtype=torch.bool)}
     masks["2.inner.weight"][0] = False
-    with pytest.raises(ValueError, match=r"'2' \(Wrapper\)"):
-        compact(model, masks)
+    compacted = compact(model, masks)
+    assert compacted[2].inner.out_features == 3 and compacted[4].in_features == 3
+    x = torch.randn(5, 3)
+    assert torch.allclose(_outputs(_masked(model, masks), x), _outputs(compacted, x), atol=ATOL)
 
 
 # Report and 2:4 --------------------------------------------------------------------------------
@@ -300,3 +310,14 @@ def test_to_semi_structured_refuses_a_model_off_cuda_with_a_clear_error():
         to_semi_structured(nn.Sequential(nn.ReLU()))
     with pytest.raises(ValueError, match="min_features"):
         to_semi_structured(model, min_features=0)
+
+
+def test_a_wrapped_model_is_traced_and_compacted_through_its_wrapper():
+    torch.manual_seed(0)
+    model = _random_biases(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)))
+    wrapped = nn.DataParallel(model)  # Occam names the masks without the wrapper's "module." prefix
+    occam = _prune(wrapped, rate=0.5, steps=1, **structured_pruning(wrapped))
+    assert "0.weight" in occam.masks
+    compacted = compact(wrapped, occam)
+    assert type(compacted) is nn.Sequential and compacted[0].out_features == 4
+    _assert_same_function_and_smaller(model, compacted, torch.randn(3, 4))

@@ -14,14 +14,18 @@ from torch import nn
 import occamgd
 from occamgd.criteria import (
     CRITERIA,
+    Coupled,
+    GroupCriterion,
     Units,
     get_criterion,
+    group_magnitude,
     is_nm,
     nm_criterion,
     nm_magnitude,
     prune_count,
     structured_criterion,
     structured_magnitude,
+    structured_rows,
 )
 
 PROPERTY = settings(
@@ -213,7 +217,7 @@ def test_nm_criterion_binds_n_and_m():
 
 
 def test_registry_names_and_occam_with_nm_keeps_the_pattern_through_training(tiny_data):
-    assert CRITERIA["structured"] is structured_magnitude and get_criterion("nm") is nm_magnitude
+    assert CRITERIA["structured"] is structured_rows and get_criterion("nm") is nm_magnitude
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(8, 12), nn.ReLU(), nn.Linear(12, 4))
     opt = torch.optim.Adam(model.parameters(), lr=0.01)
@@ -226,3 +230,68 @@ def test_registry_names_and_occam_with_nm_keeps_the_pattern_through_training(tin
         occam.step(nn.functional.cross_entropy(model(x), y).item())
     assert occam.density == pytest.approx(0.5)
     assert is_nm(model[0].weight) and is_nm(model[2].weight)
+
+
+# Coupled groups ------------------------------------------------------------------------------
+def _rows(n, k=1, offset=0):
+    return torch.arange(n).view(n, 1) * k + torch.arange(k).view(1, k) + offset
+
+
+@given(rows=st.integers(1, 6), rate=RATES, data=st.data())
+@PROPERTY
+def test_group_prunes_prune_count_of_kept_units_by_their_combined_norm_in_every_member(rows, rate, data):
+    values = data.draw(st.lists(VALUES, min_size=rows * 5, max_size=rows * 5))
+    w = torch.tensor(values[: rows * 3]).view(rows, 3)          # units are rows here ...
+    v = torch.tensor(values[rows * 3:]).view(2, rows)           # ... and columns there
+    keep = torch.tensor(data.draw(st.lists(st.booleans(), min_size=rows, max_size=rows)))
+    masks = {"w": keep.view(rows, 1).expand(rows, 3).clone(), "v": keep.view(1, rows).expand(2, rows).clone(),
+             "b": keep.clone()}
+    weights = {"w": w, "v": v, "b": 100 * torch.ones(rows)}
+    group = [Coupled("w", 0, _rows(rows)), Coupled("v", 1, _rows(rows)), Coupled("b", 0, _rows(rows), score=False)]
+    new = group_magnitude(weights, masks, rate, [group])
+    kept_after = new["w"].any(1)
+    assert torch.equal(new["v"].any(0), kept_after) and torch.equal(new["b"], kept_after)  # members go together
+    assert not (kept_after & ~keep).any()
+    assert int((keep & ~kept_after).sum()) == prune_count(int(keep.sum()), rate)
+    norms = (w.double() ** 2).sum(1) + (v.double() ** 2).sum(0)  # the unscored bias does not count
+    gone = keep & ~kept_after
+    if gone.any() and kept_after.any():
+        assert norms[gone].max() <= norms[kept_after].min()
+
+
+def test_group_ties_go_to_the_lowest_unit_and_each_group_counts_alone():
+    weights = {"a": torch.ones(4, 2), "b": torch.ones(3, 6)}
+    masks = {n: torch.ones_like(w, dtype=torch.bool) for n, w in weights.items()}
+    groups = [[Coupled("a", 0, _rows(4))], [Coupled("b", 1, _rows(3, 2))]]  # b's units: pairs of columns
+    new = group_magnitude(weights, masks, 0.5, groups)
+    assert new["a"].all(1).tolist() == [False, False, True, True]  # ceil(0.5 * 3) = 2 of 4
+    assert new["b"].all(0).tolist() == [False, False, True, True, True, True]  # ceil(0.5 * 2) = 1 of 3
+    last = group_magnitude(weights, new, 0.99, groups)
+    assert last["a"].any(1).tolist() == [False, False, False, True]  # never empty
+
+
+def test_global_group_scope_uses_one_threshold_and_every_group_keeps_a_unit():
+    weights = {"a": torch.tensor([[1.0], [2.0], [3.0]]), "b": torch.tensor([[10.0], [20.0]])}
+    masks = {n: torch.ones_like(w, dtype=torch.bool) for n, w in weights.items()}
+    groups = [[Coupled("a", 0, _rows(3))], [Coupled("b", 0, _rows(2))]]
+    new = group_magnitude(weights, masks, 0.6, groups, scope="global")  # ceil(0.6 * 4) = 3 of 5 units
+    assert new["a"].view(-1).tolist() == [False, False, True]  # a keeps its best unit though b's are larger
+    assert new["b"].view(-1).tolist() == [False, True]
+    criterion = GroupCriterion(groups, scope="global")
+    assert torch.equal(criterion(weights, masks, 0.6)["a"], new["a"])
+    with pytest.raises(ValueError, match="scope"):
+        GroupCriterion(groups, scope="model")
+    with pytest.raises(ValueError, match="'c'"):
+        group_magnitude(weights, masks, 0.5, [[Coupled("c", 0, _rows(1))]])
+
+
+def test_structured_by_name_keeps_every_class_of_the_output_layer_however_long_it_prunes(tiny_mlp):
+    model = tiny_mlp(features=6, hidden=10, classes=3)
+    occam = occamgd.Occam(model, None, criterion="structured", schedule=occamgd.ConstantRate(0.5))
+    for _ in range(6):
+        occam.step(1.0)
+    assert occam.masks["0.weight"].any(1).sum() == 1  # hidden units down to one
+    assert occam.masks["2.weight"].all()  # the classifier keeps its 3 classes
+    weights = {"only": torch.ones(4, 2)}
+    single = structured_rows(weights, {"only": torch.ones(4, 2, dtype=torch.bool)}, 0.5)
+    assert single["only"].all(1).sum() == 2  # one tensor: it is pruned as structured_magnitude does

@@ -14,7 +14,10 @@ Two more families (see :func:`structured_magnitude` and :func:`nm_magnitude`):
 
 - **structured**: whole output units (rows: Linear neurons, Conv output channels, attention
   heads through :class:`Units`) by the L2 norm of their weights, so that
-  :func:`occamgd.compact` can remove them and the network gets physically smaller;
+  :func:`occamgd.compact` can remove them and the network gets physically smaller; and whole
+  *coupled groups* (:func:`group_magnitude`, :class:`GroupCriterion`): every unit scored by all
+  the weights tied to it across layers (residual additions, concatenations, attention heads),
+  the groups :func:`occamgd.compaction.structured_pruning` finds by tracing the model;
 - **N:M** (2:4 by default): at most N kept weights in every group of M consecutive input weights,
   the pattern that sparse tensor cores execute.
 """
@@ -23,7 +26,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -176,9 +179,10 @@ def structured_magnitude(
     weights). Its bias stays, so in training a pruned neuron still outputs the constant
     ``act(bias)``; :func:`occamgd.compact` folds that constant through to the next layer's
     bias and removes the next layer's input slices of the unit, so the compacted model computes
-    what the masked one computes (in eval mode). With Occam's default selection the last layer's
-    rows are pruned too (for a classifier: whole classes), and those cannot be removed:
-    :func:`occamgd.compaction.structured_pruning` selects only the layers whose units can.
+    what the masked one computes (in eval mode). By name (``criterion="structured"``,
+    :func:`structured_rows`) the last selected tensor keeps its rows (a classifier keeps its
+    classes); :func:`occamgd.compaction.structured_pruning` finds the coupled groups of any
+    traceable model instead.
     """
     _check_rate(rate)
     units = dict(units or {})
@@ -199,6 +203,28 @@ def structured_magnitude(
     return new
 
 
+def structured_rows(
+    weights: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor], rate: float
+) -> dict[str, torch.Tensor]:
+    """``criterion="structured"``: :func:`structured_magnitude`, except that the last selected tensor
+    keeps all its rows.
+
+    Selected by name, the criterion sees tensors and no graph; the last one, in the model's
+    ``named_parameters`` order, is the output layer of almost every model (a classifier's classes,
+    an untied language-model head), whose rows are the model's outputs and must not go (pruned,
+    a classifier loses classes). Its entries are kept as they are. For the coupled groups of any
+    traceable model, and heads tied to an embedding, use
+    :func:`occamgd.compaction.structured_pruning` instead.
+    """
+    names = list(weights)
+    if len(names) < 2:
+        return structured_magnitude(weights, masks, rate)
+    last = names[-1]
+    new = structured_magnitude({n: weights[n] for n in names[:-1]}, {n: masks[n] for n in names[:-1]}, rate)
+    new[last] = masks[last].clone()
+    return new
+
+
 def structured_criterion(units: Mapping[str, Units]) -> Criterion:
     """:func:`structured_magnitude` with ``units`` bound, for ``Occam(criterion=...)``."""
     units = dict(units)
@@ -210,6 +236,118 @@ def structured_criterion(units: Mapping[str, Units]) -> Criterion:
         return structured_magnitude(weights, masks, rate, units)
 
     return structured
+
+
+# Coupled groups --------------------------------------------------------------------------------
+@dataclass(frozen=True, eq=False)
+class Coupled:
+    """One weight's share of a group of coupled units: unit ``u`` owns the entries ``index[u]``
+    (a ``(units, k)`` integer tensor) along dimension ``dim`` of the tensor named ``param``.
+
+    A ResNet stage's channels, say, are one group: each unit owns a row of every convolution that
+    writes the channel (the residual additions make them one channel) and a column of every
+    convolution that reads it. :func:`occamgd.compaction.structured_pruning` finds the groups.
+    """
+
+    param: str
+    dim: int
+    index: torch.Tensor
+    #: False for tensors pruned with the unit but not scored (its biases, its batch-norm scale and shift).
+    score: bool = True
+
+
+def _gather(t: torch.Tensor, member: Coupled) -> torch.Tensor:
+    """The entries of ``t`` that each unit owns, as ``(units, entries)``."""
+    index = member.index.to(t.device)
+    return t.movedim(member.dim, 0)[index.reshape(-1)].reshape(index.shape[0], -1)
+
+
+def group_scores(weights, masks, group):
+    """Per unit of one group: the summed squares of its kept weights (``inf`` where pruned) and
+    whether it is kept (any entry kept)."""
+    squares, kept = None, None
+    for member in group:
+        if not member.score:
+            continue
+        w, m = weights[member.param], masks[member.param]
+        dtype = torch.promote_types(w.dtype, torch.float32)  # half-precision squares overflow
+        entries = _gather(m, member)
+        sq = _gather(w.detach(), member).to(dtype).masked_fill(~entries, 0).square().sum(1).cpu().double()
+        k = entries.any(1).cpu()
+        squares = sq if squares is None else squares + sq
+        kept = k if kept is None else kept | k
+    return squares.masked_fill(~kept, math.inf), kept
+
+
+def group_magnitude(
+    weights: Mapping[str, torch.Tensor],
+    masks: Mapping[str, torch.Tensor],
+    rate: float,
+    groups: Sequence[Sequence[Coupled]],
+    scope: str = "layer",
+) -> dict[str, torch.Tensor]:
+    """Prune whole units of coupled groups by the L2 norm of all their coupled weights together.
+
+    ``scope="layer"``: in each group separately, of ``n`` kept units ``prune_count(n, rate)`` go,
+    smallest norm first, ties to the lowest index, so a group always keeps a unit (the counting
+    of :func:`structured_magnitude`). ``scope="global"``: ``prune_count`` of all groups' kept units
+    together, by one threshold, each group still keeping its largest unit. Pruning a unit prunes
+    every entry it owns in every member; a unit stays kept while any of its scored entries is.
+    """
+    _check_rate(rate)
+    if scope not in ("layer", "global"):
+        raise InvalidValueError(f"scope must be 'layer' or 'global', got {scope!r}")
+    for group in groups:
+        for member in group:
+            if member.param not in weights:
+                raise InvalidValueError(f"group member {member.param!r} is not among the pruned tensors; accepted: "
+                                        f"names among {list(weights)[:4]}...")
+    scored = [group_scores(weights, masks, group) for group in groups]
+    if scope == "layer":
+        chosen = [smallest_k(s, prune_count(int(k.sum()), rate)) for s, k in scored]
+    else:
+        flat = []
+        for s, k in scored:
+            s = s.clone()
+            if k.any():  # each group keeps its best unit
+                s[torch.argmax(s.masked_fill(~k, -math.inf))] = math.inf
+            flat.append(s)
+        allscores = torch.cat(flat) if flat else torch.zeros(0, dtype=torch.float64)
+        kept = sum(int(k.sum()) for _, k in scored)
+        k = min(prune_count(kept, rate), int(torch.isfinite(allscores).sum()))
+        chosen = list(torch.split(smallest_k(allscores, k), [len(s) for s, _ in scored]))
+    new = {name: mask.clone() for name, mask in masks.items()}
+    for group, pruned in zip(groups, chosen):
+        if not pruned.any():
+            continue
+        for member in group:
+            index = member.index[pruned.to(member.index.device)].reshape(-1)
+            target = new[member.param]
+            target.movedim(member.dim, 0)[index.to(target.device)] = False
+    return new
+
+
+class GroupCriterion:
+    """:func:`group_magnitude` with its groups bound, for ``Occam(criterion=...)``.
+
+    Made by :func:`occamgd.compaction.structured_pruning`, which also keeps here what
+    :func:`occamgd.compact` needs to compact the model later without being told again
+    (``example_input``, ``exclude``).
+    """
+
+    def __init__(self, groups: Sequence[Sequence[Coupled]], scope: str = "layer", **context):
+        if scope not in ("layer", "global"):
+            raise InvalidValueError(f"scope must be 'layer' or 'global', got {scope!r}")
+        self.groups = [list(g) for g in groups]
+        self.scope = scope
+        self.context = context
+        self.__name__ = f"group_{scope}"
+
+    def __call__(self, weights, masks, rate):
+        return group_magnitude(weights, masks, rate, self.groups, self.scope)
+
+    def __repr__(self) -> str:
+        return f"GroupCriterion(groups={len(self.groups)}, scope={self.scope!r})"
 
 
 # N:M -----------------------------------------------------------------------------------------
@@ -285,7 +423,7 @@ def is_nm(weight: torch.Tensor, n: int = 2, m: int = 4) -> bool:
 CRITERIA: dict[str, Criterion] = {
     "layerwise": layerwise_magnitude,
     "global": global_magnitude,
-    "structured": structured_magnitude,
+    "structured": structured_rows,
     "nm": nm_magnitude,
 }
 

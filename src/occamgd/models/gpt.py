@@ -259,3 +259,16 @@ def prunable(model: GPT, embeddings: bool = False, head: bool = False) -> list[s
     if head and not model.config.tie_weights:
         include.append("lm_head.weight")
     return include
+
+
+def _register_compaction() -> None:
+    """Tell :mod:`occamgd.compaction` how to cut this GPT's heads and what input it takes."""
+    from ..compaction.handlers import HeadsHandler, register_example, register_handler
+
+    register_handler(CausalSelfAttention, HeadsHandler("c_attn", out="c_proj", heads="n_head", dim="head_dim",
+                                                          allow_empty=True))
+    register_example(GPT, lambda model: torch.zeros(1, min(8, model.config.block_size), dtype=torch.long,
+                                                    device=model.lm_head.weight.device))
+
+
+_register_compaction()
