@@ -214,13 +214,27 @@ def test_a_mask_placed_otherwise_is_refused_naming_what_is_accepted(world_of_one
         occam.load_state_dict(state)
 
 
-def test_sharded_criteria_pick_what_the_single_process_criterion_picks(world_of_one):
-    from occamgd import sharded
+@pytest.mark.parametrize("criterion", ["layerwise", "global"])
+@pytest.mark.parametrize("dtypes", [(torch.float32,), (torch.bfloat16,), (torch.float64, torch.float32, torch.float16)])
+def test_sharded_criteria_pick_what_the_single_process_criterion_picks(world_of_one, criterion, dtypes):
+    from torch.distributed.fsdp import fully_shard
 
-    model = fsdp_worker.shard_mlp()
+    from occamgd import sharded
+    from occamgd.criteria import global_magnitude
+
+    model = fsdp_worker.mlp()
+    for i, layer in enumerate(l for l in model if isinstance(l, nn.Linear)):
+        layer.to(dtypes[i % len(dtypes)])
+        fully_shard(layer)
     occam = Occam(model)
     weights = {n: p.detach() for n, p in occam.masks.params.items()}
-    got = sharded.sharded_layerwise(weights, occam.masks, 0.3)
     full = {n: w.full_tensor() for n, w in weights.items()}
-    expected = layerwise_magnitude(full, occam.masks.full(), 0.3)
-    assert _equal({n: m.full_tensor() for n, m in got.items()}, expected)
+    masks = occam.masks.full()
+    pick, reference = {"layerwise": (sharded.sharded_layerwise, layerwise_magnitude),
+                       "global": (sharded.sharded_global, global_magnitude)}[criterion]
+    for rate in (0.3, 0.5):
+        got = {n: m.full_tensor() for n, m in pick(weights, occam.masks, rate).items()}
+        expected = reference(full, masks, rate)
+        assert _equal(got, expected)
+        occam.masks.update(got)
+        masks = expected

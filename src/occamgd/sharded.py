@@ -284,33 +284,41 @@ def make_masks(params: Mapping[str, nn.Parameter]) -> Masks:
 
 
 # Exact distributed selection ------------------------------------------------------------------
-def _keys(weight_local: torch.Tensor, mask_local: torch.Tensor, wide: bool) -> torch.Tensor:
-    """Order-preserving int64 keys of the kept magnitudes (flat), in float32 or float64 bits."""
-    magnitude = weight_local.detach().abs().reshape(-1)
+def _keys(weight: torch.Tensor, wide: bool) -> torch.Tensor:
+    """Order-preserving integer keys of a local shard's magnitudes (flat): the float32 (or float64) bits.
+
+    A non-negative IEEE float's bit pattern, read as an integer, orders like the float. bfloat16
+    and float16 magnitudes widen to float32 exactly, so their order and ties are kept.
+    """
+    magnitude = _local(weight).detach().abs().reshape(-1)
     if wide:
-        keys = magnitude.to(torch.float64).view(torch.int64)
-    else:
-        keys = magnitude.to(torch.float32).view(torch.int32).to(torch.int64)
-    return keys
+        return magnitude.to(torch.float64).view(torch.int64)
+    return magnitude.to(torch.float32).view(torch.int32)
 
 
 def _select(groups: list[list[str]], weights: Mapping[str, torch.Tensor], masks: ShardedMasks,
             rate: float) -> dict[str, torch.Tensor]:
-    """The pruned entries (local bool, flat) of every tensor; each group pruned like one tensor."""
+    """The pruned entries (local bool, flat) of every tensor; each group pruned like one tensor.
+
+    No per-entry state outlives a tensor's turn in a pass: the keys are recomputed from the
+    weights in every pass (one ``abs`` of the shard), so the extra memory is a few temporaries
+    the size of the largest local shard, plus the histograms.
+    """
     group, device = masks.group, masks.comm_device
     world, rank = dist.get_world_size(group), dist.get_rank(group)
     names = [n for g in groups for n in g]
-    wide = {tuple(g): any(weights[n].dtype == torch.float64 for n in g) for g in groups}
-    passes = (64 if any(wide.values()) else 32) // _BITS
+    wide = [any(weights[n].dtype == torch.float64 for n in g) for g in groups]
+    bits = 64 if any(wide) else 32
+    passes = bits // _BITS
+    if bits == 64:  # float32 keys of other groups widen, so that every pass shifts within range
+        wide = [True] * len(groups)
     local_mask = {n: masks[n]._local_tensor.reshape(-1) for n in names}
-    keys = {n: _keys(_local(weights[n]), local_mask[n], wide[tuple(g)]) for g in groups for n in g}
     kept = masks._kept
-    need = [prune_count(sum(kept[n] for n in g), rate) for g in groups]  # 1-based rank of the k-th value
-    target = list(need)
+    target = [prune_count(sum(kept[n] for n in g), rate) for g in groups]  # 1-based rank of the k-th value
+    active = [k > 0 for k in target]
     prefix = [0] * len(groups)
-    candidates = {n: local_mask[n].clone() for n in names}
-    active = [k > 0 for k in need]
-    # Radix select from the top digit: histogram the candidates' digit, all-reduce, keep the bin of the k-th.
+    # Radix select from the top digit: histogram the candidates' digit (the kept entries whose
+    # higher digits equal the prefix found so far), all-reduce, keep the bin holding the k-th.
     for p in range(passes):
         shift = (passes - 1 - p) * _BITS
         hist = torch.zeros(len(groups), _BINS, dtype=torch.int64, device=device)
@@ -318,44 +326,47 @@ def _select(groups: list[list[str]], weights: Mapping[str, torch.Tensor], masks:
             if not active[gi]:
                 continue
             for n in g:
-                digits = (keys[n][candidates[n]] >> shift) & (_BINS - 1)
+                keys = _keys(weights[n], wide[gi])
+                candidates = local_mask[n] if p == 0 else local_mask[n] & ((keys >> (shift + _BITS)) == prefix[gi])
+                digits = ((keys[candidates] >> shift) & (_BINS - 1)).long()
                 hist[gi] += torch.bincount(digits, minlength=_BINS).to(device)
         dist.all_reduce(hist, group=group)
         cum = hist.cumsum(1).tolist()
-        for gi, g in enumerate(groups):
-            if not active[gi]:
-                continue
-            b = next(i for i, c in enumerate(cum[gi]) if c >= target[gi])
-            target[gi] -= cum[gi][b - 1] if b else 0
-            prefix[gi] = (prefix[gi] << _BITS) | b
-            for n in g:
-                candidates[n] &= ((keys[n] >> shift) & (_BINS - 1)) == b
-    # prefix is now the k-th key; `target` entries equal to it are pruned, lowest global index first.
+        for gi in range(len(groups)):
+            if active[gi]:
+                b = next(i for i, c in enumerate(cum[gi]) if c >= target[gi])
+                target[gi] -= cum[gi][b - 1] if b else 0
+                prefix[gi] = (prefix[gi] << _BITS) | b
+    # prefix is now the k-th key; `target` of the entries equal to it are pruned, lowest global index first.
     ties = torch.zeros(world, len(names), 2, dtype=torch.int64, device=device)
     below, tied = {}, {}
+    i = 0
     for gi, g in enumerate(groups):
         for n in g:
             if active[gi]:
-                below[n] = local_mask[n] & (keys[n] < prefix[gi])
-                tied[n] = local_mask[n] & (keys[n] == prefix[gi])
+                keys = _keys(weights[n], wide[gi])
+                below[n] = local_mask[n] & (keys < prefix[gi])
+                tied[n] = local_mask[n] & (keys == prefix[gi])
+                del keys
             else:
                 below[n] = tied[n] = torch.zeros_like(local_mask[n])
-    for i, n in enumerate(names):
-        ties[rank, i, 0] = int(tied[n].sum())
-        ties[rank, i, 1] = masks.layouts[n].flat_offset
+            ties[rank, i, 0] = int(tied[n].sum())
+            ties[rank, i, 1] = masks.layouts[n].flat_offset
+            i += 1
     dist.all_reduce(ties, group=group)
     ties = ties.tolist()
     pruned = {}
     i = 0
     for gi, g in enumerate(groups):
-        before = 0  # ties in this group at lower global index than this rank's, in the tensors so far
+        before = 0  # ties of this group in its earlier tensors (all ranks): lower global index
         for n in g:
             mine = ties[rank][i][1]
-            lower = sum(ties[r][i][0] for r in range(world) if ties[r][i][1] < mine
-                        or (ties[r][i][1] == mine and r < rank))
+            lower = sum(ties[r][i][0] for r in range(world)
+                        if ties[r][i][1] < mine or (ties[r][i][1] == mine and r < rank))
             take = max(0, min(target[gi] - before - lower, ties[rank][i][0])) if active[gi] else 0
             chosen = tied[n] & (torch.cumsum(tied[n], 0) <= take) if take else torch.zeros_like(tied[n])
             pruned[n] = below[n] | chosen
+            del below[n], tied[n]
             before += sum(ties[r][i][0] for r in range(world))
             i += 1
     return pruned
