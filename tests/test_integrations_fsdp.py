@@ -238,3 +238,25 @@ def test_sharded_criteria_pick_what_the_single_process_criterion_picks(world_of_
         assert _equal(got, expected)
         occam.masks.update(got)
         masks = expected
+
+
+@pytest.mark.parametrize("criterion", ["layerwise", "global"])
+def test_selection_across_chunk_boundaries_with_ties(world_of_one, monkeypatch, criterion):
+    # The selection walks each shard CHUNK entries at a time; ties straddle the chunks here.
+    from occamgd import sharded
+    from occamgd.criteria import global_magnitude
+
+    monkeypatch.setattr(sharded, "CHUNK", 7)
+    model = fsdp_worker.shard_mlp()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.to_local().copy_(torch.round(p.to_local() * 4) / 4)
+    occam = Occam(model, criterion=criterion)
+    weights = {n: p.detach() for n, p in occam.masks.params.items()}
+    pick, reference = {"layerwise": (sharded.sharded_layerwise, layerwise_magnitude),
+                       "global": (sharded.sharded_global, global_magnitude)}[criterion]
+    for rate in (0.3, 0.5, 0.6):
+        full, masks = {n: w.full_tensor() for n, w in weights.items()}, occam.masks.full()
+        got = pick(weights, occam.masks, rate)
+        assert _equal({n: m.full_tensor() for n, m in got.items()}, reference(full, masks, rate))
+        occam.masks.update(got)

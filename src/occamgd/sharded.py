@@ -284,25 +284,32 @@ def make_masks(params: Mapping[str, nn.Parameter]) -> Masks:
 
 
 # Exact distributed selection ------------------------------------------------------------------
-def _keys(weight: torch.Tensor, wide: bool) -> torch.Tensor:
-    """Order-preserving integer keys of a local shard's magnitudes (flat): the float32 (or float64) bits.
+#: Entries of a shard handled at once: the selection's temporaries are a few of this size, whatever the shard's.
+CHUNK = 1 << 20
+
+
+def _keys(weight: torch.Tensor, wide: bool):
+    """``(start, keys)`` over a local shard, ``CHUNK`` entries at a time: order-preserving integer keys.
 
     A non-negative IEEE float's bit pattern, read as an integer, orders like the float. bfloat16
     and float16 magnitudes widen to float32 exactly, so their order and ties are kept.
     """
-    magnitude = _local(weight).detach().abs().reshape(-1)
-    if wide:
-        return magnitude.to(torch.float64).view(torch.int64)
-    return magnitude.to(torch.float32).view(torch.int32)
+    flat = _local(weight).detach().reshape(-1)
+    for start in range(0, flat.numel(), CHUNK):
+        magnitude = flat[start: start + CHUNK].abs()
+        if wide:
+            yield start, magnitude.to(torch.float64).view(torch.int64)
+        else:
+            yield start, magnitude.to(torch.float32).view(torch.int32)
 
 
 def _select(groups: list[list[str]], weights: Mapping[str, torch.Tensor], masks: ShardedMasks,
             rate: float) -> dict[str, torch.Tensor]:
     """The pruned entries (local bool, flat) of every tensor; each group pruned like one tensor.
 
-    No per-entry state outlives a tensor's turn in a pass: the keys are recomputed from the
-    weights in every pass (one ``abs`` of the shard), so the extra memory is a few temporaries
-    the size of the largest local shard, plus the histograms.
+    No per-entry state outlives a chunk: the keys are recomputed from the weights, ``CHUNK``
+    entries at a time, in every pass, so the extra memory is a few temporaries of ``CHUNK``
+    entries, the histograms, and the result (one bool per local entry).
     """
     group, device = masks.group, masks.comm_device
     world, rank = dist.get_world_size(group), dist.get_rank(group)
@@ -326,10 +333,12 @@ def _select(groups: list[list[str]], weights: Mapping[str, torch.Tensor], masks:
             if not active[gi]:
                 continue
             for n in g:
-                keys = _keys(weights[n], wide[gi])
-                candidates = local_mask[n] if p == 0 else local_mask[n] & ((keys >> (shift + _BITS)) == prefix[gi])
-                digits = ((keys[candidates] >> shift) & (_BINS - 1)).long()
-                hist[gi] += torch.bincount(digits, minlength=_BINS).to(device)
+                for start, keys in _keys(weights[n], wide[gi]):
+                    candidates = local_mask[n][start: start + keys.numel()]
+                    if p:
+                        candidates = candidates & ((keys >> (shift + _BITS)) == prefix[gi])
+                    digits = (keys[candidates] >> shift) & (_BINS - 1)
+                    hist[gi] += torch.bincount(digits, minlength=_BINS).to(device)
         dist.all_reduce(hist, group=group)
         cum = hist.cumsum(1).tolist()
         for gi in range(len(groups)):
@@ -344,10 +353,11 @@ def _select(groups: list[list[str]], weights: Mapping[str, torch.Tensor], masks:
     for gi, g in enumerate(groups):
         for n in g:
             if active[gi]:
-                keys = _keys(weights[n], wide[gi])
-                below[n] = local_mask[n] & (keys < prefix[gi])
-                tied[n] = local_mask[n] & (keys == prefix[gi])
-                del keys
+                below[n], tied[n] = torch.zeros_like(local_mask[n]), torch.zeros_like(local_mask[n])
+                for start, keys in _keys(weights[n], wide[gi]):
+                    end = start + keys.numel()
+                    below[n][start:end] = local_mask[n][start:end] & (keys < prefix[gi])
+                    tied[n][start:end] = local_mask[n][start:end] & (keys == prefix[gi])
             else:
                 below[n] = tied[n] = torch.zeros_like(local_mask[n])
             ties[rank, i, 0] = int(tied[n].sum())
@@ -364,12 +374,27 @@ def _select(groups: list[list[str]], weights: Mapping[str, torch.Tensor], masks:
             lower = sum(ties[r][i][0] for r in range(world)
                         if ties[r][i][1] < mine or (ties[r][i][1] == mine and r < rank))
             take = max(0, min(target[gi] - before - lower, ties[rank][i][0])) if active[gi] else 0
-            chosen = tied[n] & (torch.cumsum(tied[n], 0) <= take) if take else torch.zeros_like(tied[n])
-            pruned[n] = below[n] | chosen
+            pruned[n] = below[n] | _first(tied[n], take)
             del below[n], tied[n]
             before += sum(ties[r][i][0] for r in range(world))
             i += 1
     return pruned
+
+
+def _first(tied: torch.Tensor, take: int) -> torch.Tensor:
+    """The first ``take`` True entries of a flat bool tensor, chunk by chunk (no full-size index tensor)."""
+    chosen = torch.zeros_like(tied)
+    for start in range(0, tied.numel(), CHUNK):
+        if take <= 0:
+            break
+        part = tied[start: start + CHUNK]
+        count = int(part.sum())
+        if count <= take:
+            chosen[start: start + CHUNK] = part
+        else:
+            chosen[start: start + CHUNK] = part & (torch.cumsum(part, 0) <= take)
+        take -= count
+    return chosen
 
 
 def agree(masks: ShardedMasks, rate: float, restore: bool) -> None:
