@@ -15,10 +15,11 @@ and the global criterion:
 - **seconds** per step (median over ``--repeats`` fresh models, ranks synchronised by a barrier
   before and after), against one process pruning the same full tensors with ``occamgd.Occam``
   (rank 0, after the sharded runs, with all threads of the ranks).
-- **peak memory** per rank during the step: the rise of the process's peak resident set
-  (``VmHWM``, reset through ``/proc/self/clear_refs`` before the step), against the rank's shard
-  of the prunable weights. Allocator reuse makes it approximate (it can read below the true
-  figure, never a full tensor's worth above what was allocated).
+- **peak memory** per rank during the step: the peak rise of torch's CPU allocations over the
+  step (the profiler's memory events, summed in time order; a separate fresh model, since the
+  profiler slows the step), and what stays allocated after it (the first prune allocates the
+  masks' multipliers, 4 bytes per local weight, kept until the next prune as in single-process
+  Occam), against the rank's shard of the prunable weights and the largest full tensor.
 
 Run from the repository root::
 
@@ -77,26 +78,18 @@ class Counter:
             setattr(dist, name, orig)
 
 
-def _rss_peak_kib() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1])
-    return 0
+def _peak_allocation(fn) -> tuple[int, int]:
+    """``fn()`` under the profiler: (peak rise, net change) of torch's CPU allocations, in bytes."""
+    from torch.profiler import ProfilerActivity, profile
 
-
-def _rss_kib() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
-
-
-def _reset_peak() -> bool:
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = sorted((e for e in prof.events() if e.self_cpu_memory_usage), key=lambda e: e.time_range.start)
+    current = peak = 0
+    for event in events:
+        current += event.self_cpu_memory_usage
+        peak = max(peak, current)
+    return peak, current
 
 
 def layers_for(weights_m: float, width: int) -> int:
@@ -128,30 +121,40 @@ def worker(rank: int, world: int, port: int, args, queue) -> None:
 
     layers = layers_for(args.weights, args.width)
     rows = []
+
+    def fresh(criterion):
+        model = sharded_model(layers, args.width)
+        return model, occamgd.Occam(model, criterion=criterion, schedule=occamgd.ConstantRate(RATE))
+
     try:
         for criterion in args.criteria:
+            # Memory: a fresh model, both steps under the profiler (which slows them: not timed).
+            model, occam = fresh(criterion)
+            memory = {}
+            for step in ("first", "second"):
+                dist.barrier()
+                memory[step] = _peak_allocation(lambda: occam.step(1.0))
+            del occam, model
             for repeat in range(args.repeats):
-                model = sharded_model(layers, args.width)
-                occam = occamgd.Occam(model, criterion=criterion, schedule=occamgd.ConstantRate(RATE))
+                model, occam = fresh(criterion)
                 shard_bytes = sum(p.to_local().numel() * p.to_local().element_size()
                                   for p in occam.masks.params.values())
                 total_bytes = sum(p.numel() * p.element_size() for p in occam.masks.params.values())
+                largest = max(p.numel() * p.element_size() for p in occam.masks.params.values())
                 for step in ("first", "second"):
                     dist.barrier()
-                    reset = _reset_peak()
-                    rss_before = _rss_kib()
                     with Counter() as counter, CommDebugMode() as comm:
                         start = time.perf_counter()
                         occam.step(1.0)
                         seconds = time.perf_counter() - start
-                    peak = _rss_peak_kib()
                     dist.barrier()
                     rows.append({
                         "criterion": criterion, "step": step, "repeat": repeat, "seconds": seconds,
                         "bytes": counter.bytes, "collectives": counter.calls,
                         "comm_debug_collectives": comm.get_total_counts(),
-                        "peak_rise_bytes": (peak - rss_before) * 1024 if reset else None,
-                        "shard_bytes": shard_bytes, "prunable_bytes": total_bytes, "density": occam.density,
+                        "peak_rise_bytes": memory[step][0], "net_bytes": memory[step][1],
+                        "shard_bytes": shard_bytes, "prunable_bytes": total_bytes, "largest_tensor_bytes": largest,
+                        "density": occam.density,
                     })
                 del occam, model
         queue.put((rank, rows))
@@ -209,7 +212,7 @@ def main(argv=None) -> int:
     figures = {"weights_m": layers * args.width ** 2 / 1e6, "ranks": args.ranks, "rows": []}
     print()
     print(f"{'criterion':10} {'step':7} {'bytes/rank':>11} {'% of weights':>12} {'colls':>5} {'sharded s':>10} "
-          f"{'1-proc s':>9} {'peak rise/rank':>15} {'shard/rank':>11}")
+          f"{'1-proc s':>9} {'peak alloc/rank':>15} {'kept/rank':>10} {'shard/rank':>11} {'largest full':>12}")
     for criterion in args.criteria:
         single = single_process(layers, args.width, criterion, args.repeats)
         for step in ("first", "second"):
@@ -218,7 +221,7 @@ def main(argv=None) -> int:
             seconds = statistics.median(max(rows[i]["seconds"] for rows in per_rank) for i in range(len(per_rank[0])))
             row0 = per_rank[0][0]
             nbytes = max(row["bytes"] for rows in per_rank for row in rows)
-            peaks = [max((row["peak_rise_bytes"] or 0) for row in rows) for rows in per_rank]
+            peaks = [rows[0]["peak_rise_bytes"] for rows in per_rank]
             fraction = nbytes / row0["prunable_bytes"]
             # CommDebugMode sees every c10d and functional collective: beyond those counted here, any
             # made inside DTensor operations.
@@ -228,11 +231,14 @@ def main(argv=None) -> int:
                      "dtensor_collectives": hidden, "seconds_sharded": seconds,
                      "seconds_single_process": single[step], "peak_rise_bytes_per_rank": peaks,
                      "shard_bytes_per_rank": [rows[0]["shard_bytes"] for rows in per_rank],
+                     "net_bytes_per_rank": [rows[0]["net_bytes"] for rows in per_rank],
+                     "largest_full_tensor_bytes": row0["largest_tensor_bytes"],
                      "prunable_bytes": row0["prunable_bytes"], "density": row0["density"]}
             figures["rows"].append(entry)
             print(f"{criterion:10} {step:7} {nbytes:>11,} {100 * fraction:>11.4f}% {row0['collectives']:>5} "
                   f"{seconds:>10.3f} {single[step]:>9.3f} {max(peaks) / 2**20:>12.1f} MiB "
-                  f"{max(entry['shard_bytes_per_rank']) / 2**20:>7.1f} MiB")
+                  f"{max(entry['net_bytes_per_rank']) / 2**20:>6.1f} MiB "
+                  f"{max(entry['shard_bytes_per_rank']) / 2**20:>7.1f} MiB {row0['largest_tensor_bytes'] / 2**20:>8.1f} MiB")
     worst = max(row["fraction_of_prunable_bytes"] for row in figures["rows"])
     print(f"\nbytes communicated per prune: at most {100 * worst:.4f} % of the prunable weights' bytes "
           f"(target <= {100 * TARGET_FRACTION:.0f} % at 10 M weights on 2 ranks): "

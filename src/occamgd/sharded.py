@@ -217,8 +217,8 @@ class ShardedMasks(Masks):
         """Replace masks (collective); weights are zeroed where pruned."""
         self.check(new_masks, "new masks")
         locals_ = {name: self._as_local(name, mask, "new masks") for name, mask in new_masks.items()}
-        for name, local in locals_.items():
-            self._masks[name] = self.layouts[name].dtensor(local)
+        for name in list(locals_):
+            self._masks[name] = self.layouts[name].dtensor(locals_.pop(name))
         self._recount()
         self._refresh_multipliers()
         self.apply()
@@ -227,6 +227,7 @@ class ShardedMasks(Masks):
         # A tensor is skipped only when no rank has pruned any of it (global counts): every rank
         # then runs the same enforcement, whatever its own shard holds.
         pruned = [n for n in self._masks if self._kept[n] < math.prod(self.layouts[n].shape)]
+        self._param_list, self._mult = [], []  # the old multipliers go first: never two sets at once
         self._param_list = [self.params[n] for n in pruned]
         self._mult = [self._masks[n]._local_tensor.to(self.params[n].dtype) for n in pruned]
 
@@ -374,27 +375,23 @@ def _select(groups: list[list[str]], weights: Mapping[str, torch.Tensor], masks:
             lower = sum(ties[r][i][0] for r in range(world)
                         if ties[r][i][1] < mine or (ties[r][i][1] == mine and r < rank))
             take = max(0, min(target[gi] - before - lower, ties[rank][i][0])) if active[gi] else 0
-            pruned[n] = below[n] | _first(tied[n], take)
-            del below[n], tied[n]
+            _first(tied[n], take, into=below[n])
+            pruned[n] = below.pop(n)
+            del tied[n]
             before += sum(ties[r][i][0] for r in range(world))
             i += 1
     return pruned
 
 
-def _first(tied: torch.Tensor, take: int) -> torch.Tensor:
-    """The first ``take`` True entries of a flat bool tensor, chunk by chunk (no full-size index tensor)."""
-    chosen = torch.zeros_like(tied)
+def _first(tied: torch.Tensor, take: int, into: torch.Tensor) -> None:
+    """Set in ``into`` the first ``take`` True entries of flat bool ``tied``, chunk by chunk (no full-size index)."""
     for start in range(0, tied.numel(), CHUNK):
         if take <= 0:
             break
-        part = tied[start: start + CHUNK]
+        part, out = tied[start: start + CHUNK], into[start: start + CHUNK]
         count = int(part.sum())
-        if count <= take:
-            chosen[start: start + CHUNK] = part
-        else:
-            chosen[start: start + CHUNK] = part & (torch.cumsum(part, 0) <= take)
+        out |= part if count <= take else part & (torch.cumsum(part, 0) <= take)
         take -= count
-    return chosen
 
 
 def agree(masks: ShardedMasks, rate: float, restore: bool) -> None:
@@ -419,8 +416,9 @@ def _masks_from(pruned: Mapping[str, torch.Tensor], masks: ShardedMasks) -> dict
     out = {}
     for n, flat in pruned.items():
         lay = masks.layouts[n]
-        local = masks[n]._local_tensor & ~flat.view(lay.local_shape)
-        out[n] = lay.dtensor(local)
+        keep = torch.logical_not(flat, out=flat).view(lay.local_shape)  # in place: no second bool per entry
+        keep &= masks[n]._local_tensor
+        out[n] = lay.dtensor(keep)
     return out
 
 
