@@ -19,7 +19,10 @@ shards small models with FSDP2 (``fully_shard``), trains and prunes them with Oc
   schedule, so the rollback snapshot travels too), (b) full state dicts written by rank 0; the
   final weights and masks of each, gathered; the checkpoint directory is kept in OUT_DIR for
   the test process to load with another number of ranks;
-- ``disagree``: plain Occam with a different signal on each rank: the error each rank raised.
+- ``disagree``: plain Occam with a different signal on each rank: the error each rank raised;
+- ``lightning``: a Lightning ``Trainer`` with ``ModelParallelStrategy`` (``fully_shard`` in
+  ``configure_model``) and OccamCallback: 4 epochs uninterrupted, and 2 epochs,
+  ``trainer.save_checkpoint``, then ``fit(ckpt_path=...)`` to 4; gathered masks, weights, history.
 """
 
 from __future__ import annotations
@@ -234,13 +237,72 @@ def disagree(rank: int) -> dict:
     return {"error": None, "density": occam.density}
 
 
+# Lightning -------------------------------------------------------------------------------------
+def lightning_fit(out: str, epochs: int = 3, ckpt: str | None = None, save: str | None = None) -> dict:
+    """A Lightning Trainer with ModelParallelStrategy (fully_shard in configure_model) and OccamCallback."""
+    import lightning.pytorch as pl
+    from lightning.pytorch.strategies import ModelParallelStrategy
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from occamgd.integrations.lightning import OccamCallback
+
+    class Sharded(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.net = mlp()
+
+        def configure_model(self):
+            mesh = self.device_mesh["data_parallel"]
+            for layer in self.net:
+                if isinstance(layer, nn.Linear):
+                    fully_shard(layer, mesh=mesh)
+            fully_shard(self.net, mesh=mesh)
+
+        def training_step(self, batch, batch_idx):
+            return F.cross_entropy(self.net(batch[0]), batch[1])
+
+        def validation_step(self, batch, batch_idx):
+            self.log("val_loss", F.cross_entropy(self.net(batch[0]), batch[1]))
+
+        def configure_optimizers(self):
+            return torch.optim.Adam(self.parameters(), lr=1e-2)
+
+    def rows(n, seed):
+        g = torch.Generator().manual_seed(seed)
+        x = torch.randn(n, 8, generator=g)
+        return TensorDataset(x, (x[:, 0] > 0).long() + (x[:, 1] > 0).long())
+
+    callback, module = OccamCallback(schedule="paper"), Sharded()
+    trainer = pl.Trainer(
+        max_epochs=epochs, accelerator="cpu", devices=dist.get_world_size(),
+        strategy=ModelParallelStrategy(data_parallel_size=dist.get_world_size(), tensor_parallel_size=1),
+        callbacks=[callback], enable_progress_bar=False, logger=False, enable_checkpointing=False,
+        enable_model_summary=False, deterministic=True,
+    )
+    trainer.fit(module, DataLoader(rows(128, 1), batch_size=16), DataLoader(rows(64, 2), batch_size=16),
+                ckpt_path=ckpt)
+    if save:
+        trainer.save_checkpoint(save)
+    occam = callback.occam
+    weights, masks = gathered(occam)
+    return {"type": type(occam).__name__, "sharded": occam.sharded, "masks": masks, "history": occam.history,
+            "weights": {k: v.full_tensor() for k, v in module.net.state_dict().items()},
+            "zero": all(bool((weights[n][~masks[n]] == 0).all()) for n in masks)}
+
+
+def lightning(out: str) -> dict:
+    return {"fit": lightning_fit(out, epochs=4),
+            "first": lightning_fit(out, epochs=2, save=f"{out}/lightning.ckpt"),
+            "resumed": lightning_fit(out, epochs=4, ckpt=f"{out}/lightning.ckpt")}
+
+
 def main(out: str, scenarios: list[str]) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo")
     rank = dist.get_rank()
     result = {"world": dist.get_world_size()}
     try:
-        for name in scenarios or ["exact", "ties", "gpt", "resume", "disagree"]:
+        for name in scenarios or ["exact", "ties", "gpt", "resume", "disagree", "lightning"]:
             if name == "exact":
                 result["exact"] = exact(rank)
             elif name == "ties":
@@ -251,9 +313,12 @@ def main(out: str, scenarios: list[str]) -> None:
                 result["resume"] = resume(rank, out)
             elif name == "disagree":
                 result["disagree"] = disagree(rank)
+            elif name == "lightning":
+                result["lightning"] = lightning(out)
         atomic_save(result, f"{out}/rank{rank}.pt")
     finally:
-        dist.destroy_process_group()
+        if dist.is_initialized():  # Lightning may have closed it already
+            dist.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -260,3 +260,17 @@ def test_selection_across_chunk_boundaries_with_ties(world_of_one, monkeypatch, 
         got = pick(weights, occam.masks, rate)
         assert _equal({n: m.full_tensor() for n, m in got.items()}, reference(full, masks, rate))
         occam.masks.update(got)
+
+
+def test_lightning_model_parallel_strategy_prunes_and_resumes_exactly(two):
+    # ModelParallelStrategy with fully_shard in configure_model, OccamCallback, 2 CPU ranks (gloo);
+    # val_loss is each rank's own (no sync_dist): the callback's DistributedOccam averages it.
+    ranks = [r["lightning"] for r in two["ranks"]]
+    for rank in ranks:
+        fit, resumed = rank["fit"], rank["resumed"]
+        assert fit["type"] == "DistributedOccam" and fit["sharded"] and fit["zero"]
+        assert len(fit["history"]) == 3 and fit["history"][-1]["density"] < 0.5
+        # 2 epochs, trainer.save_checkpoint, then fit(ckpt_path=...) to 4: the uninterrupted run.
+        assert _equal(resumed["masks"], fit["masks"]) and _equal(resumed["weights"], fit["weights"])
+        assert resumed["history"] == fit["history"]
+    assert _equal(ranks[0]["fit"]["masks"], ranks[1]["fit"]["masks"])
