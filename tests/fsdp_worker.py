@@ -22,7 +22,10 @@ shards small models with FSDP2 (``fully_shard``), trains and prunes them with Oc
 - ``disagree``: plain Occam with a different signal on each rank: the error each rank raised;
 - ``lightning``: a Lightning ``Trainer`` with ``ModelParallelStrategy`` (``fully_shard`` in
   ``configure_model``) and OccamCallback: 4 epochs uninterrupted, and 2 epochs,
-  ``trainer.save_checkpoint``, then ``fit(ckpt_path=...)`` to 4; gathered masks, weights, history.
+  ``trainer.save_checkpoint``, then ``fit(ckpt_path=...)`` to 4; gathered masks, weights, history;
+- ``hf``: OccamTrainerCallback's hooks driven in the Trainer's order on an FSDP2 model (accelerate
+  enables FSDP on GPUs only, so a Trainer under FSDP2 cannot run on CPU): 4 epochs, against 2,
+  ``on_save`` on every rank, and a fresh callback resuming at that step.
 """
 
 from __future__ import annotations
@@ -296,13 +299,79 @@ def lightning(out: str) -> dict:
             "resumed": lightning_fit(out, epochs=4, ckpt=f"{out}/lightning.ckpt")}
 
 
+# Hugging Face callback ---------------------------------------------------------------------------
+def hf_callback(rank: int, out: str) -> dict:
+    """OccamTrainerCallback's own path on an FSDP2 model, driven as the Trainer drives it.
+
+    accelerate (1.15) enables FSDP only for GPU-type distributed setups, so a Trainer under its
+    FSDP2 configuration cannot run on CPU: the callback's hooks are called here in the Trainer's
+    order (train begin, evaluate, step begin, save on every rank; resume in a fresh callback).
+    """
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from occamgd.integrations.huggingface import OccamTrainerCallback
+
+    args = SimpleNamespace(eval_strategy="steps", world_size=dist.get_world_size(), output_dir=f"{out}/hf",
+                           load_best_model_at_end=False)
+
+    def state(step):
+        return SimpleNamespace(global_step=step, is_world_process_zero=rank == 0, log_history=[])
+
+    def begin(step):
+        model = shard_mlp()
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+        callback = OccamTrainerCallback(schedule="paper")
+        callback.on_train_begin(args, state(step), None, model=model, optimizer=optimizer)
+        return model, optimizer, callback
+
+    def epochs(model, optimizer, callback, span):
+        for epoch in span:
+            callback.on_step_begin(args, state(10 * epoch), None)
+            signal = train(model, optimizer, epoch, rank)
+            t = torch.tensor([signal], dtype=torch.float64)
+            dist.all_reduce(t)  # the Trainer's evaluation gathers the loss over the ranks
+            callback.on_evaluate(args, state(10 * epoch + 3), None, metrics={"eval_loss": float(t) / 2})
+
+    model, optimizer, callback = begin(0)
+    epochs(model, optimizer, callback, range(4))
+    uninterrupted = {"masks": callback.occam.masks.full(), "history": callback.occam.history,
+                     "weights": {k: v.full_tensor() for k, v in model.state_dict().items()},
+                     "type": type(callback.occam).__name__, "sharded": callback.occam.sharded}
+
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
+
+    model, optimizer, callback = begin(0)
+    epochs(model, optimizer, callback, range(2))
+    if rank == 0:
+        Path(f"{out}/hf/checkpoint-13").mkdir(parents=True, exist_ok=True)
+    dist.barrier()
+    callback.on_save(args, state(13), None)  # every rank, as the Trainer calls callbacks
+    full = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    msd, osd = get_state_dict(model, optimizer, options=full)  # on rank 0 only (cpu_offload)
+    if rank == 0:
+        atomic_save({"model": msd, "optim": osd}, f"{out}/hf/checkpoint-13/model.pt")
+    dist.barrier()
+    saved = torch.load(f"{out}/hf/checkpoint-13/model.pt", weights_only=False)
+    msd, osd = saved["model"], saved["optim"]
+    model, optimizer, _ = begin(0)
+    set_state_dict(model, optimizer, model_state_dict=msd, optim_state_dict=osd,
+                   options=StateDictOptions(full_state_dict=True))
+    callback = OccamTrainerCallback(schedule="paper")
+    callback.on_train_begin(args, state(13), None, model=model, optimizer=optimizer)  # resumes at step 13
+    epochs(model, optimizer, callback, range(2, 4))
+    resumed = {"masks": callback.occam.masks.full(), "history": callback.occam.history,
+               "weights": {k: v.full_tensor() for k, v in model.state_dict().items()}}
+    return {"uninterrupted": uninterrupted, "resumed": resumed}
+
+
 def main(out: str, scenarios: list[str]) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo")
     rank = dist.get_rank()
     result = {"world": dist.get_world_size()}
     try:
-        for name in scenarios or ["exact", "ties", "gpt", "resume", "disagree", "lightning"]:
+        for name in scenarios or ["exact", "ties", "gpt", "resume", "disagree", "lightning", "hf"]:
             if name == "exact":
                 result["exact"] = exact(rank)
             elif name == "ties":
@@ -315,6 +384,8 @@ def main(out: str, scenarios: list[str]) -> None:
                 result["disagree"] = disagree(rank)
             elif name == "lightning":
                 result["lightning"] = lightning(out)
+            elif name == "hf":
+                result["hf"] = hf_callback(rank, out)
         atomic_save(result, f"{out}/rank{rank}.pt")
     finally:
         if dist.is_initialized():  # Lightning may have closed it already

@@ -274,3 +274,15 @@ def test_lightning_model_parallel_strategy_prunes_and_resumes_exactly(two):
         assert _equal(resumed["masks"], fit["masks"]) and _equal(resumed["weights"], fit["weights"])
         assert resumed["history"] == fit["history"]
     assert _equal(ranks[0]["fit"]["masks"], ranks[1]["fit"]["masks"])
+
+
+def test_hf_callback_on_fsdp2_saves_on_every_rank_and_resumes_exactly(two):
+    # accelerate enables FSDP for GPU setups only, so the Trainer under its FSDP2 configuration
+    # cannot run on CPU; the worker drives OccamTrainerCallback's hooks in the Trainer's order.
+    for rank in two["ranks"]:
+        run, resumed = rank["hf"]["uninterrupted"], rank["hf"]["resumed"]
+        assert run["type"] == "DistributedOccam" and run["sharded"] and len(run["history"]) == 3
+        assert _equal(resumed["masks"], run["masks"]) and _equal(resumed["weights"], run["weights"])
+        assert resumed["history"] == run["history"]
+    saved = torch.load(two["out"] / "hf" / "checkpoint-13" / "occam_state.pt", weights_only=True)
+    assert all(type(m) is torch.Tensor for m in saved["occam"]["masks"].values())  # gathered, plain
