@@ -19,6 +19,8 @@ shards small models with FSDP2 (``fully_shard``), trains and prunes them with Oc
   schedule, so the rollback snapshot travels too), (b) full state dicts written by rank 0; the
   final weights and masks of each, gathered; the checkpoint directory is kept in OUT_DIR for
   the test process to load with another number of ranks;
+- ``rollback``: Guarded (DistributedOccam) driven to prune and then roll that prune back: the
+  gathered weights and masks before the prune and after the rollback;
 - ``disagree``: plain Occam with a different signal on each rank: the error each rank raised;
 - ``lightning``: a Lightning ``Trainer`` with ``ModelParallelStrategy`` (``fully_shard`` in
   ``configure_model``) and OccamCallback: 4 epochs uninterrupted, and 2 epochs,
@@ -229,6 +231,28 @@ def resume(rank: int, out: str) -> dict:
     return result
 
 
+#: Guarded's signals that warm up, prune, then roll the prune back (a far worse loss), and prune again.
+ROLLBACK_SIGNALS = [1.0, 0.9, 0.85, 0.849, 5.0, 0.83]
+
+
+def rollback(rank: int) -> dict:
+    """Guarded (DistributedOccam) on FSDP2: the weights and masks a rollback restores, gathered."""
+    model = shard_mlp()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    occam = DistributedOccam(model, optimizer)
+    before_prune = after_rollback = None
+    for epoch, signal in enumerate(ROLLBACK_SIGNALS):
+        train(model, optimizer, epoch, rank)
+        state = ({k: v.full_tensor() for k, v in model.state_dict().items()}, occam.masks.full())
+        occam.step(signal)
+        if occam.history[-1]["action"] == "pruned" and before_prune is None:
+            before_prune = state
+        if occam.history[-1]["action"] == "rolled back":
+            after_rollback = ({k: v.full_tensor() for k, v in model.state_dict().items()}, occam.masks.full())
+    return {"actions": [h["action"] for h in occam.history], "before_prune": before_prune,
+            "after_rollback": after_rollback, "density": occam.density}
+
+
 def disagree(rank: int) -> dict:
     occam = Occam(shard_mlp(), schedule="paper")
     occam.step(1.0)  # the paper's rule prunes at r0 in the first two epochs, whatever the signal
@@ -371,7 +395,7 @@ def main(out: str, scenarios: list[str]) -> None:
     rank = dist.get_rank()
     result = {"world": dist.get_world_size()}
     try:
-        for name in scenarios or ["exact", "ties", "gpt", "resume", "disagree", "lightning", "hf"]:
+        for name in scenarios or ["exact", "ties", "gpt", "resume", "disagree", "rollback", "lightning", "hf"]:
             if name == "exact":
                 result["exact"] = exact(rank)
             elif name == "ties":
@@ -384,6 +408,8 @@ def main(out: str, scenarios: list[str]) -> None:
                 result["disagree"] = disagree(rank)
             elif name == "lightning":
                 result["lightning"] = lightning(out)
+            elif name == "rollback":
+                result["rollback"] = rollback(rank)
             elif name == "hf":
                 result["hf"] = hf_callback(rank, out)
         atomic_save(result, f"{out}/rank{rank}.pt")

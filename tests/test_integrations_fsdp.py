@@ -126,6 +126,17 @@ def test_ranks_with_different_decisions_all_raise(two):
         assert "DistributedOccam" in rank["disagree"]["error"]
 
 
+def test_a_rollback_restores_the_sharded_weights_and_masks(two):
+    for rank in two["ranks"]:
+        result = rank["rollback"]
+        assert result["actions"] == ["warmup", "warmup", "warmup", "pruned", "rolled back", "pruned"]
+        (weights, masks), (restored_weights, restored_masks) = result["before_prune"], result["after_rollback"]
+        # The model as it was when the prune was decided (after that epoch's training), unpruned.
+        assert _equal(restored_weights, weights)
+        assert _equal(restored_masks, masks) and all(bool(m.all()) for m in masks.values())
+        assert result["density"] < 1.0
+
+
 # Single-process world ----------------------------------------------------------------------------
 
 
@@ -180,6 +191,21 @@ def test_fsdp2_on_one_rank_prunes_like_plain_occam(world_of_one):
         assert a.step(signal) == b.step(signal)
     assert _equal(a.masks.full(), dict(b.masks)) and a.density == b.density
     assert "density=" in repr(a)  # counts are cached: no collective needed to print
+
+
+def test_rollback_on_one_rank_matches_plain_occam(world_of_one):
+    sharded, plain = fsdp_worker.shard_mlp(), fsdp_worker.mlp()
+    a = Occam(sharded, torch.optim.Adam(sharded.parameters(), lr=1e-2))
+    b = Occam(plain, torch.optim.Adam(plain.parameters(), lr=1e-2))
+    for epoch, signal in enumerate(fsdp_worker.ROLLBACK_SIGNALS + [0.82]):
+        fsdp_worker.train(sharded, a.optimizer, epoch, 0)
+        fsdp_worker.train(plain, b.optimizer, epoch, 0)
+        a.step(signal)
+        b.step(signal)
+    assert [h["action"] for h in a.history] == [h["action"] for h in b.history]
+    assert "rolled back" in [h["action"] for h in a.history]
+    assert _equal(a.masks.full(), dict(b.masks))
+    assert _equal({k: v.full_tensor() for k, v in sharded.state_dict().items()}, plain.state_dict())
 
 
 def test_checkpoints_from_2_ranks_load_on_1(two, world_of_one):
