@@ -75,6 +75,11 @@ class Occam:
       steps Occam calls ``signal_fn()`` (in eval mode, without gradients) and steps itself.
     - ``snapshot_device``: where a rolling-back schedule keeps its copy of the model from before
       the last prune (``"cpu"`` by default; ``None`` keeps it beside the weights).
+
+    A model sharded with FSDP2 (``fully_shard``: ``Shard(0)`` DTensor parameters) gets masks
+    sharded like its weights and the exact sharded ``"layerwise"`` / ``"global"`` criteria (see
+    :mod:`occamgd.sharded`); ``step`` is then collective, and every rank must pass the same
+    signal (or use :class:`~occamgd.integrations.distributed.DistributedOccam`, which averages).
     """
 
     def __init__(
@@ -250,7 +255,11 @@ class Occam:
 
     def _restore_snapshot(self) -> None:
         unwrap, saved = unwrapped_names(self.model), self._snapshot["model"]
-        self.model.load_state_dict({k: saved[unwrap(k)] for k in self.model.state_dict()})
+        current = self.model.state_dict()
+        if self.sharded:  # DTensors kept on snapshot_device go back beside the shards they restore
+            self.model.load_state_dict({k: _sharded.local_to_like(saved[unwrap(k)], v) for k, v in current.items()})
+        else:
+            self.model.load_state_dict({k: saved[unwrap(k)] for k in current})
         self.masks.load_state_dict(self._snapshot["masks"])
         self._snapshot = None
         self.enforce()

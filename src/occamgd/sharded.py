@@ -28,15 +28,23 @@ Selection (exact)
     ``row_offset * row_size``, so one all-reduce of every rank's tie count and offset tells
     each rank how many of its ties come first.
 
-Cost per prune: 1 + passes + 1 all-reduces (one more, of 4 numbers, in ``Occam.step``: every rank's
-decision must agree) moving ``G * 256 * passes + tensors * (ranks * 2 + 2)``
-int64 numbers (G groups: tensors for layerwise, 1 for global), whatever the tensors' sizes, and
-per rank memory of a few tensors the size of its shard.
+Cost per prune: ``passes + 3`` all-reduces (7 for float32 weights): the decision check in
+``Occam.step`` (4 float64: every rank must decide the same rate and rollback), the ``passes``
+histograms (``G * 256`` int64 each; G groups: the tensors for layerwise, 1 for global), the tie
+counts and row offsets (``tensors * ranks * 2`` int64) and the new kept counts (``tensors``
+int64), so ``8 * (256 * passes * G + tensors * (2 * ranks + 1) + 4)`` bytes per rank whatever the
+tensors' sizes. Memory per rank: a few bools per local weight and temporaries of ``CHUNK``
+entries, never a full tensor (``benchmarks/fsdp_prune.py`` measures both).
 
 Accepted: prunable parameters that are all DTensors on one 1-D device mesh with placements
 ``[Shard(0)]`` (FSDP2's default). Tensor parallelism (``Shard(d)`` for ``d > 0``), 2-D meshes
 (HSDP), ``Replicate`` placements, a mix of DTensor and plain prunable tensors, and criteria other
-than ``"layerwise"`` and ``"global"`` (structured and N:M groups, custom callables) are refused.
+than ``"layerwise"`` and ``"global"`` (structured and N:M groups; custom callables unless marked
+``sharded = True``) are refused with :class:`~occamgd.errors.InvalidValueError`.
+
+Checkpoints: :class:`Checkpointable` for ``torch.distributed.checkpoint`` (sharded, reshards to
+another rank count), :func:`full_state_dict` for one file with whole masks (loads on any rank
+count and into a single-process Occam).
 """
 
 from __future__ import annotations
@@ -478,6 +486,16 @@ def _gathered(value):
     if isinstance(value, list):
         return [_gathered(v) for v in value]
     return value
+
+
+def local_to_like(value: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A DTensor ``value`` placed like DTensor ``like``, its local tensor moved to ``like``'s device."""
+    if not (is_sharded(value) and is_sharded(like)) or value._local_tensor.device == like._local_tensor.device:
+        return value
+    from torch.distributed.tensor import DTensor
+
+    return DTensor.from_local(value._local_tensor.to(like._local_tensor.device), like.device_mesh, like.placements,
+                              run_check=False, shape=like.shape, stride=like.stride())
 
 
 def reshard_like(value: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
