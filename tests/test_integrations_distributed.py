@@ -167,24 +167,12 @@ def _fsdp1_inner(model):
     return FullyShardedDataParallel(model, device_id=torch.device("cpu"), use_orig_params=True).module
 
 
-def _fsdp2(model):
-    from torch.distributed.fsdp import fully_shard
-
-    return fully_shard(model)
-
-
-def _tensor_parallel(model):
-    from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.tensor import Shard, distribute_tensor
-
-    mesh = init_device_mesh("cpu", (1,))
-    model[0].weight = nn.Parameter(distribute_tensor(model[0].weight.detach(), mesh, [Shard(0)]))
-    return model
-
-
 @pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning")
-@pytest.mark.parametrize("shard, what", [(_fsdp1, "FullyShardedDataParallel"), (_fsdp1_inner, "flattened"),
-                                         (_fsdp2, "FSDP"), (_tensor_parallel, "DTensor")])
-def test_sharded_models_are_refused_with_the_reason(world_of_one, shard, what):
+@pytest.mark.parametrize("shard, what", [(_fsdp1, "FullyShardedDataParallel"), (_fsdp1_inner, "flattened")])
+def test_fsdp1_models_are_refused_with_the_reason(world_of_one, shard, what):
     with pytest.raises(TypeError, match=f"{what}.*only a shard"):
         DistributedOccam(shard(_model()))
+
+
+# FSDP2 (fully_shard) and DTensor parameters are pruned exactly, or refused by occamgd.sharded:
+# see tests/test_integrations_fsdp.py.

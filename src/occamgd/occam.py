@@ -23,6 +23,7 @@ from torch import nn
 from .errors import InvalidTypeError, InvalidValueError
 from .criteria import Criterion, get_criterion
 from .masks import Masks, Selection, select_prunable, unwrapped_names
+from . import sharded as _sharded
 from .schedules import Decision, Schedule, check_signal, get_schedule, state_from_dict, state_to_dict
 
 #: 2: the controller's state is its own dataclass (``schedules.state_to_dict``); 1 (occamgd 0.1) is refused.
@@ -74,6 +75,11 @@ class Occam:
       steps Occam calls ``signal_fn()`` (in eval mode, without gradients) and steps itself.
     - ``snapshot_device``: where a rolling-back schedule keeps its copy of the model from before
       the last prune (``"cpu"`` by default; ``None`` keeps it beside the weights).
+
+    A model sharded with FSDP2 (``fully_shard``: ``Shard(0)`` DTensor parameters) gets masks
+    sharded like its weights and the exact sharded ``"layerwise"`` / ``"global"`` criteria (see
+    :mod:`occamgd.sharded`); ``step`` is then collective, and every rank must pass the same
+    signal (or use :class:`~occamgd.integrations.distributed.DistributedOccam`, which averages).
     """
 
     def __init__(
@@ -104,7 +110,11 @@ class Occam:
         self.schedule = get_schedule(schedule)
         #: The controller's state: what ``schedule.decide`` read last and returned (see :mod:`occamgd.schedules`).
         self.schedule_state = self.schedule.init()
-        self.masks = Masks(select_prunable(model, include, exclude))
+        # DTensor (FSDP2) parameters get masks sharded like them and the exact sharded criteria
+        # (occamgd.sharded); a mix of sharded and plain prunable tensors is refused there.
+        self.masks = _sharded.make_masks(select_prunable(model, include, exclude))
+        if self.sharded:
+            self.criterion = _sharded.sharded_criterion(self.criterion)
         self.history: list[dict[str, Any]] = []
         self.every, self.signal_fn = every, signal_fn
         self.snapshot_device = None if snapshot_device is None else torch.device(snapshot_device)
@@ -197,6 +207,11 @@ class Occam:
         if self.optimizer is not None:
             self.masks.apply_to_optimizer_state(self.optimizer)
 
+    @property
+    def sharded(self) -> bool:
+        """Whether the prunable parameters are DTensors (FSDP2): masks are then :class:`occamgd.sharded.ShardedMasks`."""
+        return getattr(self.masks, "sharded", False)
+
     # Size -------------------------------------------------------------------------------
     @property
     def density(self) -> float:
@@ -237,6 +252,8 @@ class Occam:
                 f"schedule {self.schedule!r} decided {decision.action!r} with nothing to restore; accepted: a "
                 "rollback only after a prune, by a schedule whose needs_snapshot is True"
             )
+        if self.sharded:  # every rank must take the same decision, or the collectives below would split
+            _sharded.agree(self.masks, decision.rate, decision.restore)
         if decision.restore:
             self._restore_snapshot()
         if decision.rate > 0.0:
@@ -275,7 +292,11 @@ class Occam:
 
     def _restore_snapshot(self) -> None:
         unwrap, saved = unwrapped_names(self.model), self._snapshot["model"]
-        self.model.load_state_dict({k: saved[unwrap(k)] for k in self.model.state_dict()})
+        current = self.model.state_dict()
+        if self.sharded:  # DTensors kept on snapshot_device go back beside the shards they restore
+            self.model.load_state_dict({k: _sharded.local_to_like(saved[unwrap(k)], v) for k, v in current.items()})
+        else:
+            self.model.load_state_dict({k: saved[unwrap(k)] for k in current})
         self.masks.load_state_dict(self._snapshot["masks"])
         self._snapshot = None
         self.enforce()
@@ -290,12 +311,27 @@ class Occam:
                 "them; accepted: a state from an Occam around this same architecture"
             )
 
+    def _reshard_snapshot(self, snapshot: Mapping[str, Any]) -> dict[str, Any]:
+        unwrap = unwrapped_names(self.model)
+        model = {unwrap(k): v for k, v in self.model.state_dict().items()}
+        device = self.snapshot_device
+
+        def place(value, like):
+            value = _sharded.reshard_like(value, like)
+            return value if device is None else value.to(device)
+
+        return {
+            "model": {k: place(v, model[k]) if k in model else v for k, v in snapshot["model"].items()},
+            "masks": {k: place(v, self.masks[k]) if k in self.masks else v for k, v in snapshot["masks"].items()},
+        }
+
     @property
     def snapshot_bytes(self) -> int:
         """Memory held by the rollback snapshot now (0 when none is held)."""
         if self._snapshot is None:
             return 0
-        return sum(t.numel() * t.element_size() for part in self._snapshot.values() for t in part.values())
+        return sum(_sharded._local(t).numel() * t.element_size() for part in self._snapshot.values()
+                   for t in part.values())
 
     # Checkpointing ----------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -335,6 +371,8 @@ class Occam:
         self.masks.check(state["masks"], "checkpoint masks", require_all=True)
         schedule_state = state_from_dict(self.schedule, state["schedule"]["state"])
         snapshot = state.get("snapshot")
+        if snapshot is not None and self.sharded:  # a full (gathered) snapshot: keep this rank's rows
+            snapshot = self._reshard_snapshot(snapshot)
         if snapshot is not None:
             self._check_snapshot(snapshot)
         self.masks.load_state_dict(state["masks"])

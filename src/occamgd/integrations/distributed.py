@@ -9,8 +9,11 @@ keep every rank's pruning identical:
 - the masks the criterion chooses on the group's first rank are broadcast to all ranks, so that
   ties between equal magnitudes, or replicas that drifted apart by a rounding, cannot split them.
 
-Sharded models (FSDP, ``fully_shard``, tensor parallelism) are refused: each rank holds only a
-shard of a tensor, and a per-tensor magnitude quantile over a shard is not the tensor's.
+FSDP2 models (``fully_shard``: parameters as ``Shard(0)`` DTensors) are pruned exactly through
+:mod:`occamgd.sharded`: the signal is still averaged, and the masks, sharded like the weights,
+are chosen by a distributed k-th-value search (no broadcast: every rank computes its own rows
+of the same masks). FSDP (1), whose flat shards are no tensor's rows, and tensor parallelism
+(``Shard(d)``, ``d > 0``) are refused.
 """
 
 from __future__ import annotations
@@ -31,16 +34,17 @@ from ..schedules import check_signal
 
 
 def _sharded_part(model: nn.Module) -> str | None:
-    """Why ``model`` is sharded across ranks (a sentence naming the part), or ``None``."""
-    from torch.distributed.fsdp import FSDPModule, FullyShardedDataParallel
-    from torch.distributed.tensor import DTensor
+    """Why ``model`` is sharded in a way Occam cannot mask (a sentence naming the part), or ``None``.
+
+    FSDP (1) flattens parameters into shards that are no tensor's rows; FSDP2 (``fully_shard``)
+    and other DTensor parameters are accepted here and checked by :mod:`occamgd.sharded`.
+    """
+    from torch.distributed.fsdp import FullyShardedDataParallel
 
     for name, module in model.named_modules():
-        if isinstance(module, (FullyShardedDataParallel, FSDPModule)):
+        if isinstance(module, FullyShardedDataParallel):
             return f"module {name or '<root>'!r} is {type(module).__name__}"
     for name, param in model.named_parameters():
-        if isinstance(param, DTensor):
-            return f"parameter {name!r} is a DTensor"
         # FSDP (1) marks every parameter it flattens into shards, also the module's own ones that
         # use_orig_params=True leaves in place: the inner module of a wrapper is caught too.
         if getattr(param, "_fsdp_flattened", False):
@@ -72,9 +76,10 @@ class DistributedOccam(Occam):
     :class:`~occamgd.Occam`'s: the optimizer hook, ``state_dict`` (identical on every rank; save
     it from one) and ``load_state_dict`` (call it on every rank).
 
-    A model sharded by FSDP (``FullyShardedDataParallel`` or ``fully_shard``) or with DTensor
-    parameters raises ``TypeError``: each rank holds only a shard of a tensor, and per-tensor
-    magnitude selection over a shard would choose different weights than over the whole tensor.
+    A model sharded with FSDP2 (``fully_shard``) is pruned exactly (see :mod:`occamgd.sharded`;
+    criteria ``"layerwise"`` and ``"global"``). One sharded by FSDP (1) (``FullyShardedDataParallel``)
+    raises ``TypeError``; tensor-parallel DTensors (``Shard(d)``, ``d > 0``) and a mix of sharded
+    and plain prunable tensors raise ``ValueError``.
     """
 
     def __init__(self, model: nn.Module, *args: Any, group: dist.ProcessGroup | None = None, **kwargs: Any):
@@ -89,11 +94,11 @@ class DistributedOccam(Occam):
         sharded = _sharded_part(model)
         if sharded is not None:
             raise InvalidTypeError(
-                f"DistributedOccam cannot prune a sharded model: {sharded}. FSDP and tensor "
-                "parallelism give each rank only a shard of a tensor, so per-tensor magnitude "
-                "selection would see only that shard and prune different weights than the whole "
-                "tensor asks for; accepted: a plain module or one wrapped in "
-                "torch.nn.parallel.DistributedDataParallel"
+                f"DistributedOccam cannot prune a model sharded by FSDP (1): {sharded}. It flattens each "
+                "rank's part of many tensors into one shard, so a rank holds only a shard of a tensor "
+                "that no mask can be named for; accepted: a plain module, one wrapped in "
+                "torch.nn.parallel.DistributedDataParallel, or one sharded with FSDP2 "
+                "(torch.distributed.fsdp.fully_shard: DTensor Shard(0) parameters, pruned exactly)"
             )
         if isinstance(model, nn.parallel.DistributedDataParallel):
             model = model.module
@@ -102,7 +107,8 @@ class DistributedOccam(Occam):
         # gloo reduces host tensors; other backends (nccl) want the tensors on the model's device.
         first = next(iter(self.masks.params.values()))
         self._device = torch.device("cpu") if dist.get_backend(group) == "gloo" else first.device
-        self.criterion = self._broadcasting(self.criterion)
+        if not self.sharded:  # sharded masks are chosen exactly on every rank: nothing to broadcast
+            self.criterion = self._broadcasting(self.criterion)
 
     @property
     def world_size(self) -> int:

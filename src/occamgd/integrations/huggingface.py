@@ -200,14 +200,28 @@ class OccamTrainerCallback(TrainerCallback):
 
     # Checkpointing ----------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        """Occam's state (masks, schedule, history) and the signal waiting for its prune."""
+        """Occam's state (masks, schedule, history) and the signal waiting for its prune.
+
+        With sharded (FSDP2) masks they are gathered into full tensors: a collective, to call on
+        every rank (``on_save`` does); the file then loads on any number of ranks.
+        """
         if self.occam is None:
             raise InvalidValueError("OccamTrainerCallback has no state before training begins")
-        return {"format": STATE_FORMAT, "occam": self.occam.state_dict(), "pending_signal": self._pending_signal}
+        if self.occam.sharded:
+            from ..sharded import full_state_dict
+
+            occam_state = full_state_dict(self.occam)
+        else:
+            occam_state = self.occam.state_dict()
+        return {"format": STATE_FORMAT, "occam": occam_state, "pending_signal": self._pending_signal}
 
     def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs) -> None:
         """Write the state into the checkpoint directory the Trainer just saved."""
-        if self.occam is None or not state.is_world_process_zero:
+        if self.occam is None:
+            return
+        # Sharded masks are gathered on every rank (a collective), then written by the main process.
+        gathered = self.state_dict() if self.occam.sharded else None
+        if not state.is_world_process_zero:
             return
         directory = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         if not directory.is_dir():
@@ -215,7 +229,7 @@ class OccamTrainerCallback(TrainerCallback):
                           "(hyperparameter search runs are not supported); resuming from it will fail",
                           stacklevel=2)
             return
-        atomic_save({**self.state_dict(), "global_step": state.global_step}, directory / STATE_NAME)
+        atomic_save({**(gathered or self.state_dict()), "global_step": state.global_step}, directory / STATE_NAME)
 
     def _resume_file(self, args: TrainingArguments, state: TrainerState) -> Path:
         if self.resume_from is None:

@@ -34,8 +34,11 @@ from ..schedules import Schedule
 from ._common import build_occam, check_arguments
 
 _STATE_KEYS = {"occam", "pending_signal"}
-#: Strategies that give each rank only a shard of a parameter (see docs/distributed.md).
-_SHARDED_STRATEGIES = (FSDPStrategy, DeepSpeedStrategy, ModelParallelStrategy)
+#: Strategies that give each rank a shard of a parameter that no mask can be named for (see
+#: docs/distributed.md): FSDP (1) flattens tensors into shards, DeepSpeed partitions them inside
+#: its engine. ModelParallelStrategy (FSDP2's ``fully_shard`` in ``configure_model``) is pruned
+#: exactly through occamgd.sharded (tensor parallelism there is refused when the Occam is built).
+_SHARDED_STRATEGIES = (FSDPStrategy, DeepSpeedStrategy)
 
 
 class OccamCallback(pl.Callback):
@@ -85,6 +88,8 @@ class OccamCallback(pl.Callback):
         #: The Occam pruning the module (``None`` before the first fit starts).
         self.occam: Occam | None = None
         self._pending_signal: float | None = None
+        #: Whether the pending signal is already the ranks' mean (restored from a checkpoint).
+        self._pending_is_mean = False
         self._loaded: dict[str, Any] | None = None
         self._fitting = False
         self._validations = 0
@@ -95,8 +100,9 @@ class OccamCallback(pl.Callback):
         if isinstance(trainer.strategy, _SHARDED_STRATEGIES):
             raise InvalidTypeError(
                 f"OccamCallback cannot prune under {type(trainer.strategy).__name__}: it shards "
-                "parameters across ranks, so per-tensor magnitude selection would see only a shard; "
-                "accepted: a single-device strategy or DDP (strategy='ddp')"
+                "parameters across ranks into flat partitions, each rank only a shard no mask can be named for; "
+                "accepted: a single-device strategy, DDP (strategy='ddp'), or ModelParallelStrategy with "
+                "FSDP2 (fully_shard in configure_model; pruned exactly, see docs/distributed.md)"
             )
         if not trainer.optimizers:
             raise InvalidValueError(
@@ -148,6 +154,7 @@ class OccamCallback(pl.Callback):
                 "validation loss logged with self.log(...) in validation_step"
             )
         self._pending_signal = float(metrics[self.monitor])
+        self._pending_is_mean = False
         self._validations += 1
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
@@ -157,10 +164,13 @@ class OccamCallback(pl.Callback):
             return
         signal = self._pending_signal
         try:
-            rate = self.occam.step(signal)
+            if self._pending_is_mean:  # every rank holds the mean already: prune on it, not on its mean
+                rate = Occam.step(self.occam, signal)
+            else:
+                rate = self.occam.step(signal)
         except ValueError as error:
             raise InvalidValueError(f"OccamCallback could not prune on {self.monitor!r} = {signal!r}: {error}") from error
-        self._pending_signal = None
+        self._pending_signal, self._pending_is_mean = None, False
         for logger in trainer.loggers:
             logger.log_metrics({"occam/density": self.occam.density, "occam/rate": rate}, step=trainer.global_step)
 
@@ -184,7 +194,21 @@ class OccamCallback(pl.Callback):
         """Occam's state (masks, schedule, history) and the signal waiting for its prune."""
         if self.occam is None:
             return dict(self._loaded) if self._loaded is not None else {}
-        return {"occam": self.occam.state_dict(), "pending_signal": self._pending_signal}
+        from .distributed import DistributedOccam
+
+        pending = self._pending_signal
+        if isinstance(self.occam, DistributedOccam) and not self._pending_is_mean:
+            # The checkpoint is written by rank 0: keep the ranks' mean (what every rank would prune
+            # on, computed as DistributedOccam.step computes it), not rank 0's own loss. A collective:
+            # Lightning asks every rank for its state.
+            pending = self.occam._mean_signal(pending)
+        if self.occam.sharded:
+            # Lightning keeps callback states in the checkpoint's metadata, written by rank 0: gather
+            # the masks (a collective too), so any rank count can load them.
+            from ..sharded import full_state_dict
+
+            return {"occam": full_state_dict(self.occam), "pending_signal": pending}
+        return {"occam": self.occam.state_dict(), "pending_signal": pending}
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         """Restore now if fitting has started; otherwise hold the state until it does."""
@@ -199,8 +223,12 @@ class OccamCallback(pl.Callback):
             self._loaded = dict(state_dict)
 
     def _restore(self, state: Mapping[str, Any]) -> None:
+        from .distributed import DistributedOccam
+
         self.occam.load_state_dict(state["occam"])
         self._pending_signal = state["pending_signal"]
+        # A DistributedOccam's checkpoint holds the ranks' mean (see state_dict).
+        self._pending_is_mean = self._pending_signal is not None and isinstance(self.occam, DistributedOccam)
 
     def __repr__(self) -> str:
         return (
