@@ -178,6 +178,10 @@ class Occam:
         the old object the step is refused, naming the tensor. Checked at every epoch step, density
         read, checkpoint and attach; not inside the optimizer hook (that stays one fused multiply).
         """
+        if self.sharded:
+            # FSDP2 registers unsharded parameters around each forward and its sharded DTensors
+            # again after; the masks hold those sharded parameters, the ones it keeps.
+            return
         optimizer = optimizer if optimizer is not None else self.optimizer
         unwrap = unwrapped_names(self.model)
         live = {unwrap(name): param for name, param in self.model.named_parameters()}
