@@ -306,8 +306,17 @@ class Masks(Mapping[str, torch.Tensor]):
                     f"{what}: mask for {name!r} is {found}; accepted: a torch.bool tensor (True = kept), e.g. "
                     "mask.bool() for one of zeros and ones"
                 )
-            if tuple(mask.shape) != tuple(self.params[name].shape):
+            shape = self._shape(name)
+            if tuple(mask.shape) != shape:
                 raise InvalidValueError(
                     f"{what}: mask for {name!r} has shape {tuple(mask.shape)}, but the parameter "
-                    f"has shape {tuple(self.params[name].shape)}; accepted: the parameter's shape"
+                    f"has shape {shape}; accepted: the parameter's (whole, unsharded) shape"
                 )
+            self._check_layout(name, mask, what)
+
+    def _shape(self, name: str) -> tuple[int, ...]:
+        """The whole shape of parameter ``name`` (a sharded parameter's global shape)."""
+        return tuple(self.params[name].shape)
+
+    def _check_layout(self, name: str, mask: torch.Tensor, what: str) -> None:
+        """Refuse a mask laid out unlike its parameter (nothing to check for plain tensors)."""

@@ -27,7 +27,6 @@ is empty are dropped with a warning (and counted in the report).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -48,7 +47,7 @@ from .data.preprocessing import TASKS, Preprocessing, encode_target, infer_task,
 from .errors import InvalidValueError, MissingFileError, OccamgdError
 from .export import FILE_NAMES, load_into, read_header, save
 from .fit import NonFiniteLossError
-from .io import _inside, atomic_write_text, check_name_lengths, check_writable, file_ancestor
+from .io import _inside, atomic_write_text, check_name_lengths, check_writable, file_ancestor, sha256_file
 from .schedules import DEFAULT_PRESET
 
 FORMAT_NAME = "occamgd.modeldir"
@@ -341,7 +340,7 @@ def _write_directory(out: Path, tmp: Path, csv, estimator, pre: Preprocessing, r
     atomic_write_text(_json_text(pre.to_dict()), tmp / PREPROCESSING_NAME)
     report["files"] = {s["file"]: s["bytes"] for s in sizes.values()}
     report["files"][PREPROCESSING_NAME] = (tmp / PREPROCESSING_NAME).stat().st_size
-    report["sha256"] = {name: _sha256(tmp / name) for name in CHECKED_FILES}
+    report["sha256"] = {name: sha256_file(tmp / name) for name in CHECKED_FILES}
     atomic_write_text(_json_text(report), tmp / REPORT_NAME)
     atomic_write_text(MARKER_TEXT, tmp / MARKER_NAME)
     # Temporary files and directories are private (0600 / 0700); the result gets the
@@ -596,14 +595,6 @@ def read_report(path: str | os.PathLike) -> dict[str, Any]:
     return report
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 #: The files whose SHA-256 the report records (and loading verifies, those it reads).
 CHECKED_FILES = (FILE_NAMES["dense"], FILE_NAMES["sparse"], PREPROCESSING_NAME)
 
@@ -625,7 +616,7 @@ def _verify(path: Path, report: dict[str, Any], metadata: dict[str, Any]) -> Non
         if name not in sha:
             raise InvalidValueError(f"{path / REPORT_NAME} records no checksum of {name}; write the model directory "
                                     "again with occamgd fit")
-        if _sha256(path / name) != sha[name]:
+        if sha256_file(path / name) != sha[name]:
             raise InvalidValueError(f"{path / name} does not match the checksum recorded in {REPORT_NAME}: the file "
                                     "changed or was damaged after occamgd fit wrote it, or the report is from another "
                                     "model; write the model directory again with occamgd fit")

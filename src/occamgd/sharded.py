@@ -269,22 +269,12 @@ class ShardedMasks(Masks):
         """The whole masks as plain bool tensors on the CPU (collective: an all-gather per tensor)."""
         return {name: m.full_tensor().cpu() for name, m in self._masks.items()}
 
-    def check(self, masks: Mapping[str, torch.Tensor], what: str = "masks", require_all: bool = False) -> None:
-        unknown = sorted(set(masks) - set(self.params))
-        missing = sorted(set(self.params) - set(masks)) if require_all else []
-        if unknown or missing:
-            raise InvalidValueError(
-                f"{what} do not belong to this model: unknown tensors {unknown}, missing tensors "
-                f"{missing}; accepted: masks for exactly this model's prunable tensors {sorted(self.params)}"
-            )
-        for name, mask in masks.items():
-            if tuple(mask.shape) != self.layouts[name].shape:
-                raise InvalidValueError(
-                    f"{what}: mask for {name!r} has shape {tuple(mask.shape)}, but the parameter has shape "
-                    f"{self.layouts[name].shape}; accepted: the parameter's (global) shape"
-                )
-            if is_sharded(mask):
-                self._as_local(name, mask, what)  # placement check
+    def _shape(self, name: str) -> tuple[int, ...]:
+        return self.layouts[name].shape
+
+    def _check_layout(self, name: str, mask: torch.Tensor, what: str) -> None:
+        if is_sharded(mask):
+            self._as_local(name, mask, what)  # placement check
 
 
 def make_masks(params: Mapping[str, nn.Parameter]) -> Masks:

@@ -12,7 +12,6 @@ its source and checks its SHA-256.
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import math
 import os
@@ -23,7 +22,7 @@ from typing import IO, Union
 import torch
 
 from ..errors import InvalidTypeError, InvalidValueError, MissingFileError
-from ..io import atomic_write
+from ..io import atomic_write, sha256_file
 from .images import ChecksumError, _HashingWriter, cache_dir, data_dirs, fetch
 
 PathLike = Union[str, os.PathLike]
@@ -167,14 +166,6 @@ def get_batch(ids: torch.Tensor, block_size: int, batch_size: int, generator: to
 #: The copy shipped with the package (source: TINYSHAKESPEARE_URL; SHA-256 TINYSHAKESPEARE_SHA256).
 BUNDLED_TINYSHAKESPEARE = Path(__file__).resolve().parent / "corpora" / "tinyshakespeare.txt"
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def download_tinyshakespeare(root: PathLike | None = None, *, url: str = TINYSHAKESPEARE_URL) -> Path:
     """Fetch Tiny Shakespeare into ``root`` (default: the cache ``~/.cache/occamgd/tinyshakespeare``).
 
@@ -185,7 +176,7 @@ def download_tinyshakespeare(root: PathLike | None = None, *, url: str = TINYSHA
     directory = Path(root).expanduser() if root is not None else cache_dir("tinyshakespeare")
     path = directory / TINYSHAKESPEARE_FILES[0]
     if path.is_file():
-        actual = _sha256(path)
+        actual = sha256_file(path)
         if actual != TINYSHAKESPEARE_SHA256:
             raise ChecksumError(f"{path} exists with SHA-256 {actual}, not Tiny Shakespeare's "
                                 f"{TINYSHAKESPEARE_SHA256}; move it away to download the corpus there")
