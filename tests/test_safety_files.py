@@ -7,38 +7,15 @@ replaced only when asked; an impossible ``--out`` is refused before any training
 
 from __future__ import annotations
 
-import hashlib
 import os
 
-import numpy as np
-import pandas as pd
 import pytest
 
 import occamgd.modeldir as modeldir
+from _safety import FAST, checksums, small_csv
 from occamgd.cli import EXIT_BAD_INPUT, EXIT_OK, main
 
-FAST = ["--epochs", "2", "--hidden", "8", "--quiet"]
-
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def _csv(path, n: int = 40, seed: int = 0):
-    rng = np.random.default_rng(seed)
-    size = rng.normal(10.0, 2.0, n).round(2)
-    pd.DataFrame({"size": size, "colour": rng.choice(["red", "blue"], n),
-                  "label": np.where(size > 10, "big", "small")}).to_csv(path, index=False)
-    return path
-
-
-def _tree(root) -> dict[str, str]:
-    """Every file under ``root`` and its SHA-256."""
-    out = {}
-    for dirpath, _, files in os.walk(root):
-        for name in files:
-            p = os.path.join(dirpath, name)
-            with open(p, "rb") as f:
-                out[os.path.relpath(p, root)] = hashlib.sha256(f.read()).hexdigest()
-    return out
 
 
 def _refused(args, capsys, *says: str) -> str:
@@ -52,7 +29,7 @@ def _refused(args, capsys, *says: str) -> str:
 
 @pytest.fixture
 def data(tmp_path):
-    return _csv(tmp_path / "data.csv")
+    return small_csv(tmp_path / "data.csv")
 
 
 @pytest.fixture
@@ -77,51 +54,51 @@ def test_force_does_not_delete_a_directory_occamgd_did_not_write(tmp_path, data,
     (thesis / "chapters").mkdir(parents=True)
     (thesis / "chapters" / "one.tex").write_text("years of work")
     (thesis / "report.json").write_text("{}")  # a file that happens to share a name
-    before = _tree(tmp_path)
+    before = checksums(tmp_path)
     _refused(["fit", str(data), "--target", "label", "--out", str(thesis), "--force", *FAST], capsys,
              str(thesis), "not a model directory written by occamgd")
-    assert _tree(tmp_path) == before
+    assert checksums(tmp_path) == before
 
 
 def test_force_does_not_replace_the_training_csv(tmp_path, data, capsys, no_training):
-    before = _tree(tmp_path)
+    before = checksums(tmp_path)
     _refused(["fit", str(data), "--target", "label", "--out", str(data), "--force", *FAST], capsys, str(data))
-    assert _tree(tmp_path) == before
+    assert checksums(tmp_path) == before
 
 
 def test_force_does_not_replace_a_file(tmp_path, data, capsys, no_training):
     notes = tmp_path / "notes.txt"
     notes.write_text("mine")
-    before = _tree(tmp_path)
+    before = checksums(tmp_path)
     _refused(["fit", str(data), "--target", "label", "--out", str(notes), "--force", *FAST], capsys,
              str(notes), "is a file")
-    assert _tree(tmp_path) == before
+    assert checksums(tmp_path) == before
 
 
 def test_force_does_not_replace_a_model_directory_holding_the_users_files(model, data, tmp_path, capsys,
                                                                           no_training):
     (model / "my-notes.md").write_text("what I tried")
-    before = _tree(tmp_path)
+    before = checksums(tmp_path)
     _refused(["fit", str(data), "--target", "label", "--out", str(model), "--force", *FAST], capsys,
              "my-notes.md")
-    assert _tree(tmp_path) == before
+    assert checksums(tmp_path) == before
 
 
 def test_force_does_not_replace_the_directory_holding_the_training_csv(model, tmp_path, capsys, no_training):
     inside = model / "data.csv"
-    _csv(inside)
-    before = _tree(tmp_path)
+    small_csv(inside)
+    before = checksums(tmp_path)
     _refused(["fit", str(inside), "--target", "label", "--out", str(model), "--force", *FAST], capsys,
              str(inside))
-    assert _tree(tmp_path) == before
+    assert checksums(tmp_path) == before
 
 
 def test_force_does_not_follow_a_symlink_to_the_training_csv(tmp_path, data, capsys, no_training):
     link = tmp_path / "link"
     link.symlink_to(data)
-    before = _tree(tmp_path)
+    before = checksums(tmp_path)
     _refused(["fit", str(data), "--target", "label", "--out", str(link), "--force", *FAST], capsys)
-    assert _tree(tmp_path) == before and link.is_symlink()
+    assert checksums(tmp_path) == before and link.is_symlink()
 
 
 def test_force_replaces_a_model_directory_occamgd_wrote(model, data, tmp_path):
@@ -134,10 +111,10 @@ def test_force_replaces_a_model_directory_occamgd_wrote(model, data, tmp_path):
 
 def test_force_refuses_a_model_directory_whose_report_is_not_occamgds(model, data, tmp_path, capsys, no_training):
     (model / "report.json").write_text('{"format": "something else"}')
-    before = _tree(tmp_path)
+    before = checksums(tmp_path)
     _refused(["fit", str(data), "--target", "label", "--out", str(model), "--force", *FAST], capsys,
              "not a model directory written by occamgd")
-    assert _tree(tmp_path) == before
+    assert checksums(tmp_path) == before
 
 
 # impossible --out, refused before training ---------------------------------------------------
@@ -145,9 +122,9 @@ def test_force_refuses_a_model_directory_whose_report_is_not_occamgds(model, dat
 def test_an_impossible_out_is_refused_before_training(tmp_path, data, capsys, no_training, where, monkeypatch):
     monkeypatch.chdir(tmp_path)
     out = {"under-a-file": str(data / "model"), "dot": ".", "proc": "/proc/occamgd-model", "empty": ""}[where]
-    before = _tree(tmp_path)
+    before = checksums(tmp_path)
     _refused(["fit", str(data), "--target", "label", "--out", out, "--force", *FAST], capsys)
-    assert _tree(tmp_path) == before
+    assert checksums(tmp_path) == before
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
@@ -170,25 +147,25 @@ def test_a_failed_fit_removes_the_parent_directories_it_created(tmp_path, data, 
 
 # predict --out ------------------------------------------------------------------------------
 def test_predict_does_not_overwrite_its_input(model, data, tmp_path, capsys):
-    before = _tree(tmp_path)
+    before = checksums(tmp_path)
     for extra in ([], ["--force"]):
         _refused(["predict", str(model), str(data), "--out", str(data), *extra], capsys, str(data))
-    assert _tree(tmp_path) == before
+    assert checksums(tmp_path) == before
 
 
 def test_predict_does_not_overwrite_its_input_through_a_symlink(model, data, tmp_path, capsys):
     link = tmp_path / "out.csv"
     link.symlink_to(data)
-    before = _tree(tmp_path)
+    before = checksums(tmp_path)
     _refused(["predict", str(model), str(data), "--out", str(link), "--force"], capsys)
-    assert _tree(tmp_path) == before
+    assert checksums(tmp_path) == before
 
 
 @pytest.mark.parametrize("name", ["model.safetensors", "report.json", "new.csv"])
 def test_predict_does_not_write_into_the_model_directory(model, data, tmp_path, capsys, name):
-    before = _tree(tmp_path)
+    before = checksums(tmp_path)
     _refused(["predict", str(model), str(data), "--out", str(model / name), "--force"], capsys, str(model))
-    assert _tree(tmp_path) == before
+    assert checksums(tmp_path) == before
 
 
 def test_predict_replaces_an_existing_output_only_when_forced(model, data, tmp_path, capsys):
@@ -212,9 +189,9 @@ def test_predict_under_a_file_is_refused(model, data, tmp_path, capsys):
 # report --plot ------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", ["model.safetensors", "report.json", "preprocessing.json", "other.png"])
 def test_report_does_not_write_into_the_model_directory(model, tmp_path, capsys, name):
-    before = _tree(tmp_path)
+    before = checksums(tmp_path)
     _refused(["report", str(model), "--plot", str(model / name), "--force"], capsys, str(model))
-    assert _tree(tmp_path) == before
+    assert checksums(tmp_path) == before
 
 
 def test_report_writes_and_rewrites_its_own_default_plot(model, capsys):
@@ -235,9 +212,9 @@ def test_report_replaces_an_existing_plot_only_when_forced(model, tmp_path, caps
 def test_report_does_not_write_through_a_symlink_into_the_model(model, tmp_path, capsys):
     link = tmp_path / "plot.png"
     link.symlink_to(model / "model.safetensors")
-    before = _tree(tmp_path)
+    before = checksums(tmp_path)
     _refused(["report", str(model), "--plot", str(link), "--force"], capsys)
-    assert _tree(tmp_path) == before
+    assert checksums(tmp_path) == before
 
 
 # Paths that walk out and back, and names a file system refuses ---------------------------------
@@ -250,14 +227,14 @@ def test_force_through_dot_dot_replaces_the_model_and_loses_nothing(model, data,
 
 
 def test_a_model_directory_is_not_written_inside_another(model, data, tmp_path, capsys, no_training):
-    before = _tree(tmp_path)
+    before = checksums(tmp_path)
     _refused(["fit", str(data), "--target", "label", "--out", str(model / "inner"), *FAST], capsys,
              "inside the model directory")
-    assert _tree(tmp_path) == before
+    assert checksums(tmp_path) == before
 
 
 def test_a_failed_rename_puts_the_old_model_back(model, data, tmp_path, monkeypatch, capsys):
-    before = _tree(model)
+    before = checksums(model)
     real = os.replace
 
     def failing(src, dst):
@@ -267,7 +244,7 @@ def test_a_failed_rename_puts_the_old_model_back(model, data, tmp_path, monkeypa
 
     monkeypatch.setattr(modeldir.os, "replace", failing)
     assert main(["fit", str(data), "--target", "label", "--out", str(model), "--seed", "5", "--force", *FAST]) == 1
-    assert _tree(model) == before
+    assert checksums(model) == before
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 

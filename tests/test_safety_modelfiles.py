@@ -10,13 +10,13 @@ from __future__ import annotations
 import json
 import time
 
-import numpy as np
-import pandas as pd
 import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
+
+from _safety import FAST, small_csv
 
 import occamgd.models
 from occamgd import export
@@ -24,22 +24,12 @@ from occamgd.cli import EXIT_BAD_INPUT, EXIT_OK, main
 from occamgd.errors import InvalidValueError
 from occamgd.modeldir import load_model_dir
 
-FAST = ["--epochs", "2", "--hidden", "8", "--quiet"]
-
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def _csv(path, n: int = 40, seed: int = 0):
-    rng = np.random.default_rng(seed)
-    size = rng.normal(10.0, 2.0, n).round(2)
-    pd.DataFrame({"size": size, "colour": rng.choice(["red", "blue"], n),
-                  "label": np.where(size > 10, "big", "small")}).to_csv(path, index=False)
-    return path
 
 
 @pytest.fixture
 def data(tmp_path):
-    return _csv(tmp_path / "data.csv")
+    return small_csv(tmp_path / "data.csv")
 
 
 def _fit(tmp_path, data, name="model", *extra):

@@ -13,7 +13,6 @@ hunts with fresh random ones.
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import math
 import os
@@ -22,6 +21,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from _safety import checksums
 from occamgd.cli import EXIT_BAD_INPUT, EXIT_OK, main
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -73,16 +73,6 @@ def messy(draw):
     return data, target, out, force
 
 
-def _checksums(root) -> dict[str, str]:
-    sums = {}
-    for dirpath, _, files in os.walk(root):
-        for name in files:
-            path = os.path.join(dirpath, name)
-            with open(path, "rb") as f:
-                sums[os.path.relpath(path, root)] = hashlib.sha256(f.read()).hexdigest()
-    return sums
-
-
 def _finite_predictions(text: str) -> None:
     rows = list(csv.reader(io.StringIO(text)))
     header, body = rows[0], rows[1:]
@@ -102,7 +92,7 @@ def test_fit_on_a_messy_csv_succeeds_or_refuses_cleanly_and_loses_nothing(case, 
     (root / "notes.txt").write_text("the user's notes")
     (root / "mine").mkdir()
     (root / "mine" / "thesis.tex").write_text("years of work")
-    before = _checksums(root)
+    before = checksums(root)
     cwd = os.getcwd()
     os.chdir(root)
     try:
@@ -118,7 +108,7 @@ def test_fit_on_a_messy_csv_succeeds_or_refuses_cleanly_and_loses_nothing(case, 
         else:
             assert main(["predict", out, "data.csv"]) == EXIT_OK
             _finite_predictions(capsys.readouterr().out)
-        after = _checksums(root)
+        after = checksums(root)
         assert {name: after.get(name) for name in before} == before
         assert not [p for p in os.listdir(root) if p.startswith(".")]  # no temporary leftovers
     finally:
