@@ -13,6 +13,7 @@ import torch
 transformers = pytest.importorskip("transformers")
 from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainerCallback, TrainingArguments  # noqa: E402
 
+import occamgd  # noqa: E402
 from occamgd.integrations.huggingface import STATE_NAME, OccamTrainerCallback  # noqa: E402
 from occamgd.schedules import ConstantRate  # noqa: E402
 
@@ -189,3 +190,13 @@ def test_an_optimizer_that_is_not_torch_is_refused():
     with pytest.raises(TypeError, match="torch.optim optimizer"):
         OccamTrainerCallback(schedule="paper").on_train_begin(args, state, transformers.TrainerControl(), model=_model(),
                                               optimizer=object())
+
+
+def test_a_run_that_ends_without_pruning_says_so_and_why(tmp_path):
+    # A controller still waiting for the gains to slow when the run ends: a warning and a log entry.
+    callback = OccamTrainerCallback(schedule=occamgd.Guarded(warmup=100))
+    trainer = _trainer(tmp_path, [callback])
+    with pytest.warns(occamgd.errors.NotPrunedWarning, match="still in its warm-up phase"):
+        trainer.train()
+    assert callback.occam.density == 1.0
+    assert "warm-up" in trainer.state.log_history[-1]["occam_warning"]

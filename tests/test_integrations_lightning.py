@@ -19,7 +19,8 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from occamgd import ConstantRate, Occam
+from occamgd import ConstantRate, Guarded, Occam
+from occamgd.errors import NotPrunedWarning
 from occamgd.integrations.lightning import OccamCallback
 
 pytestmark = [
@@ -263,3 +264,10 @@ def test_a_prunable_tensor_on_a_second_optimizer_is_refused_and_can_be_excluded(
 def test_a_state_from_elsewhere_is_refused():
     with pytest.raises(ValueError, match="pending_signal"):
         OccamCallback(schedule="paper").load_state_dict({"masks": {}})
+
+
+def test_a_fit_that_ends_without_pruning_says_why():
+    callback = OccamCallback(schedule=Guarded(warmup=100))
+    with pytest.warns(NotPrunedWarning, match="still in its warm-up phase"):
+        _fit(Tiny(), [callback], epochs=3)
+    assert callback.occam.density == 1.0

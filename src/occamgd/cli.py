@@ -7,7 +7,7 @@ import os
 import sys
 
 from . import __version__
-from .errors import InvalidValueError, OccamgdError
+from .errors import InvalidValueError, NotPrunedWarning, OccamgdError
 
 #: Exit codes scripts can rely on.
 EXIT_OK, EXIT_ERROR, EXIT_BAD_INPUT = 0, 1, 2
@@ -150,7 +150,7 @@ class _DataWarnings:
 
         self._catcher.__exit__(*exc)
         for w in self._caught:
-            if type(w.message) is UserWarning:
+            if type(w.message) is UserWarning or issubclass(w.category, NotPrunedWarning):
                 print(f"occamgd: warning: {w.message}", file=sys.stderr)
             else:
                 warnings.showwarning(w.message, w.category, w.filename, w.lineno)

@@ -24,3 +24,7 @@ class InvalidTypeError(OccamgdError, TypeError):
 
 class MissingFileError(OccamgdError, FileNotFoundError):
     """A file or directory that was named, or looked for, and is not there."""
+
+
+class NotPrunedWarning(UserWarning):
+    """A run ended without pruning anything: the message names the controller's phase and what to change."""

@@ -25,7 +25,7 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 from tqdm.auto import tqdm
 
-from .errors import InvalidTypeError, InvalidValueError
+from .errors import InvalidTypeError, InvalidValueError, NotPrunedWarning
 from .criteria import Criterion
 from .io import atomic_save
 from .masks import Selection
@@ -403,6 +403,13 @@ def fit(
         occam.detach()  # leave no hook behind on an optimizer the caller may have passed in
         raise
 
+    reason = occam.unpruned_reason() if len(history) == epochs else None
+    if epochs == 1 and type(schedule).__name__ != "Never":
+        reason = "fit with epochs=1 never prunes: pruning happens after every epoch but the last; accepted: epochs >= 2"
+    if reason is not None:
+        # Said where the user looks: a warning now, and in the history the run returns (and saves).
+        history[-1]["warning"] = reason
+        warnings.warn(reason, NotPrunedWarning, stacklevel=2)
     if keep_best and best is not None:
         model.load_state_dict(best["model"])
         # All of Occam, not only its masks: a rollback from the returned Occam must not go to a model

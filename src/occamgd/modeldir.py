@@ -720,13 +720,14 @@ def summary(report: dict[str, Any]) -> str:
             if data["task"] == "classification" else f"regression of {data['target']!r}")
     metrics = ", ".join(f"{k} {_fmt(v)}" for k, v in hold.items() if k != "rows")
     files = ", ".join(f"{name} {size:,} bytes" for name, size in report.get("files", {}).items())
+    warning = report["history"][-1].get("warning") if report["history"] else None
     return "\n".join([
         f"{what} on {data['rows']} rows, {data['features']} encoded features",
         f"kept epoch {report['best_epoch']} of {len(report['history'])}: density {report['density']:.4f} "
         f"({report['kept_weights']:,} of {report['prunable_weights']:,} prunable weights)",
         f"hold-back ({hold['rows']} rows): {metrics}",
         f"files: {files}",
-    ])
+    ] + ([f"warning: {warning}"] if warning else []))
 
 
 def write_plots(report: dict[str, Any], path: str | os.PathLike) -> Path:

@@ -386,6 +386,34 @@ class Occam:
         self._snapshot = snapshot
         self.enforce()
 
+    def unpruned_reason(self) -> str | None:
+        """Why nothing is pruned after the steps taken, naming the controller's phase and what to
+        change; ``None`` once something is pruned, before the first step, and for ``Never``.
+
+        Short runs are where this happens: a controller that waits for the dense network's gains
+        to slow (``Guarded``) may still be waiting when the run ends.
+        """
+        if self.masks.kept < self.masks.total or not self.history or type(self.schedule).__name__ == "Never":
+            return None
+        steps = len(self.history)
+        actions = [r["action"] for r in self.history]
+        name = type(self.schedule).__name__
+        options = ("train longer or evaluate more often (more Occam steps), or use schedule='paper', which "
+                   "prunes from the first step")
+        phase = getattr(self.schedule_state, "phase", actions[-1])
+        if "rolled back" in actions:
+            return (f"Occam ended without pruning: every prune of the {name} controller was rolled back in "
+                    f"{steps} steps (the signal rose beyond its tolerance each time; phase {phase!r}); to prune "
+                    f"anyway: a larger tolerance (e.g. Guarded(tol=...)), a smaller first rate, or {options}")
+        if phase == "warmup":
+            waiting = ("the signal still improved by more than start_tol of its largest gain"
+                       if hasattr(self.schedule, "start_tol") else "it had not started")
+            return (f"Occam ended without pruning: after {steps} steps the {name} controller was still in its "
+                    f"warm-up phase ({waiting}); to let it prune: {options}, or start sooner "
+                    f"(e.g. Guarded(start_tol=..., warmup=...))")
+        return (f"Occam ended without pruning: in {steps} steps the {name} controller's decisions were "
+                f"{sorted(set(actions))} (phase {phase!r}) and none pruned; to let it prune: {options}")
+
     def __repr__(self) -> str:
         return (
             f"Occam(tensors={len(self.masks)}, weights={self.masks.total}, density={self.density:.4f}, "

@@ -38,7 +38,7 @@ def run(dataset: str = "digits", epochs: int | None = None, seeds: int = 3, out:
     from ..fit import fit
     from ..models import MLP
     from ..reporting import text_table
-    from .report import tables, write_report
+    from .report import tables, unpruned, write_report
     from .runner import run_records
 
     if dataset not in DATASETS:
@@ -53,6 +53,8 @@ def run(dataset: str = "digits", epochs: int | None = None, seeds: int = 3, out:
              f"{records[0]['config']['budget']} epochs, {seeds} seed(s), mean ± std; each method keeps the epoch "
              "with the lowest loss on a 10 % hold-back of the training split; test = 25 % stratified split.\n")
         echo(text_table(header, rows))
+    for note in unpruned(records):
+        echo(f"\nnote: {note}")
     path = write_report(root, task, order, records)
     echo(f"\nwrote {path}")
     return path

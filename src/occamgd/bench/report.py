@@ -45,6 +45,16 @@ def tables(task: Task, order: list[str], records: list[dict]) -> list[tuple[str,
     return out
 
 
+def unpruned(records: list[dict]) -> list[str]:
+    """One line per method and dataset whose runs ended without pruning, with the first run's reason."""
+    found: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    for r in records:
+        if r["history"] and r["history"][-1].get("warning"):
+            found[(r["dataset"], r["method"])].append(r)
+    return [f"{method} on {dataset}, seeds {sorted(r['seed'] for r in rs)}: {rs[0]['history'][-1]['warning']}"
+            for (dataset, method), rs in found.items()]
+
+
 def _summary(task: Task, order: list[str], runs: dict[str, dict[str, list[dict]]]) -> str:
     """One row per dataset: the mean score of every method, and where the pruning methods beat gd."""
     score, label = task.score
@@ -117,6 +127,9 @@ def write_report(root: Path, task: Task, order: list[str], records: list[dict]) 
     setup = (f"{task.description}. Budget: {config.get('budget')} {task.unit}; settings: {config.get('settings')}; "
              f"options: {config.get('options')}.")
     summary = _summary(task, order, runs) if len(runs) > 1 else ""
+    notes = unpruned(records)
+    if notes:
+        summary += "## Runs that ended without pruning\n\n" + "\n".join(f"- {n}" for n in notes) + "\n\n"
     legend = "\n".join(f"- `{m}`: {METHODS[m].description}" for m in order)
     text = (f"# {root.name}\n\n{setup}\n\nMean ± std over seeds; every neural method keeps its evaluation with the "
             f"lowest hold-back (validation) loss — the test split never selects.\n\n{legend}\n\n{summary}"

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
-from ..errors import InvalidTypeError, InvalidValueError, MissingFileError
+from ..errors import InvalidTypeError, InvalidValueError, MissingFileError, NotPrunedWarning
 from ..criteria import Criterion
 from ..io import atomic_save
 from ..masks import Selection
@@ -260,6 +260,10 @@ class OccamTrainerCallback(TrainerCallback):
             return
         self.occam.detach()
         self._check_evaluations()
+        reason = self.occam.unpruned_reason()
+        if reason is not None:
+            state.log_history.append({"occam_warning": reason, "step": state.global_step})
+            warnings.warn(f"OccamTrainerCallback: {reason}", NotPrunedWarning, stacklevel=2)
         if args.load_best_model_at_end and state.best_model_checkpoint is not None:
             file = Path(state.best_model_checkpoint) / STATE_NAME
             if file.is_file():

@@ -26,7 +26,7 @@ from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelP
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_warn
 
-from ..errors import InvalidTypeError, InvalidValueError
+from ..errors import InvalidTypeError, InvalidValueError, NotPrunedWarning
 from ..criteria import Criterion
 from ..masks import Selection, select_prunable
 from ..occam import Occam
@@ -181,6 +181,8 @@ class OccamCallback(pl.Callback):
                 f"OccamCallback read no {self.monitor!r}: no validation ran during this fit, so "
                 "nothing was pruned; give Trainer.fit a val_dataloader and keep limit_val_batches > 0"
             )
+        elif self.occam is not None and (reason := self.occam.unpruned_reason()) is not None:
+            rank_zero_warn(f"OccamCallback: {reason}", category=NotPrunedWarning)
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         """After fitting, unhook the optimizer (the masks and history stay in ``self.occam``)."""
