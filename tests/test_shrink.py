@@ -63,6 +63,20 @@ class Residual(nn.Module):
         return self.head(h.mean((2, 3)))
 
 
+class Block(nn.Module):
+    """Self-attention (whole heads are units) and a transformer MLP, with residual additions."""
+
+    def __init__(self):
+        super().__init__()
+        self.attn = nn.MultiheadAttention(16, 4, batch_first=True)
+        self.up, self.down, self.head = nn.Linear(16, 32), nn.Linear(32, 16), nn.Linear(16, 3)
+
+    def forward(self, x):
+        h = x + self.attn(x, x, x, need_weights=False)[0]
+        h = h + self.down(torch.relu(self.up(h)))
+        return self.head(h.mean(1))
+
+
 MODELS = {"mlp": (mlp, (6,)), "cnn": (cnn, (2, 8, 8)), "residual": (Residual, (2, 6, 6))}
 OPTIMIZERS = {"sgd": lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9),
               "adam": lambda p: torch.optim.Adam(p, lr=0.01)}
@@ -153,6 +167,27 @@ def test_shrink_exact_in_float64():
         torch.set_default_dtype(default)
     assert torch.allclose(runs[0][0], runs[1][0], rtol=1e-10, atol=1e-12)
     assert torch.allclose(runs[0][1], runs[1][1], rtol=1e-8, atol=1e-9)
+
+
+def test_attention_heads_shrink_roll_back_and_match_masked_run():
+    plan = ((0.5, False), (0.0, True), (0.3, False), (0.0, False))
+    runs = []
+    for shrink, zero in ((False, "step"), (True, "prune")):
+        torch.manual_seed(0)
+        model = Block()
+        x, y = torch.randn(16, 5, 16), torch.randint(0, 3, (16,))
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+        occam = Occam(model, optimizer, schedule=Scripted(plan), shrink=shrink, zero_state=zero,
+                      **structured_pruning(model, x[:2]))
+        losses, shapes = [], []
+        for e in range(4):
+            losses += epoch(model, optimizer, x, y, steps=2)
+            occam.step(float(e))
+            shapes.append(tuple(model.attn.in_proj_weight.shape))
+        runs.append((torch.tensor(losses), outputs(model, x), shapes))
+    assert runs[1][2] == [(24, 16), (48, 16), (36, 16), (36, 16)]  # heads removed, regrown, removed
+    assert torch.allclose(runs[0][0], runs[1][0], rtol=1e-4, atol=1e-5)
+    assert torch.allclose(runs[0][1], runs[1][1], rtol=1e-3, atol=1e-3)
 
 
 def test_numel_falls_as_masks_say():

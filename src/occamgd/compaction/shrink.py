@@ -13,7 +13,6 @@ parameters hold their own flat indices, so every handler that only selects entri
 from __future__ import annotations
 
 import copy
-import importlib
 import warnings
 from typing import Any
 
@@ -82,18 +81,28 @@ def structure(model: nn.Module) -> dict[str, Any]:
     for name, m in model.named_modules():
         attrs = {k: v for k, v in vars(m).items() if k != "training" and (
             isinstance(v, _PRIMITIVE) or (isinstance(v, tuple) and all(isinstance(x, _PRIMITIVE) for x in v)))}
-        out[name] = {"class": f"{type(m).__module__}:{type(m).__qualname__}", "attrs": attrs}
+        out[name] = {"class": _name(type(m)), "attrs": attrs}
     return out
 
 
-def _resolve(path: str) -> type:
-    module, _, qualname = path.partition(":")
-    cls: Any = importlib.import_module(module)
-    for part in qualname.split("."):
-        cls = getattr(cls, part)
-    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
-        raise InvalidValueError(f"recorded module class {path!r} is not a torch.nn.Module subclass")
-    return cls
+def _name(cls: type) -> str:
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+def _resolve(current: type, path: str) -> type:
+    """The class named ``path`` among ``current``'s bases and their (already imported) subclasses: nothing is
+    imported from a name read from a checkpoint (a cut may turn a module into a subclass, a regrowth back)."""
+    for base in current.__mro__:
+        if not issubclass(base, nn.Module) or base is nn.Module:
+            continue
+        todo = [base]
+        while todo:
+            cls = todo.pop()
+            if _name(cls) == path:
+                return cls
+            todo += cls.__subclasses__()
+    raise InvalidValueError(f"recorded module class {path!r} is not a base of {_name(current)} nor a subclass of "
+                            "one; accepted: a state from an Occam around this same architecture")
 
 
 def set_structure(model: nn.Module, record: dict[str, Any]) -> None:
@@ -105,8 +114,8 @@ def set_structure(model: nn.Module, record: dict[str, Any]) -> None:
                                 "have; accepted: a state from an Occam around this same architecture")
     for name, rec in record.items():
         m = modules[name]
-        if f"{type(m).__module__}:{type(m).__qualname__}" != rec["class"]:
-            m.__class__ = _resolve(rec["class"])
+        if _name(type(m)) != rec["class"]:
+            m.__class__ = _resolve(type(m), rec["class"])
         for k, v in rec["attrs"].items():
             if getattr(m, k, None) != v:
                 setattr(m, k, v)
