@@ -201,8 +201,16 @@ def test_numel_falls_as_masks_say():
     assert model[2].out_features == 6 and model[4].in_features == 6
     assert occam.density == pytest.approx(occam.masks.kept / occam.masks.total)
     assert occam.masks.total == total  # removed entries still count, as pruned
+    hooked = []
+    first.register_hook(lambda g: hooked.append(tuple(g.shape)))
+    loss = nn.functional.cross_entropy(model(x), y)  # a graph kept alive across the next shrink
+    loss.backward()
     epoch(model, optimizer, x, y)  # keeps training on the smaller model
-    occam.step(1.0)
+    width = first.shape[0]
+    occam.step(1.0)  # shrinks again while `loss` holds the old graph
+    assert first.shape[0] < width and loss.grad_fn is not None
+    nn.functional.cross_entropy(model(x), y).backward()
+    assert hooked[-1] == tuple(first.shape) and first.grad.shape == first.shape  # the tensor hook stays
     small = compact(model, occam)  # nothing more to remove: the same outputs
     assert torch.allclose(outputs(small, x), outputs(model, x), rtol=1e-5, atol=1e-6)
 

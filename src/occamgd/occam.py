@@ -79,8 +79,7 @@ class Occam:
       ``Parameter`` objects, sliced optimizer state; see :mod:`occamgd.compaction.shrink` and
       docs/compaction.md). Needs ``**structured_pruning(model, example_input)``, a built-in
       optimizer (:data:`occamgd.compaction.shrink.SHRINK_OPTIMIZERS`) and a plain (uncompiled,
-      unwrapped) model; anything else is refused here. Keep no loss tensor (its autograd graph
-      records the old shapes) across a ``step`` that shrinks.
+      unwrapped) model; anything else is refused here.
 
     A model sharded with FSDP2 (``fully_shard``: ``Shard(0)`` DTensor parameters) gets masks
     sharded like its weights and the exact sharded ``"layerwise"`` / ``"global"`` criteria (see

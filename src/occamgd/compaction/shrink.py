@@ -75,6 +75,16 @@ def check_optimizer(optimizer: torch.optim.Optimizer) -> None:
             f"{type(optimizer).__module__}.{type(optimizer).__qualname__}; accepted: {_accepted_optimizers()}")
 
 
+def set_data(param: torch.Tensor, value: torch.Tensor) -> None:
+    """``param.data = value`` with a fresh gradient accumulator: the cached one records the old shape (an
+    autograd graph still alive, such as the last loss, would keep it in use); torch resets it only when the
+    dtype or device changes, so the data passes through an empty tensor of another dtype first. Tensor
+    hooks and post-accumulate hooks stay on the parameter."""
+    other = torch.float64 if value.dtype != torch.float64 else torch.float32
+    param.data = torch.empty(0, dtype=other, device=value.device)
+    param.data = value
+
+
 def structure(model: nn.Module) -> dict[str, Any]:
     """Each module's class and its plain attributes (sizes, head counts): what a cut changes besides tensors."""
     out = {}
@@ -138,7 +148,7 @@ def set_shapes(model: nn.Module, shapes: dict[str, tuple], optimizer=None) -> No
             if tuple(m._buffers[k].shape) != tuple(shape):
                 m._buffers[k] = m._buffers[k].new_zeros(shape)
         elif tuple(t.shape) != tuple(shape):
-            t.data = t.data.new_zeros(shape)
+            set_data(t, t.data.new_zeros(shape))
             t.grad = None
             if optimizer is not None:
                 optimizer.state.pop(t, None)
@@ -210,7 +220,7 @@ def shrink(model: nn.Module, masks, optimizer: torch.optim.Optimizer | None, cri
         if name in masks.params:
             masks.reshape(name, masks[name].reshape(-1)[flat.to(masks[name].device)].view(idx.shape),
                           p.numel() - flat.numel())
-        p.data = value
+        set_data(p, value)
         p.grad = grad
     wmods = dict(work.named_modules())
     for mname, m in model.named_modules():
@@ -237,7 +247,7 @@ def regrow(model: nn.Module, saved: dict[str, torch.Tensor], index: dict, optimi
                     grown.view(-1)[flat.to(v.device)] = v.reshape(-1)
                     state[k] = grown
         p.grad = None
-        p.data = saved[name].to(p.device, p.dtype).clone()
+        set_data(p, saved[name].to(p.device, p.dtype).clone())
         if name in masks.params:
             masks.reshape(name, torch.ones(old_shape, dtype=torch.bool, device=p.device), 0)
     masks.refresh()
