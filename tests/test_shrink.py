@@ -322,3 +322,20 @@ def test_checkpoint_of_shrunk_model_refused_without_shrink():
                   **structured_pruning(plain, x[:4]))
     with pytest.raises(InvalidValueError, match="shrink=True"):
         other.load_state_dict(state)
+
+
+def test_shrinks_inside_the_optimizer_hook_with_every():
+    torch.manual_seed(0)
+    model = mlp()
+    x, y = data((6,))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    occam = Occam(model, optimizer, schedule=Scripted(((0.3, False),)), shrink=True, every=2,
+                  signal_fn=lambda: nn.functional.cross_entropy(model(x), y).item(),
+                  **structured_pruning(model, x[:4]))
+    for _ in range(6):  # the loss of each step is alive while the hook shrinks
+        optimizer.zero_grad()
+        loss = nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        optimizer.step()
+    assert len(occam.history) == 3 and model[0].out_features < 16
+    assert occam.density == pytest.approx(occam.masks.kept / occam.masks.total)
