@@ -117,8 +117,7 @@ class Occam:
         self.shrink = shrink
         self.criterion = get_criterion(criterion)
         if shrink:
-            from .compaction import shrink as _shrink
-            _shrink.check_criterion(model, self.criterion)
+            self._shrinker().check_criterion(model, self.criterion)
         self.schedule = get_schedule(schedule)
         #: The controller's state: what ``schedule.decide`` read last and returned (see :mod:`occamgd.schedules`).
         self.schedule_state = self.schedule.init()
@@ -149,8 +148,7 @@ class Occam:
         """
         optimizer = unwrap_optimizer(optimizer)
         if self.shrink:
-            from .compaction.shrink import check_optimizer
-            check_optimizer(optimizer)
+            self._shrinker().check_optimizer(optimizer)
         self._follow_parameters(optimizer)
         keep = self.enforce if self.zero_state == "step" else self.masks.apply
         try:
@@ -306,9 +304,18 @@ class Occam:
             self._shrink()
 
     # Shrinking --------------------------------------------------------------------------
+    def _shrinker(self) -> Any:
+        """The shrinking code (:class:`occamgd.compaction.shrink.Shrinker`), from the structured criterion."""
+        shrinker = (getattr(self.criterion, "context", None) or {}).get("shrinker")
+        if shrinker is None:
+            raise InvalidValueError(
+                "shrink=True needs criterion/include from occamgd.compaction.structured_pruning(model, example_input), "
+                f"got criterion {getattr(self.criterion, '__name__', self.criterion)!r}; accepted: "
+                "Occam(model, optimizer, shrink=True, **structured_pruning(model, example_input))")
+        return shrinker
+
     def _shrink(self) -> None:
-        from .compaction.shrink import shrink
-        index = shrink(self.model, self.masks, self.optimizer, self.criterion)
+        index = self._shrinker().shrink(self.model, self.masks, self.optimizer, self.criterion)
         if self._snapshot is not None:
             self._snapshot["shrink"]["index"] = index
         if index:
@@ -317,21 +324,18 @@ class Occam:
 
     def _rebuild_criterion(self) -> None:
         """The structured groups of the model as it is now (their unit indices follow its shapes)."""
-        from .compaction.plan import structured_pruning
-        old = self.criterion
-        new = structured_pruning(self.model, old.context["example_input"], scope=old.scope,
-                                 exclude=list(old.context.get("exclude", ())) or None, strict=False, check=False)
-        self.criterion = new["criterion"]
+        self.criterion = self._shrinker().rebuild(self.model, self.criterion)
 
     def _shrink_state(self) -> dict[str, Any]:
-        from .compaction.shrink import shapes, structure
-        return {"shapes": shapes(self.model), "structure": structure(self.model), "removed": dict(self.masks.removed)}
+        shrinker = self._shrinker()
+        return {"shapes": shrinker.shapes(self.model), "structure": shrinker.structure(self.model),
+                "removed": dict(self.masks.removed)}
 
     def _reshape(self, record: Mapping[str, Any]) -> None:
         """Give the model the shapes and structure in ``record`` (from :meth:`_shrink_state`)."""
-        from .compaction.shrink import set_shapes, set_structure
-        set_shapes(self.model, dict(record["shapes"]), self.optimizer)
-        set_structure(self.model, record["structure"])
+        shrinker = self._shrinker()
+        shrinker.set_shapes(self.model, dict(record["shapes"]), self.optimizer)
+        shrinker.set_structure(self.model, record["structure"])
         for name in self.masks:
             p = self.masks.params[name]
             if tuple(self.masks[name].shape) != tuple(p.shape):
@@ -354,9 +358,8 @@ class Occam:
     def _restore_snapshot(self) -> None:
         unwrap, saved = unwrapped_names(self.model), self._snapshot["model"]
         if "shrink" in self._snapshot:  # regrow the shapes first; the regrown entries' optimizer state is zero
-            from .compaction.shrink import regrow
             record = self._snapshot["shrink"]
-            regrow(self.model, saved, record.get("index") or {}, self.optimizer, self.masks)
+            self._shrinker().regrow(self.model, saved, record.get("index") or {}, self.optimizer, self.masks)
             self._reshape(record)
         current = self.model.state_dict()
         if self.sharded:  # DTensors kept on snapshot_device go back beside the shards they restore

@@ -251,3 +251,31 @@ def regrow(model: nn.Module, saved: dict[str, torch.Tensor], index: dict, optimi
         if name in masks.params:
             masks.reshape(name, torch.ones(old_shape, dtype=torch.bool, device=p.device), 0)
     masks.refresh()
+
+
+class Shrinker:
+    """What ``Occam(shrink=True)`` calls, handed over in the criterion's context by
+    :func:`~occamgd.compaction.structured_pruning` (the core never imports the compaction package)."""
+
+    check_criterion = staticmethod(check_criterion)
+    check_optimizer = staticmethod(check_optimizer)
+    shrink = staticmethod(shrink)
+    regrow = staticmethod(regrow)
+    shapes = staticmethod(shapes)
+    structure = staticmethod(structure)
+    set_shapes = staticmethod(set_shapes)
+    set_structure = staticmethod(set_structure)
+
+    @staticmethod
+    def rebuild(model: nn.Module, criterion: GroupCriterion) -> GroupCriterion:
+        """The structured criterion of the model as it is now (its unit indices follow its shapes)."""
+        from .plan import structured_pruning
+        exclude = list(criterion.context.get("exclude", ())) or None
+        return structured_pruning(model, criterion.context["example_input"], scope=criterion.scope, exclude=exclude,
+                                  strict=False, check=False)["criterion"]
+
+    def __repr__(self) -> str:
+        return "Shrinker()"
+
+
+SHRINKER = Shrinker()
