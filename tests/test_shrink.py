@@ -251,11 +251,16 @@ def test_rollback_continues_like_masked_run_zeroing_state(opt):
     assert torch.allclose(runs[0][1], runs[1][1], rtol=1e-3, atol=1e-3)
 
 
-@pytest.mark.parametrize("kind", ["mlp", "cnn", "residual"])
-def test_resume_after_shrink_equals_uninterrupted(kind):
-    plan = ((0.3, False), (0.0, False), (0.25, False), (0.0, False))
+ROLLBACK_AFTER_RESUME = ((0.3, False), (0.0, False), (0.25, False), (0.0, True), (0.0, False))
+
+
+@pytest.mark.parametrize("kind, plan", [("mlp", PLAN), ("cnn", PLAN), ("residual", PLAN),
+                                        ("cnn", ROLLBACK_AFTER_RESUME)], ids=["mlp", "cnn", "residual", "rollback"])
+def test_resume_after_shrink_equals_uninterrupted(kind, plan):
+    """Interrupted after a shrink (and, for "rollback", rolled back after the resume: the snapshot travels)."""
+    epochs = len(plan)
     model, optimizer, occam, x, y = build(kind, "adam", True, plan)
-    straight = train(model, optimizer, occam, x, y, 4)
+    straight = train(model, optimizer, occam, x, y, epochs)
     final = outputs(model, x)
 
     model, optimizer, occam, x, y = build(kind, "adam", True, plan)
@@ -269,7 +274,7 @@ def test_resume_after_shrink_equals_uninterrupted(kind):
     occam2.load_state_dict(saved["occam"])  # re-shrinks the fresh model first
     model2.load_state_dict(saved["model"])
     optimizer2.load_state_dict(saved["optimizer"])
-    rest = train(model2, optimizer2, occam2, x, y, 4, start=3)
+    rest = train(model2, optimizer2, occam2, x, y, epochs, start=3)
     assert first + rest == pytest.approx(straight, rel=1e-5, abs=1e-6)
     assert torch.allclose(outputs(model2, x), final, rtol=1e-5, atol=1e-6)
 

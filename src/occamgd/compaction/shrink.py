@@ -138,11 +138,12 @@ def set_shapes(model: nn.Module, shapes: dict[str, tuple], optimizer=None) -> No
         for k, b in m._buffers.items():
             if b is not None:
                 tensors.setdefault(f"{mname}.{k}" if mname else k, (m, k))
+    unknown = sorted(set(shapes) - set(tensors))
+    if unknown:  # checked before anything changes
+        raise InvalidValueError(f"recorded shapes name {unknown[:4]}, which {type(model).__name__} does not have; "
+                                "accepted: a state from an Occam around this same architecture")
     for name, shape in shapes.items():
-        t = tensors.get(name)
-        if t is None:
-            raise InvalidValueError(f"recorded shapes name {name!r}, which {type(model).__name__} does not have; "
-                                    "accepted: a state from an Occam around this same architecture")
+        t = tensors[name]
         if isinstance(t, tuple):
             m, k = t
             if tuple(m._buffers[k].shape) != tuple(shape):
