@@ -371,12 +371,11 @@ class Occam:
         self.enforce()
 
     def _check_snapshot(self, snapshot: Mapping[str, Any]) -> None:
-        if "shrink" in snapshot:  # masks of the pre-prune shapes, regrown on a rollback: check the names
-            self.masks.check({k: self.masks[k] for k in snapshot["masks"] if k in self.masks},
-                             "checkpoint snapshot masks")
+        if "shrink" in snapshot:  # masks of the pre-prune shapes (checked when a rollback regrows them): names here
             if set(snapshot["masks"]) != set(self.masks):
-                raise InvalidValueError(f"checkpoint snapshot masks name {sorted(snapshot['masks'])[:4]}..., not this "
-                                        f"model's prunable tensors {sorted(self.masks)[:4]}...")
+                raise InvalidValueError(
+                    f"checkpoint snapshot masks name {sorted(set(snapshot['masks']) ^ set(self.masks))[:4]}, which are "
+                    "not all this model's prunable tensors; accepted: a state from an Occam around this same model")
         else:
             self.masks.check(snapshot["masks"], "checkpoint snapshot masks", require_all=True)
         unwrap = unwrapped_names(self.model)
