@@ -191,6 +191,9 @@ class Masks(Mapping[str, torch.Tensor]):
         self._masks: dict[str, torch.Tensor] = {
             name: torch.ones_like(p, dtype=torch.bool) for name, p in self.params.items()
         }
+        #: Entries of each tensor removed from the model by shrinking (``Occam(shrink=True)``): they
+        #: count as pruned, so densities stay fractions of the tensors' original sizes.
+        self.removed: dict[str, int] = {}
         self._refresh_multipliers()
 
     # Mapping protocol -------------------------------------------------------------------
@@ -206,8 +209,8 @@ class Masks(Mapping[str, torch.Tensor]):
     # Counting ---------------------------------------------------------------------------
     @property
     def total(self) -> int:
-        """Number of prunable weights."""
-        return sum(m.numel() for m in self._masks.values())
+        """Number of prunable weights (with those removed by shrinking)."""
+        return sum(m.numel() for m in self._masks.values()) + sum(self.removed.values())
 
     @property
     def kept(self) -> int:
@@ -227,7 +230,7 @@ class Masks(Mapping[str, torch.Tensor]):
 
     def densities(self) -> dict[str, float]:
         """Kept fraction of each prunable tensor."""
-        return {name: float(m.float().mean()) for name, m in self._masks.items()}
+        return {name: float(m.sum()) / (m.numel() + self.removed.get(name, 0)) for name, m in self._masks.items()}
 
     # Changing ---------------------------------------------------------------------------
     def update(self, new_masks: Mapping[str, torch.Tensor]) -> None:
@@ -250,6 +253,17 @@ class Masks(Mapping[str, torch.Tensor]):
             self._masks[name] = self._masks[name].to(param.device)
         self._refresh_multipliers()
         self.apply()
+
+    def reshape(self, name: str, mask: torch.Tensor, removed: int) -> None:
+        """Mask ``name`` by ``mask`` after its parameter changed shape (shrinking), ``removed`` more entries gone;
+        call :meth:`refresh` after the last one."""
+        self._masks[name] = mask.to(device=self.params[name].device, dtype=torch.bool).contiguous()
+        if removed:
+            self.removed[name] = self.removed.get(name, 0) + int(removed)
+
+    def refresh(self) -> None:
+        """Rebuild the multipliers after :meth:`reshape`."""
+        self._refresh_multipliers()
 
     def _refresh_multipliers(self) -> None:
         # Enforcement multiplies by these: the cheapest in-place op, one pass over each weight.

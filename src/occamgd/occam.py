@@ -75,6 +75,11 @@ class Occam:
       steps Occam calls ``signal_fn()`` (in eval mode, without gradients) and steps itself.
     - ``snapshot_device``: where a rolling-back schedule keeps its copy of the model from before
       the last prune (``"cpu"`` by default; ``None`` keeps it beside the weights).
+    - ``shrink``: after each prune remove the pruned groups from the live model in place (same
+      ``Parameter`` objects, sliced optimizer state; see :mod:`occamgd.compaction.shrink` and
+      docs/compaction.md). Needs ``**structured_pruning(model, example_input)``, a built-in
+      optimizer (:data:`occamgd.compaction.shrink.SHRINK_OPTIMIZERS`) and a plain (uncompiled,
+      unwrapped) model; anything else is refused here.
 
     A model sharded with FSDP2 (``fully_shard``: ``Shard(0)`` DTensor parameters) gets masks
     sharded like its weights and the exact sharded ``"layerwise"`` / ``"global"`` criteria (see
@@ -95,6 +100,7 @@ class Occam:
         every: int | None = None,
         signal_fn: Callable[[], float] | None = None,
         snapshot_device: str | torch.device | None = "cpu",
+        shrink: bool = False,
     ):
         if zero_state not in ZERO_STATE:
             raise InvalidValueError(f"zero_state must be one of {ZERO_STATE}, got {zero_state!r}")
@@ -104,9 +110,14 @@ class Occam:
             raise InvalidValueError(f"every must be an integer >= 1 (optimizer steps), got {every!r}")
         if signal_fn is not None and not callable(signal_fn):
             raise InvalidTypeError(f"signal_fn must be a callable returning the signal loss, got {signal_fn!r}")
+        if not isinstance(shrink, bool):
+            raise InvalidTypeError(f"shrink must be True or False, got {shrink!r}")
         self.zero_state = zero_state
         self.model = model
+        self.shrink = shrink
         self.criterion = get_criterion(criterion)
+        if shrink:
+            self._shrinker().check_criterion(model, self.criterion)
         self.schedule = get_schedule(schedule)
         #: The controller's state: what ``schedule.decide`` read last and returned (see :mod:`occamgd.schedules`).
         self.schedule_state = self.schedule.init()
@@ -114,6 +125,9 @@ class Occam:
         # (occamgd.sharded); a mix of sharded and plain prunable tensors is refused there.
         self.masks = _sharded.make_masks(select_prunable(model, include, exclude))
         if self.sharded:
+            if shrink:
+                raise InvalidValueError("shrink=True does not support sharded (FSDP2) parameters; accepted: a model "
+                                        "on one device, or shrink=False")
             self.criterion = _sharded.sharded_criterion(self.criterion)
         self.history: list[dict[str, Any]] = []
         self.every, self.signal_fn = every, signal_fn
@@ -133,6 +147,8 @@ class Occam:
         optimizer inside it hooked (see :func:`unwrap_optimizer`); ``self.optimizer`` is that one.
         """
         optimizer = unwrap_optimizer(optimizer)
+        if self.shrink:
+            self._shrinker().check_optimizer(optimizer)
         self._follow_parameters(optimizer)
         keep = self.enforce if self.zero_state == "step" else self.masks.apply
         try:
@@ -284,6 +300,49 @@ class Occam:
             self._take_snapshot()
         self.masks.update(new)
         self.enforce()
+        if self.shrink:
+            self._shrink()
+
+    # Shrinking --------------------------------------------------------------------------
+    def _shrinker(self) -> Any:
+        """The shrinking code (:class:`occamgd.compaction.shrink.Shrinker`), from the structured criterion."""
+        shrinker = (getattr(self.criterion, "context", None) or {}).get("shrinker")
+        if shrinker is None:
+            raise InvalidValueError(
+                "shrink=True needs criterion/include from occamgd.compaction.structured_pruning(model, example_input), "
+                f"got criterion {getattr(self.criterion, '__name__', self.criterion)!r}; accepted: "
+                "Occam(model, optimizer, shrink=True, **structured_pruning(model, example_input))")
+        return shrinker
+
+    def _shrink(self) -> None:
+        index = self._shrinker().shrink(self.model, self.masks, self.optimizer, self.criterion)
+        if self._snapshot is not None:
+            self._snapshot["shrink"]["index"] = index
+        if index:
+            self._rebuild_criterion()
+        self.enforce()
+
+    def _rebuild_criterion(self) -> None:
+        """The structured groups of the model as it is now (their unit indices follow its shapes)."""
+        self.criterion = self._shrinker().rebuild(self.model, self.criterion)
+
+    def _shrink_state(self) -> dict[str, Any]:
+        shrinker = self._shrinker()
+        return {"shapes": shrinker.shapes(self.model), "structure": shrinker.structure(self.model),
+                "removed": dict(self.masks.removed)}
+
+    def _reshape(self, record: Mapping[str, Any]) -> None:
+        """Give the model the shapes and structure in ``record`` (from :meth:`_shrink_state`)."""
+        shrinker = self._shrinker()
+        shrinker.set_shapes(self.model, dict(record["shapes"]), self.optimizer)
+        shrinker.set_structure(self.model, record["structure"])
+        for name in self.masks:
+            p = self.masks.params[name]
+            if tuple(self.masks[name].shape) != tuple(p.shape):
+                self.masks.reshape(name, torch.ones_like(p, dtype=torch.bool), 0)
+        self.masks.removed = dict(record["removed"])
+        self.masks.refresh()
+        self._rebuild_criterion()
 
     # Rollback ---------------------------------------------------------------------------
     def _take_snapshot(self) -> None:
@@ -293,9 +352,15 @@ class Occam:
             "model": {unwrap(k): v.detach().to(device, copy=True) for k, v in self.model.state_dict().items()},
             "masks": {k: v.to(device, copy=True) for k, v in self.masks.items()},
         }
+        if self.shrink:  # the shapes and structure before the prune, to regrow them on a rollback
+            self._snapshot["shrink"] = self._shrink_state()
 
     def _restore_snapshot(self) -> None:
         unwrap, saved = unwrapped_names(self.model), self._snapshot["model"]
+        if "shrink" in self._snapshot:  # regrow the shapes first; the regrown entries' optimizer state is zero
+            record = self._snapshot["shrink"]
+            self._shrinker().regrow(self.model, saved, record.get("index") or {}, self.optimizer, self.masks)
+            self._reshape(record)
         current = self.model.state_dict()
         if self.sharded:  # DTensors kept on snapshot_device go back beside the shards they restore
             self.model.load_state_dict({k: _sharded.local_to_like(saved[unwrap(k)], v) for k, v in current.items()})
@@ -306,7 +371,13 @@ class Occam:
         self.enforce()
 
     def _check_snapshot(self, snapshot: Mapping[str, Any]) -> None:
-        self.masks.check(snapshot["masks"], "checkpoint snapshot masks", require_all=True)
+        if "shrink" in snapshot:  # masks of the pre-prune shapes (checked when a rollback regrows them): names here
+            if set(snapshot["masks"]) != set(self.masks):
+                raise InvalidValueError(
+                    f"checkpoint snapshot masks name {sorted(set(snapshot['masks']) ^ set(self.masks))[:4]}, which are "
+                    "not all this model's prunable tensors; accepted: a state from an Occam around this same model")
+        else:
+            self.masks.check(snapshot["masks"], "checkpoint snapshot masks", require_all=True)
         unwrap = unwrapped_names(self.model)
         ours, theirs = {unwrap(k) for k in self.model.state_dict()}, set(snapshot["model"])
         if ours != theirs:
@@ -334,8 +405,8 @@ class Occam:
         """Memory held by the rollback snapshot now (0 when none is held)."""
         if self._snapshot is None:
             return 0
-        return sum(_sharded._local(t).numel() * t.element_size() for part in self._snapshot.values()
-                   for t in part.values())
+        return sum(_sharded._local(t).numel() * t.element_size() for key in ("model", "masks")
+                   for t in self._snapshot[key].values())
 
     # Checkpointing ----------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -350,6 +421,7 @@ class Occam:
             "history": [dict(r) for r in self.history],
             "optimizer_steps": self.optimizer_steps,
             "snapshot": self._snapshot,
+            **({"shrink": self._shrink_state()} if self.shrink else {}),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -371,6 +443,12 @@ class Occam:
                 f"checkpoint was made with schedule {kind}, this Occam uses "
                 f"{type(self.schedule).__name__}; accepted: the same schedule type"
             )
+        if state.get("shrink") is not None and not self.shrink:
+            raise InvalidValueError("checkpoint is of a shrunk model (Occam(shrink=True)); accepted: load it into an "
+                                    "Occam built with shrink=True, which re-shrinks the model first")
+        if self.shrink and state.get("shrink") is not None:
+            # Re-shrink the fresh model to the checkpoint's shapes (zeros: its weights are loaded after).
+            self._reshape(state["shrink"])
         # Validate everything before changing anything.
         self.masks.check(state["masks"], "checkpoint masks", require_all=True)
         schedule_state = state_from_dict(self.schedule, state["schedule"]["state"])

@@ -168,6 +168,7 @@ def structured_pruning(
                 _refuse(model, graph, roots, error, culprits or roots)
     order = {name: i for i, (name, _) in enumerate(model.named_parameters())}
     include = sorted({m.param for g in groups for m in g}, key=order.__getitem__)
+    from .shrink import SHRINKER  # what Occam(shrink=True) calls
     criterion = GroupCriterion(groups, scope, example_input=example_input, exclude=excluded,
-                               names=[graph.producers(r) for r in roots])
+                               names=[graph.producers(r) for r in roots], shrinker=SHRINKER)
     return {"include": include, "criterion": criterion}

@@ -83,6 +83,11 @@ class DistributedOccam(Occam):
     """
 
     def __init__(self, model: nn.Module, *args: Any, group: dist.ProcessGroup | None = None, **kwargs: Any):
+        if kwargs.get("shrink"):
+            raise InvalidValueError(
+                "DistributedOccam does not support shrink=True: DDP's reducer and every rank's buckets are built for "
+                "the parameters' shapes, which shrinking changes; accepted: shrink=False (compact the model after "
+                "training with occamgd.compact), or Occam(shrink=True) in a single process")
         if not (dist.is_available() and dist.is_initialized()):
             raise RuntimeError(
                 "DistributedOccam needs an initialised process group; call "
