@@ -137,8 +137,10 @@ def test_shrink_matches_masked_run(kind, opt):
         runs[shrink] = (losses, outputs(model, x), occam.density, model, optimizer, occam, params, dense)
     (l0, o0, d0, *_), (l1, o1, d1, model, optimizer, occam, params, dense) = runs[False], runs[True]
     assert torch.allclose(torch.tensor(l1), torch.tensor(l0), rtol=1e-4, atol=1e-5)
-    # Float32 rounding differs with the layers' widths (Adam amplifies it on tiny gradients): see the float64 test.
-    assert torch.allclose(o1, o0, rtol=1e-3, atol=1e-3)
+    # Float32 rounding differs with the layers' widths, and Adam turns a rounding-sized gradient into a
+    # full lr-sized step of either sign, so eval outputs agree to ~1e-3 and how closely depends on the
+    # thread count (1.2e-3 seen with one thread); test_shrink_exact_in_float64 shows the two agree to 1e-8.
+    assert torch.allclose(o1, o0, rtol=5e-3, atol=5e-3)
     assert d1 == pytest.approx(d0)
     # The same Parameter objects, fewer entries, optimizer state shaped like them, masks too.
     assert all(p is params[n] for n, p in model.named_parameters())
