@@ -22,7 +22,7 @@ from torch import nn
 
 from .errors import InvalidTypeError, InvalidValueError
 from .criteria import Criterion, get_criterion
-from .masks import Masks, Selection, select_prunable, unwrapped_names
+from .masks import Selection, select_prunable, unwrapped_names
 from . import sharded as _sharded
 from .schedules import Decision, Schedule, check_signal, get_schedule, state_from_dict, state_to_dict
 

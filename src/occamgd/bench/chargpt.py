@@ -80,11 +80,6 @@ class CharGPTConfig:
         if self.corpus_chars is not None and not (isinstance(self.corpus_chars, int) and self.corpus_chars >= 1):
             raise InvalidValueError(f"CharGPTConfig.corpus_chars must be None or an integer >= 1, got {self.corpus_chars!r}")
 
-    @property
-    def evaluations(self) -> int:
-        """Number of evaluations in a run (one every ``interval`` steps)."""
-        return self.steps // self.interval
-
     def model_config(self, vocab_size: int) -> GPTConfig:
         return GPTConfig(vocab_size=vocab_size, block_size=self.block_size, n_layer=self.n_layer,
                          n_head=self.n_head, n_embd=self.n_embd, dropout=self.dropout)
