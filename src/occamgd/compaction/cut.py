@@ -271,13 +271,18 @@ def compact(model: nn.Module, masks_or_occam: Occam | Mapping[str, torch.Tensor]
         return out
     _fold(graph, out, example_input, removed, folds)
     with torch.no_grad():
-        for call in graph.calls:
-            inner = {role: ((~removed[graph.find(sid)]).nonzero().view(-1), folds[graph.find(sid)])
-                     for role, sid in call.inner.items() if graph.find(sid) in removed}
-            keep_in, keep_out = _keep(graph, call.in_feat, removed), _keep(graph, call.out_feat, removed)
-            if keep_in is not None or keep_out is not None or inner:
-                call.handler.cut(call, keep_in, keep_out, inner)
+        _cut(graph, removed, folds)
     return out
+
+
+def _cut(graph: Graph, removed: Mapping[int, torch.Tensor], folds: dict) -> None:
+    """Let every traced call's handler cut the units ``removed`` from its inputs, outputs and inner spaces."""
+    for call in graph.calls:
+        inner = {role: ((~removed[graph.find(sid)]).nonzero().view(-1), folds[graph.find(sid)])
+                 for role, sid in call.inner.items() if graph.find(sid) in removed}
+        keep_in, keep_out = _keep(graph, call.in_feat, removed), _keep(graph, call.out_feat, removed)
+        if keep_in is not None or keep_out is not None or inner:
+            call.handler.cut(call, keep_in, keep_out, inner)
 
 
 def on_device(example: Any, model: nn.Module) -> Any:

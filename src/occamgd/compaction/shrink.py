@@ -22,7 +22,7 @@ from torch import nn
 from ..criteria import GroupCriterion
 from ..errors import InvalidTypeError, InvalidValueError
 from ..masks import _wrapped_attribute
-from .cut import _decide, _fold, _keep, exclude_names, on_device
+from .cut import _cut, _decide, _fold, exclude_names, on_device
 from .handlers import handler_for
 from .tracing import trace
 
@@ -181,12 +181,7 @@ def shrink(model: nn.Module, masks, optimizer: torch.optim.Optimizer | None, cri
     real = {n: p.detach().clone() for n, p in work.named_parameters()}
     for p in work.parameters():
         p.data = torch.arange(p.numel(), dtype=torch.float64, device=p.device).view(p.shape)
-    for call in graph.calls:
-        inner = {role: ((~removed[graph.find(sid)]).nonzero().view(-1), folds[graph.find(sid)])
-                 for role, sid in call.inner.items() if graph.find(sid) in removed}
-        keep_in, keep_out = _keep(graph, call.in_feat, removed), _keep(graph, call.out_feat, removed)
-        if keep_in is not None or keep_out is not None or inner:
-            call.handler.cut(call, keep_in, keep_out, inner)
+    _cut(graph, removed, folds)
     live, cut = dict(model.named_parameters()), dict(work.named_parameters())
     for name in set(cut) - set(live):  # a bias made by folding: only zero constants can be dropped
         if bool(real[name].any()):
