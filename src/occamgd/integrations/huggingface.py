@@ -85,15 +85,18 @@ def run_budget(args: TrainingArguments, state: TrainerState) -> int | None:
     An early stop (``EarlyStoppingCallback``) makes fewer: the budget is the most there can be.
     """
     strategy = str(getattr(args.eval_strategy, "value", args.eval_strategy))
-    delay = float(args.eval_delay or 0)
+    delay = float(getattr(args, "eval_delay", 0) or 0)
+    max_steps, every, epochs = (getattr(state, k, None) for k in ("max_steps", "eval_steps", "num_train_epochs"))
     if strategy == "steps":
-        every = int(state.eval_steps)
-        first = max(1, math.ceil(delay / every))
-        count = (int(state.max_steps) - 1) // every - first + 1
-    elif strategy == "epoch":
-        epochs = int(state.num_train_epochs)
-        if epochs >= sys.maxsize:
+        if not (max_steps and every):  # a state that is not the Trainer's, with nothing to count
             return None
+        every = int(every)
+        first = max(1, math.ceil(delay / every))
+        count = (int(max_steps) - 1) // every - first + 1
+    elif strategy == "epoch":
+        if not epochs or int(epochs) >= sys.maxsize:
+            return None
+        epochs = int(epochs)
         count = epochs - max(1, math.ceil(delay))
     else:
         return None
