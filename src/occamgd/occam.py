@@ -338,7 +338,10 @@ class Occam:
             self._restore_snapshot()
         action, rate, bound = self._bounded(decision, len(self.history))
         if rate > 0.0:
-            self._prune(rate)
+            kept = self.masks.kept
+            self._prune(rate, self.ceiling_at(len(self.history)) if bound == "max_density" else 1.0)
+            if bound == "min_density" and self.masks.kept == kept:  # at the floor: nothing could go
+                action, rate = ("held" if action == "pruned" else action), 0.0
         self.schedule_state = new_state
         self.history.append(
             {
@@ -392,17 +395,43 @@ class Occam:
                 f"max_params > {other}")
         return min(1.0, (max_params - other) / self.masks.total)
 
-    def _prune(self, rate: float) -> None:
+    def _prune(self, rate: float, ceiling: float = 1.0) -> None:
         weights = {name: p.detach() for name, p in self.masks.params.items()}
-        new = self.criterion(weights, self.masks, rate)
-        # A criterion may only prune: never let it revive an entry.
-        new = {name: new[name] & self.masks[name] for name in self.masks}
+        new = self._choose(weights, rate)
+        # The criterion rounds per tensor (or per group): search the rate that keeps the bounds exactly.
+        # (Sharded masks: the bounds hold up to that rounding; the search would need global counts.)
+        total = self.masks.total
+        floor = self.min_density * total if self.min_density is not None else 0
+        if not self.sharded and self._kept(new) < floor:
+            low, high, new = 0.0, rate, {name: m.clone() for name, m in self.masks.items()}
+            for _ in range(20):
+                trial = self._choose(weights, (low + high) / 2)
+                if self._kept(trial) >= floor:
+                    low, new = (low + high) / 2, trial
+                else:
+                    high = (low + high) / 2
+        elif not self.sharded and self._kept(new) > ceiling * total + 1e-9:
+            low, high = rate, 1.0 - 1e-9
+            for _ in range(30):
+                trial = self._choose(weights, (low + high) / 2)
+                if self._kept(trial) > ceiling * total + 1e-9:
+                    low = (low + high) / 2
+                else:
+                    high, new = (low + high) / 2, trial
         if self.schedule.needs_snapshot:
             self._take_snapshot()
         self.masks.update(new)
         self.enforce()
         if self.shrink:
             self._shrink()
+
+    def _choose(self, weights: Mapping[str, torch.Tensor], rate: float) -> dict[str, torch.Tensor]:
+        new = self.criterion(weights, self.masks, rate)
+        # A criterion may only prune: never let it revive an entry.
+        return {name: new[name] & self.masks[name] for name in self.masks}
+
+    def _kept(self, masks: Mapping[str, torch.Tensor]) -> int:
+        return int(sum(int(m.sum()) for m in masks.values()))
 
     # Shrinking --------------------------------------------------------------------------
     def _shrinker(self) -> Any:

@@ -34,6 +34,7 @@ from .._timing import synchronize
 from ..data.text import TINYSHAKESPEARE_SHA256, CharCorpus, find_tinyshakespeare, get_batch, load_text
 from ..models.gpt import GPT, GPTConfig, prunable
 from ..occam import Occam
+from ..rigl import RigL, update_interval
 from .registry import BenchData, Context, Task, TrainSpec, register_task
 
 TASK = "char-gpt"
@@ -137,6 +138,11 @@ def train_run(config: CharGPTConfig, corpus: CharCorpus, device: torch.device, s
                                   fused=device.type == "cuda")
     schedule = spec.schedule
     occam = Occam(model, optimizer, schedule=schedule, include=prunable(model)) if schedule is not None else None
+    # Dynamic sparse training (the rigl method): sparse from the first step, its masks kept after every step.
+    rigl = None if spec.rigl is None else RigL(
+        model, optimizer, total_steps=config.steps, include=prunable(model), seed=seed,
+        update_every=update_interval(config.steps, spec.rigl.get("end", 0.75)), **spec.rigl)
+    masks = occam.masks if occam is not None else rigl.masks if rigl is not None else None
     forward = torch.compile(model) if compile else model
     autocast = _autocast(device, bf16)
 
@@ -162,7 +168,7 @@ def train_run(config: CharGPTConfig, corpus: CharCorpus, device: torch.device, s
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-        optimizer.step()  # Occam's hook re-zeroes the pruned weights here
+        optimizer.step()  # Occam's (or RigL's) hook re-zeroes the pruned weights here
         train_loss_sum += loss.detach().float()
         bar.update()
         if (step + 1) % config.interval:
@@ -176,7 +182,7 @@ def train_run(config: CharGPTConfig, corpus: CharCorpus, device: torch.device, s
         train_loss_sum.zero_()
         if not math.isfinite(val_loss):
             raise FloatingPointError(f"{TASK} {label} seed {seed}: validation loss {val_loss} at step {step + 1}")
-        density = occam.density if occam is not None else 1.0
+        density = masks.density if masks is not None else 1.0
         record = {"epoch": len(history), "step": step + 1, "holdback_loss": val_loss, "train_loss": train_loss,
                   "density": density, "rate": 0.0, "lr": lr, "tokens_per_s": tokens_per_interval / train_seconds,
                   "train_seconds": train_seconds, "prune_seconds": 0.0}
@@ -197,6 +203,8 @@ def train_run(config: CharGPTConfig, corpus: CharCorpus, device: torch.device, s
     bar.close()
     if occam is not None:
         occam.detach()
+    if rigl is not None:
+        rigl.detach()
 
     speeds = [r["tokens_per_s"] for r in history]
     result = {
@@ -211,8 +219,9 @@ def train_run(config: CharGPTConfig, corpus: CharCorpus, device: torch.device, s
         # The first interval holds compilation and warm-up: leave it out when there are others.
         "tokens_per_s": statistics.median(speeds[1:] if len(speeds) > 1 else speeds),
         "params": model.num_params(),
-        "prunable": sum(p.numel() for p in occam.masks.params.values()) if occam is not None else None,
+        "prunable": sum(p.numel() for p in masks.params.values()) if masks is not None else None,
         "schedule": repr(occam.schedule) if occam is not None else None,
+        **({"rigl": repr(rigl), "rigl_updates": len(rigl.history)} if rigl is not None else {}),
         "weight_decay": weight_decay,
         "history": history,
     }
@@ -320,7 +329,8 @@ register_task(Task(
     TASK, "a character-level GPT on Tiny Shakespeare (or any text), trained step by step; the validation text "
     "selects and is reported (no test split)", _load, _model, _train, _settings,
     evaluations=lambda ctx: ctx.budget // _config(ctx).interval, budget=STANDARD.steps, quick_budget=QUICK.steps,
-    unit="steps", methods=("gd", "gd-wd", "gmp", "gmp-grid", "gmp-oracle", "occam", "occam-val", "occam-guarded"),
+    unit="steps", methods=("gd", "gd-wd", "gmp", "gmp-grid", "gmp-oracle", "occam", "occam-val", "occam-guarded",
+                           "rigl"),
     options_accepted=("corpus", "data_root", "gpu", "config"), weight_decays=(0.01, 0.1, 1.0),
     gmp_end=_gmp_end, score=("selection_loss", "best validation loss"),
     budget_from=lambda quick, options: _base_config(quick, options).steps,

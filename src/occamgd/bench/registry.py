@@ -70,13 +70,16 @@ class TrainSpec:
     """What a task's loop is asked to train: a controller (``None``: plain training, no Occam),
     the signal it reads, an optional AdamW weight decay in place of the task's own optimizer,
     where to save the final model for methods that start from it, and a ``start``
-    (``{"model": state_dict, "masks": Masks.state_dict()}``) to train from instead of fresh weights."""
+    (``{"model": state_dict, "masks": Masks.state_dict()}``) to train from instead of fresh weights.
+    ``rigl``: train sparse with :class:`occamgd.rigl.RigL`, these keyword arguments (``density``,
+    ``alpha``, ``end``, ``distribution``; the loop sets ``total_steps``, ``update_every`` and ``seed``)."""
 
     schedule: Schedule | None = None
     signal: str = "holdback"
     weight_decay: float | None = None
     save_final: Path | None = None
     start: dict | None = None
+    rigl: dict | None = None
 
 
 @dataclass(frozen=True)
@@ -91,6 +94,7 @@ class Method:
     - ``run(ctx)``: for methods that are not one training run of the task's loop; returns a record.
     - ``extra(record)``: fields derived from a finished record and added to it (what a method
       reports beyond the schema, e.g. the paper's test-peeking choice).
+    - ``rigl(ctx)``: RigL's settings (``TrainSpec.rigl``) for a method that trains sparse with RigL.
     """
 
     name: str
@@ -102,6 +106,7 @@ class Method:
     save_final: bool = False
     run: Callable[[Context], dict] | None = None
     extra: Callable[[dict], dict] | None = None
+    rigl: Callable[[Context], dict] | None = None
 
     def __post_init__(self):
         if self.signal not in SIGNALS:

@@ -79,7 +79,8 @@ def _check_options(task: Task, options: dict[str, Any]) -> dict[str, Any]:
 
 def _spec_config(spec: TrainSpec) -> dict[str, Any]:
     return {"schedule": repr(spec.schedule) if spec.schedule is not None else None,
-            "signal": spec.signal if spec.schedule is not None else None, "weight_decay": spec.weight_decay}
+            "signal": spec.signal if spec.schedule is not None else None, "weight_decay": spec.weight_decay,
+            **({"rigl": spec.rigl} if spec.rigl is not None else {})}
 
 
 def _method_config(ctx: Context, method: Method) -> tuple[dict[str, Any], Any]:
@@ -91,7 +92,7 @@ def _method_config(ctx: Context, method: Method) -> tuple[dict[str, Any], Any]:
         plan = method.grid(ctx)
         trained = {"grid": {name: _spec_config(spec) for name, spec in plan.items()}}
     else:
-        plan = TrainSpec(method.schedule(ctx), method.signal)
+        plan = TrainSpec(method.schedule(ctx), method.signal, rigl=method.rigl(ctx) if method.rigl else None)
         trained = _spec_config(plan)
     config = {"method": method.name, **trained, "needs": {need: ctx.previous[need]["run_id"] for need in method.needs}}
     return config, plan
