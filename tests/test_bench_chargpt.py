@@ -154,12 +154,12 @@ def test_configurations_match_the_documented_shapes():
     assert (QUICK.n_layer, QUICK.n_head, QUICK.n_embd, QUICK.block_size, QUICK.batch_size) == (4, 4, 128, 64, 32)
 
 
-def test_gmp_oracle_is_told_the_guarded_density_and_gd_wd_keeps_its_best_grid_run(tmp_path, corpus):
+def test_gmp_oracle_is_told_the_default_controllers_density_and_gd_wd_keeps_its_best_grid_run(tmp_path, corpus):
     run_chargpt(seeds=1, out=tmp_path, progress=False, corpus=corpus, config=SMOKE, methods=["gmp-oracle", "gd-wd"])
     runs = _runs(tmp_path / "char-gpt-smoke")
-    assert set(runs) == {f"corpus/{m}/seed0.json" for m in ("occam-guarded", "gmp-oracle", "gd-wd")}
-    guarded = runs["corpus/occam-guarded/seed0.json"]
-    assert f"final_density={guarded['density']!r}" in runs["corpus/gmp-oracle/seed0.json"]["schedule"]
+    assert set(runs) == {f"corpus/{m}/seed0.json" for m in ("occam-planned", "gmp-oracle", "gd-wd")}
+    default = runs["corpus/occam-planned/seed0.json"]
+    assert f"final_density={default['density']!r}" in runs["corpus/gmp-oracle/seed0.json"]["schedule"]
     wd = runs["corpus/gd-wd/seed0.json"]
     assert set(wd["grid"]) == {"0.01", "0.1", "1.0"}
     assert wd["selection_loss"] == min(wd["grid"].values())

@@ -465,8 +465,8 @@ class Planned(Schedule):
             if self.phase not in _PLANNED_PHASES:
                 raise InvalidValueError(f"Planned state phase must be one of {_PLANNED_PHASES}, got {self.phase!r}")
 
-    def __init__(self, target: float = 0.02, start_tol: float = 0.1, warmup: int = 1, start_by: float = 0.25,
-                 end: float = 0.75, rate: float = 0.2, r0: float = 0.5, tol: float = 0.05, patience: int = 2):
+    def __init__(self, target: float = 0.02, start_tol: float = 0.1, warmup: int = 1, start_by: float = 0.1,
+                 end: float = 0.35, rate: float = 0.2, r0: float = 0.4, tol: float = 0.1, patience: int = 3):
         for name, value in (("target", target), ("rate", rate), ("r0", r0)):
             if not (_is_real(value) and 0.0 < value < 1.0):
                 raise InvalidValueError(f"{name} must be a number in (0, 1), got {value!r}")
@@ -601,9 +601,10 @@ def state_from_dict(schedule: Schedule, data: Mapping[str, Any]) -> Any:
     return cls(**values)
 
 
-#: Named controllers: ``paper`` is exactly the paper's rule (Kausik, arXiv:2405.20194); ``guarded`` is :class:`Guarded`.
+#: Named controllers: ``paper`` is exactly the paper's rule (Kausik, arXiv:2405.20194); ``guarded`` is
+#: :class:`Guarded`; ``planned`` (the default) is :class:`Planned`.
 PRESETS = {"paper": OccamRate, "guarded": Guarded, "planned": Planned}
-DEFAULT_PRESET = "guarded"
+DEFAULT_PRESET = "planned"
 
 
 def get_schedule(schedule: "Schedule | str | None") -> Schedule:

@@ -137,7 +137,9 @@ def train_run(config: CharGPTConfig, corpus: CharCorpus, device: torch.device, s
     optimizer = torch.optim.AdamW(model.param_groups(weight_decay), lr=config.lr, betas=config.betas,
                                   fused=device.type == "cuda")
     schedule = spec.schedule
-    occam = Occam(model, optimizer, schedule=schedule, include=prunable(model)) if schedule is not None else None
+    # The run's budget: the evaluations a prune follows (none after the last one).
+    occam = Occam(model, optimizer, schedule=schedule, include=prunable(model),
+                  budget=max(1, (config.steps - 1) // config.interval)) if schedule is not None else None
     # Dynamic sparse training (the rigl method): sparse from the first step, its masks kept after every step.
     rigl = None if spec.rigl is None else RigL(
         model, optimizer, total_steps=config.steps, include=prunable(model), seed=seed,
@@ -329,7 +331,7 @@ register_task(Task(
     TASK, "a character-level GPT on Tiny Shakespeare (or any text), trained step by step; the validation text "
     "selects and is reported (no test split)", _load, _model, _train, _settings,
     evaluations=lambda ctx: ctx.budget // _config(ctx).interval, budget=STANDARD.steps, quick_budget=QUICK.steps,
-    unit="steps", methods=("gd", "gd-wd", "gmp", "gmp-grid", "gmp-oracle", "occam", "occam-val", "occam-guarded",
+    unit="steps", methods=("gd", "gd-wd", "gmp", "gmp-grid", "gmp-oracle", "occam", "occam-val", "occam-planned", "occam-guarded",
                            "rigl"),
     options_accepted=("corpus", "data_root", "gpu", "config"), weight_decays=(0.01, 0.1, 1.0),
     gmp_end=_gmp_end, score=("selection_loss", "best validation loss"),

@@ -19,7 +19,7 @@ from torch.utils.data import TensorDataset
 from ..criteria import layerwise_magnitude
 from ..fit import evaluate
 from ..masks import Masks, select_prunable
-from ..schedules import GMP, Guarded, OccamRate
+from ..schedules import GMP, Guarded, OccamRate, Planned
 from .measure import model_size
 from .registry import Context, Method, TrainSpec, final_model_path, register_method
 
@@ -118,16 +118,21 @@ GRID_DENSITIES = (0.5, 0.25, 0.1, 0.05)
 register_method(Method("gmp-grid", f"gmp to each density of {GRID_DENSITIES}, trained separately; the one with the lowest "
                        "hold-back loss kept (time: all four runs)",
                        grid=lambda ctx: {str(d): TrainSpec(_gmp(ctx, d)) for d in GRID_DENSITIES}))
-register_method(Method("gmp-oracle", "the same, told occam-guarded's selected density",
-                       schedule=lambda ctx: _gmp(ctx, ctx.previous["occam-guarded"]["density"]),
-                       needs=("occam-guarded",)))
+register_method(Method("occam-planned", "the default controller (occamgd.schedules.Planned: it plans its descent "
+                       "within the run's epochs) on the hold-back loss", schedule=lambda ctx: Planned(),
+                       extra=_guard_actions))
+#: The method that runs the library's default controller: what the oracle baselines are told.
+DEFAULT_METHOD = "occam-planned"
+register_method(Method("gmp-oracle", f"the same, told {DEFAULT_METHOD}'s selected density",
+                       schedule=lambda ctx: _gmp(ctx, ctx.previous[DEFAULT_METHOD]["density"]),
+                       needs=(DEFAULT_METHOD,)))
 #: RigL's settings in the bench: the paper's (Evci et al. 2020) drop fraction, end and ERK distribution.
 RIGL_SETTINGS = {"alpha": 0.3, "end": 0.75, "distribution": "erk"}
 register_method(Method("rigl", "dynamic sparse training (RigL, Evci et al. 2020: ERK random masks, drop the smallest "
-                       "weights and regrow by gradient magnitude, cosine schedule) at occam-guarded's selected "
+                       f"weights and regrow by gradient magnitude, cosine schedule) at {DEFAULT_METHOD}'s selected "
                        "density, from the start; best hold-back epoch",
-                       rigl=lambda ctx: {"density": ctx.previous["occam-guarded"]["density"], **RIGL_SETTINGS},
-                       needs=("occam-guarded",)))
+                       rigl=lambda ctx: {"density": ctx.previous[DEFAULT_METHOD]["density"], **RIGL_SETTINGS},
+                       needs=(DEFAULT_METHOD,)))
 register_method(Method("gd+prune", "final GD model magnitude-pruned (layerwise) to occam-val's density, no "
                        "fine-tuning (its time is the prune only; add gd's)", needs=("gd", "occam-val"), run=gd_prune))
 register_method(Method("gd+prune+ft", "the same, then one epoch of masked fine-tuning (time and FLOPs: that epoch "

@@ -16,7 +16,7 @@ from ..reporting import markdown_table, mean_std, plot_curves
 from .registry import METHODS, Task
 
 #: Methods whose selected density is compared with gd's loss in the summary.
-PRUNING = ("occam-val", "occam-guarded")
+PRUNING = ("occam-val", "occam-planned", "occam-guarded")
 
 
 def by_dataset(records: list[dict]) -> dict[str, dict[str, list[dict]]]:

@@ -24,7 +24,7 @@ from .measure import macs_per_sample, model_size, training_flops
 from .registry import BenchData, Context, Task, TrainSpec, register_task
 
 #: Methods of every epoch task, in report order.
-EPOCH_METHODS = ("occam-val", "occam", "occam-guarded", "gd", "gd-wd", "gd+prune", "gd+prune+ft", "gmp",
+EPOCH_METHODS = ("occam-val", "occam", "occam-planned", "occam-guarded", "gd", "gd-wd", "gd+prune", "gd+prune+ft", "gmp",
                  "gmp-grid", "gmp-oracle", "rigl")
 QUICK_IMAGES = (6000, 1000)  # train / test rows of an image task with --quick
 
@@ -208,4 +208,4 @@ register_task(epoch_task("tabular", "every table of a manifest (default: the 12 
                          methods=EPOCH_METHODS + ("random-forest", "hist-gradient-boosting")))
 register_task(epoch_task("demo", "a dataset bundled with scikit-learn (digits by default), the paper's MLP "
                          "(25 % stratified test split, 10 % hold-back)", _demo_load, _mlp, epochs=20,
-                         quick_epochs=5, options=("dataset",), methods=("gd", "occam", "occam-val", "occam-guarded")))
+                         quick_epochs=5, options=("dataset",), methods=("gd", "occam", "occam-val", "occam-planned", "occam-guarded")))
