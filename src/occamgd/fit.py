@@ -203,15 +203,26 @@ def _snapshot(model: nn.Module, optimizer: torch.optim.Optimizer, occam: Occam) 
 
 
 def _restore(snapshot: dict, model: nn.Module, optimizer: torch.optim.Optimizer | None, occam: Occam) -> None:
+    if occam.shrink:
+        # Occam's state first: it gives the model (the same Parameter objects) the shapes of the saved
+        # state, larger or smaller than the live ones; the weights and optimizer state then fit them.
+        occam.load_state_dict(snapshot["occam"])
+        model.load_state_dict(snapshot["model"])
+        if optimizer is not None and "optimizer" in snapshot:
+            optimizer.load_state_dict(snapshot["optimizer"])
+        occam.enforce()
+        return
     model.load_state_dict(snapshot["model"])
     if optimizer is not None and "optimizer" in snapshot:
         optimizer.load_state_dict(snapshot["optimizer"])
     occam.load_state_dict(snapshot["occam"])
 
 
-def _check_same_model(model: nn.Module, saved: dict, path: Path) -> None:
-    ours = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    theirs = {k: tuple(v.shape) for k, v in saved.items()}
+def _check_same_model(model: nn.Module, saved: dict, path: Path, shapes: bool = True) -> None:
+    """Refuse a checkpoint of another model: other tensor names, or (``shapes``) other shapes. A shrinking
+    run's shapes are those its Occam state records: they are checked once Occam has restored them."""
+    ours = {k: tuple(v.shape) if shapes else () for k, v in model.state_dict().items()}
+    theirs = {k: tuple(v.shape) if shapes else () for k, v in saved.items()}
     if ours != theirs:
         diff = sorted(set(ours.items()) ^ set(theirs.items()))[:4]
         raise InvalidValueError(
@@ -281,6 +292,8 @@ def fit(
     eval_batch_size: int = 1024,
     on_epoch_end: Callable[[dict], None] | None = None,
     initial_masks: Mapping[str, torch.Tensor] | None = None,
+    structured: bool = False,
+    shrink: bool = False,
 ) -> FitResult:
     """Train ``model`` with Occam Gradient Descent; return the model, Occam and the history.
 
@@ -296,6 +309,14 @@ def fit(
     - ``on_epoch_end``: called with each epoch's record after its checkpoint is written.
     - ``initial_masks``: start from these masks (e.g. to fine-tune a pruned model); weights are
       zeroed where they prune.
+    - ``structured``: prune whole groups of coupled units (neurons, channels, heads) with
+      :func:`occamgd.compaction.structured_pruning`, traced on the first rows of ``train``
+      (:data:`EXAMPLE_ROWS`); ``criterion`` and ``include`` are then refused (the groups decide
+      them) and ``exclude`` is the module names or types it leaves whole.
+    - ``shrink`` (needs ``structured``): after each prune the pruned groups are removed from the
+      live model in place (``Occam(shrink=True)``), so the epochs after it train a smaller
+      network. ``keep_best`` restores the best epoch's model with its shapes (larger than the
+      live one if a prune shrank it since); a checkpoint resumes exactly, shapes included.
 
     Pruning happens after every epoch but the last (a prune after the last epoch would yield a
     model that no epoch trains or evaluates). With ``keep_best`` and a hold-back split, the
@@ -316,6 +337,20 @@ def fit(
         raise InvalidValueError(f"signal must be 'holdback' or 'train', got {signal!r}")
     if signal == "holdback" and holdback == 0.0:
         raise InvalidValueError("signal='holdback' needs holdback > 0, got holdback=0; accepted: holdback in (0, 1), or signal='train'")
+    if not isinstance(structured, bool):
+        raise InvalidValueError(f"structured must be True or False, got {structured!r}")
+    if not isinstance(shrink, bool):
+        raise InvalidValueError(f"shrink must be True or False, got {shrink!r}")
+    if shrink and not structured:
+        raise InvalidValueError("shrink=True removes whole pruned groups from the model, which needs structured "
+                                "pruning, got structured=False; accepted: structured=True with shrink=True, or "
+                                "shrink=False")
+    if structured and (include is not None or not (isinstance(criterion, str) and criterion == "layerwise")):
+        raise InvalidValueError(
+            f"structured=True chooses the criterion and the pruned tensors from the model's groups, got "
+            f"criterion={getattr(criterion, '__name__', criterion)!r}, include={include!r}; accepted: the default "
+            "criterion and include=None with structured=True (exclude names modules to leave whole), or "
+            "structured=False")
     if task not in (None, "classification", "regression"):
         raise InvalidValueError(f"task must be 'classification', 'regression' or None (inferred), got {task!r}")
     dataset = _as_dataset(train, "train")
@@ -327,8 +362,13 @@ def fit(
     task = task or _infer_task(labels)
     loss_fn = loss or _default_loss(task)
     schedule = get_schedule(schedule)
+    if structured:
+        from .compaction import structured_pruning
+
+        plan = structured_pruning(model, _example_rows(dataset), exclude=exclude)
+        criterion, include, exclude = plan["criterion"], plan["include"], None
     # Occam first: it refuses a model without prunable tensors before anything else happens.
-    occam = Occam(model, None, criterion, schedule, include=include, exclude=exclude)
+    occam = Occam(model, None, criterion, schedule, include=include, exclude=exclude, shrink=shrink)
     if initial_masks is not None:
         occam.masks.check(initial_masks, "initial_masks", require_all=True)
     device = next(model.parameters()).device
@@ -339,7 +379,8 @@ def fit(
     config = {"seed": seed, "batch_size": batch_size, "holdback": float(holdback), "signal": signal,
               "task": task, "rows": len(dataset), "schedule": repr(schedule),
               "criterion": getattr(occam.criterion, "__name__", repr(occam.criterion)),
-              "optimizer": _optimizer_settings(opt), "loss": getattr(loss_fn, "__name__", repr(loss_fn))}
+              "optimizer": _optimizer_settings(opt), "loss": getattr(loss_fn, "__name__", repr(loss_fn)),
+              "structured": structured, "shrink": shrink}
     generator = torch.Generator().manual_seed(seed)
     ckpt_path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
     try:
@@ -366,6 +407,8 @@ def fit(
 
             record: dict[str, Any] = {"epoch": epoch, "density": occam.density, "kept": occam.masks.kept,
                                       "densities": occam.densities}
+            if shrink:  # the entries of each pruned tensor the model holds while it trains this epoch
+                record["live"] = {name: p.numel() for name, p in occam.masks.params.items()}
             record["train_loss"], record["train_acc"] = _train_epoch(model, opt, loader, loss_fn, task, device)
             if not math.isfinite(record["train_loss"]):
                 fail("training loss", record["train_loss"])
@@ -411,11 +454,23 @@ def fit(
         history[-1]["warning"] = reason
         warnings.warn(reason, NotPrunedWarning, stacklevel=2)
     if keep_best and best is not None:
-        model.load_state_dict(best["model"])
         # All of Occam, not only its masks: a rollback from the returned Occam must not go to a model
-        # from after the best epoch.
-        occam.load_state_dict(best["occam"])
+        # from after the best epoch. (With shrink, Occam's state regrows the model to that epoch's shapes.)
+        _restore({"model": best["model"], "occam": best["occam"]}, model, None, occam)
     return FitResult(model=model, occam=occam, history=history, best_epoch=best["epoch"] if best else None)
+
+
+#: Rows of ``train`` that ``structured=True`` traces the model on.
+EXAMPLE_ROWS = 4
+#: Settings a checkpoint of an older fit() lacks, and the value it was written with.
+_CONFIG_DEFAULTS = {"structured": False, "shrink": False}
+
+
+def _example_rows(dataset: Dataset) -> torch.Tensor:
+    """The inputs of the first :data:`EXAMPLE_ROWS` rows of ``dataset``, as one batch."""
+    if isinstance(dataset, TensorDataset):
+        return dataset.tensors[0][:EXAMPLE_ROWS]
+    return torch.stack([torch.as_tensor(dataset[i][0]) for i in range(min(EXAMPLE_ROWS, len(dataset)))])
 
 
 def _optimizer_settings(opt: torch.optim.Optimizer) -> list[str]:
@@ -456,11 +511,12 @@ def _resume(path: Path, config: dict, epochs: int, model: nn.Module, opt: torch.
     refused: its history and state are those of a longer run.
     """
     ckpt = _read_checkpoint(path)
-    _check_same_model(model, ckpt["model"], path)
+    _check_same_model(model, ckpt["model"], path, shapes=not config["shrink"])
     for key, value in config.items():
-        if ckpt["config"].get(key) != value:
+        saved = ckpt["config"].get(key, _CONFIG_DEFAULTS.get(key))
+        if saved != value:
             raise InvalidValueError(
-                f"checkpoint {path} was written with {key}={ckpt['config'].get(key)!r}, this call has "
+                f"checkpoint {path} was written with {key}={saved!r}, this call has "
                 f"{key}={value!r}; accepted: the same {key}, or a fresh checkpoint_dir"
             )
     done = ckpt["epoch"] + 1
@@ -470,6 +526,8 @@ def _resume(path: Path, config: dict, epochs: int, model: nn.Module, opt: torch.
             "(the run goes on, or returns as it is), or a fresh checkpoint_dir"
         )
     _restore(ckpt, model, opt, occam)
+    if config["shrink"]:
+        _check_same_model(model, ckpt["model"], path)
     _set_rng_state(ckpt["rng"], device, generator)
     history = History(ckpt["history"])
     if done == ckpt["epochs"] < epochs:
