@@ -137,7 +137,7 @@ def test_a_checkpoint_of_another_shrink_setting_is_refused(tmp_path):
     ({"shrink": True}, "shrink=True .* needs structured pruning, got structured=False"),
     ({"structured": True, "criterion": "global"}, "structured=True chooses the criterion"),
     ({"structured": True, "include": ["0.weight"]}, "structured=True chooses the criterion"),
-    ({"structured": 1}, "structured must be True or False, got 1"),
+    ({"structured": 1}, r"structured must be one of \(False, True, .layer., .global.\), got 1"),
     ({"structured": True, "shrink": "yes"}, "shrink must be True or False, got 'yes'"),
 ])
 def test_bad_structured_settings_are_refused_before_training(kwargs, message):

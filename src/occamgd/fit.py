@@ -292,7 +292,7 @@ def fit(
     eval_batch_size: int = 1024,
     on_epoch_end: Callable[[dict], None] | None = None,
     initial_masks: Mapping[str, torch.Tensor] | None = None,
-    structured: bool = False,
+    structured: bool | str = False,
     shrink: bool = False,
 ) -> FitResult:
     """Train ``model`` with Occam Gradient Descent; return the model, Occam and the history.
@@ -312,7 +312,8 @@ def fit(
     - ``structured``: prune whole groups of coupled units (neurons, channels, heads) with
       :func:`occamgd.compaction.structured_pruning`, traced on the first rows of ``train``
       (:data:`EXAMPLE_ROWS`); ``criterion`` and ``include`` are then refused (the groups decide
-      them) and ``exclude`` is the module names or types it leaves whole.
+      them) and ``exclude`` is the module names or types it leaves whole. ``True`` (or ``"layer"``)
+      prunes the rate's fraction of each group's units, ``"global"`` of all groups' units together.
     - ``shrink`` (needs ``structured``): after each prune the pruned groups are removed from the
       live model in place (``Occam(shrink=True)``), so the epochs after it train a smaller
       network. ``keep_best`` restores the best epoch's model with its shapes (larger than the
@@ -337,8 +338,8 @@ def fit(
         raise InvalidValueError(f"signal must be 'holdback' or 'train', got {signal!r}")
     if signal == "holdback" and holdback == 0.0:
         raise InvalidValueError("signal='holdback' needs holdback > 0, got holdback=0; accepted: holdback in (0, 1), or signal='train'")
-    if not isinstance(structured, bool):
-        raise InvalidValueError(f"structured must be True or False, got {structured!r}")
+    if structured not in STRUCTURED or not isinstance(structured, (bool, str)):
+        raise InvalidValueError(f"structured must be one of {STRUCTURED}, got {structured!r}")
     if not isinstance(shrink, bool):
         raise InvalidValueError(f"shrink must be True or False, got {shrink!r}")
     if shrink and not structured:
@@ -365,7 +366,8 @@ def fit(
     if structured:
         from .compaction import structured_pruning
 
-        plan = structured_pruning(model, _example_rows(dataset), exclude=exclude)
+        scope = structured if isinstance(structured, str) else "layer"
+        plan = structured_pruning(model, _example_rows(dataset), scope=scope, exclude=exclude)
         criterion, include, exclude = plan["criterion"], plan["include"], None
     # Occam first: it refuses a model without prunable tensors before anything else happens.
     occam = Occam(model, None, criterion, schedule, include=include, exclude=exclude, shrink=shrink)
@@ -460,6 +462,8 @@ def fit(
     return FitResult(model=model, occam=occam, history=history, best_epoch=best["epoch"] if best else None)
 
 
+#: What ``structured`` accepts: off, on (per-group rate), or the scope of the group criterion.
+STRUCTURED = (False, True, "layer", "global")
 #: Rows of ``train`` that ``structured=True`` traces the model on.
 EXAMPLE_ROWS = 4
 #: Settings a checkpoint of an older fit() lacks, and the value it was written with.

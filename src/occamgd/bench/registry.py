@@ -70,13 +70,23 @@ class TrainSpec:
     """What a task's loop is asked to train: a controller (``None``: plain training, no Occam),
     the signal it reads, an optional AdamW weight decay in place of the task's own optimizer,
     where to save the final model for methods that start from it, and a ``start``
-    (``{"model": state_dict, "masks": Masks.state_dict()}``) to train from instead of fresh weights."""
+    (``{"model": state_dict, "masks": Masks.state_dict()}``) to train from instead of fresh weights.
+    ``structured``: prune whole groups of coupled units
+    (:func:`occamgd.compaction.structured_pruning`); ``shrink`` (with ``structured``): remove them from
+    the live model at each prune, so that the epochs after it train a smaller network."""
 
     schedule: Schedule | None = None
     signal: str = "holdback"
     weight_decay: float | None = None
     save_final: Path | None = None
     start: dict | None = None
+    structured: bool | str = False  # True ("layer") or "global": the group criterion's scope
+    shrink: bool = False
+
+    def __post_init__(self):
+        if self.shrink and not self.structured:
+            raise InvalidValueError("TrainSpec(shrink=True) removes whole groups, which needs structured=True; "
+                                    "accepted: structured=True with shrink=True, or shrink=False")
 
 
 @dataclass(frozen=True)
@@ -91,6 +101,8 @@ class Method:
     - ``run(ctx)``: for methods that are not one training run of the task's loop; returns a record.
     - ``extra(record)``: fields derived from a finished record and added to it (what a method
       reports beyond the schema, e.g. the paper's test-peeking choice).
+    - ``structured`` / ``shrink``: passed to the loop's :class:`TrainSpec` (whole groups pruned; the
+      live model shrunk at each prune).
     """
 
     name: str
@@ -102,8 +114,12 @@ class Method:
     save_final: bool = False
     run: Callable[[Context], dict] | None = None
     extra: Callable[[dict], dict] | None = None
+    structured: bool | str = False
+    shrink: bool = False
 
     def __post_init__(self):
+        if self.shrink and not self.structured:
+            raise InvalidValueError(f"method {self.name!r}: shrink=True needs structured=True")
         if self.signal not in SIGNALS:
             raise InvalidValueError(f"method {self.name!r}: signal must be one of {SIGNALS}, got {self.signal!r}")
 
