@@ -146,3 +146,27 @@ def test_gmp_structured_on_the_cnn_task(fake_fashion, tmp_path):
     record = _records(tmp_path / "fashion-cnn-quick")["gmp-structured/seed0"]
     assert record["live_params"] <= record["dense_params"] and record["flops_run"] < record["flops_dense"]
     assert sum(record["history"][-1]["live"].values()) < sum(record["history"][0]["live"].values())
+
+
+def test_char_gpt_structured_methods_shrink_and_measure(tmp_path, monkeypatch):
+    from occamgd.bench.chargpt import CharGPTConfig
+
+    monkeypatch.setitem(measure.THROUGHPUT, "repeats", 1)
+    monkeypatch.setitem(measure.THROUGHPUT, "warmup", 1)
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("".join(f"{w} the quick brown fox jumps over the lazy dog.\n" for w in ("Alas", "Lo") * 30))
+    config = CharGPTConfig(name="smoke", n_layer=1, n_head=4, n_embd=16, block_size=16, batch_size=4, steps=20,
+                           interval=5, eval_batches=2, warmup=2, dropout=0.0, lr=3e-3, sample_chars=10)
+    report = runner.run_bench("char-gpt", seeds=1, out=tmp_path / "out", progress=False, corpus=corpus, config=config,
+                              methods=["gd", "gmp-structured", "occam-structured"])
+    records = _records(tmp_path / "out" / "char-gpt-smoke")
+    gd, gmp = records["gd/seed0"], records["gmp-structured/seed0"]
+    assert gmp["config"]["shrink"] is True and gmp["compiled"] is False
+    assert sum(gmp["history"][-1]["live"].values()) < sum(gmp["history"][0]["live"].values())
+    assert gmp["flops_per_epoch"][-1] < gmp["flops_per_epoch"][0] == gd["flops_per_epoch"][0]
+    for r in records.values():
+        assert r["throughput_b256"] > 0 and r["dense_throughput_b1"] > 0 and r["final_params"] <= r["dense_params"]
+        assert all(h["seconds"] == h["train_seconds"] for h in r["history"])
+        assert len(r["sample"]) == 10  # generated from the selected state, whatever its shapes
+    assert gd["final_params"] == gd["dense_params"]
+    assert (tmp_path / "out" / "char-gpt-smoke" / "corpus-cost.png").exists() and "| gmp-structured |" in report.read_text()
