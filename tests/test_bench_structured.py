@@ -158,7 +158,7 @@ def test_char_gpt_structured_methods_shrink_and_measure(tmp_path, monkeypatch):
     config = CharGPTConfig(name="smoke", n_layer=1, n_head=4, n_embd=16, block_size=16, batch_size=4, steps=20,
                            interval=5, eval_batches=2, warmup=2, dropout=0.0, lr=3e-3, sample_chars=10)
     report = runner.run_bench("char-gpt", seeds=1, out=tmp_path / "out", progress=False, corpus=corpus, config=config,
-                              methods=["gd", "gmp-structured", "occam-structured"])
+                              methods=["gd", "occam-val", "gmp-structured", "occam-structured"])
     records = _records(tmp_path / "out" / "char-gpt-smoke")
     gd, gmp = records["gd/seed0"], records["gmp-structured/seed0"]
     assert gmp["config"]["shrink"] is True and gmp["compiled"] is False
@@ -169,4 +169,7 @@ def test_char_gpt_structured_methods_shrink_and_measure(tmp_path, monkeypatch):
         assert all(h["seconds"] == h["train_seconds"] for h in r["history"])
         assert len(r["sample"]) == 10  # generated from the selected state, whatever its shapes
     assert gd["final_params"] == gd["dense_params"]
+    masked = records["occam-val/seed0"]  # a masked run: dense shapes, the selected state's kept weights
+    assert masked["live_params"] == masked["dense_params"] > masked["final_params"]
+    assert masked["flops_run"] == masked["flops_dense"] > masked["flops_masked"]
     assert (tmp_path / "out" / "char-gpt-smoke" / "corpus-cost.png").exists() and "| gmp-structured |" in report.read_text()

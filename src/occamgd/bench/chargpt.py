@@ -16,6 +16,7 @@ by default), ``data_root``, ``gpu`` (CUDA with bf16 autocast and ``torch.compile
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import functools
 import hashlib
@@ -197,8 +198,8 @@ def train_run(config: CharGPTConfig, corpus: CharCorpus, device: torch.device, s
         if best is None or val_loss < best["holdback_loss"]:
             best = record
             best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-            # With shrinking, Occam's state holds the shapes of this model (regrown from it if a prune shrinks it).
-            best_occam = occam.state_dict() if occam is not None and occam.shrink else None
+            # Its masks, and with shrinking its shapes (regrown from this state if a prune shrinks the model since).
+            best_occam = copy.deepcopy(occam.state_dict()) if occam is not None else None
         # No prune after the last evaluation: no step would train or evaluate that model.
         if occam is not None and step + 1 < config.steps:
             start_prune = time.perf_counter()
@@ -213,7 +214,7 @@ def train_run(config: CharGPTConfig, corpus: CharCorpus, device: torch.device, s
     bar.close()
     if occam is not None:
         occam.detach()
-    # The final model is the selected (best) state, with its shapes where the model shrank since.
+    # The final model is the selected (best) state with its masks, and its shapes where the model shrank since.
     if best_occam is not None:
         occam.load_state_dict(best_occam)
     model.load_state_dict(best_state)
