@@ -250,7 +250,7 @@ def test_default_manifest_is_the_env_var_then_the_bundled_suite(tmp_path, monkey
     assert len(load_table("toy").y_test) == 9
     monkeypatch.delenv("OCCAMGD_TABULAR")
     assert default_manifest() == BUNDLED_MANIFEST
-    assert len(read_manifest()) == 12
+    assert len(read_manifest()) == 15  # 12 UCI / carData tables and scikit-learn's wine, breast cancer, digits
 
 
 # OpenML (fetch_openml faked: no network) ------------------------------------------------------

@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from occamgd.schedules import (
+    Planned,
     GMP,
     ConstantRate,
     Decision,
@@ -495,9 +496,10 @@ def test_guarded_decisions_are_valid_and_resume_exactly_from_json_state(signals,
     assert head + decide_all(resumed, signals[cut:]) == decisions
 
 
-def test_presets_name_the_paper_rule_and_the_guarded_controller():
-    assert set(PRESETS) == {"paper", "guarded"}
+def test_presets_name_the_paper_rule_and_the_two_controllers():
+    assert set(PRESETS) == {"paper", "guarded", "planned"}
     assert isinstance(get_schedule("paper"), OccamRate) and isinstance(get_schedule("guarded"), Guarded)
+    assert isinstance(get_schedule("planned"), Planned)
     custom = ConstantRate(0.1)
     assert get_schedule(custom) is custom
     with pytest.raises(ValueError, match="accepted: paper, guarded"):

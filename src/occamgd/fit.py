@@ -292,6 +292,9 @@ def fit(
     eval_batch_size: int = 1024,
     on_epoch_end: Callable[[dict], None] | None = None,
     initial_masks: Mapping[str, torch.Tensor] | None = None,
+    min_density: float | None = None,
+    max_density: float | None = None,
+    max_params: int | None = None,
     structured: bool | str = False,
     shrink: bool = False,
 ) -> FitResult:
@@ -309,6 +312,9 @@ def fit(
     - ``on_epoch_end``: called with each epoch's record after its checkpoint is written.
     - ``initial_masks``: start from these masks (e.g. to fine-tune a pruned model); weights are
       zeroed where they prune.
+    - ``min_density`` / ``max_density`` / ``max_params``: bounds on the size, combined with the
+      controller's choice (see :class:`occamgd.Occam`): "as small as the data allows, at most 0.2"
+      is ``max_density=0.2``. The best epoch is chosen among the epochs within the bounds.
     - ``structured``: prune whole groups of coupled units (neurons, channels, heads) with
       :func:`occamgd.compaction.structured_pruning`, traced on the first rows of ``train``
       (:data:`EXAMPLE_ROWS`); ``criterion`` and ``include`` are then refused (the groups decide
@@ -318,6 +324,8 @@ def fit(
       live model in place (``Occam(shrink=True)``), so the epochs after it train a smaller
       network. ``keep_best`` restores the best epoch's model with its shapes (larger than the
       live one if a prune shrank it since); a checkpoint resumes exactly, shapes included.
+
+    The controller is told the run's budget (``epochs - 1`` prunes) and plans within it.
 
     Pruning happens after every epoch but the last (a prune after the last epoch would yield a
     model that no epoch trains or evaluates). With ``keep_best`` and a hold-back split, the
@@ -370,7 +378,9 @@ def fit(
         plan = structured_pruning(model, _example_rows(dataset), scope=scope, exclude=exclude)
         criterion, include, exclude = plan["criterion"], plan["include"], None
     # Occam first: it refuses a model without prunable tensors before anything else happens.
-    occam = Occam(model, None, criterion, schedule, include=include, exclude=exclude, shrink=shrink)
+    occam = Occam(model, None, criterion, schedule, include=include, exclude=exclude,
+                  budget=epochs - 1 if epochs >= 2 else None, min_density=min_density, max_density=max_density,
+                  max_params=max_params, shrink=shrink)
     if initial_masks is not None:
         occam.masks.check(initial_masks, "initial_masks", require_all=True)
     device = next(model.parameters()).device
@@ -382,7 +392,7 @@ def fit(
               "task": task, "rows": len(dataset), "schedule": repr(schedule),
               "criterion": getattr(occam.criterion, "__name__", repr(occam.criterion)),
               "optimizer": _optimizer_settings(opt), "loss": getattr(loss_fn, "__name__", repr(loss_fn)),
-              "structured": structured, "shrink": shrink}
+              "bounds": [occam.min_density, occam.max_density], "structured": structured, "shrink": shrink}
     generator = torch.Generator().manual_seed(seed)
     ckpt_path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
     try:
@@ -424,7 +434,8 @@ def fit(
             signal_value = record["holdback_loss"] if signal == "holdback" else record["train_loss"]
             if not math.isfinite(signal_value):
                 fail(f"{signal} signal loss", signal_value)
-            if hold_set is not None and (best is None or record["holdback_loss"] < best["loss"]):
+            within = occam.max_density is None or record["density"] <= occam.max_density + 1e-9
+            if hold_set is not None and within and (best is None or record["holdback_loss"] < best["loss"]):
                 best = {"epoch": epoch, "loss": record["holdback_loss"], "model": _cpu_copy(model.state_dict()),
                         "occam": _cpu_copy(occam.state_dict())}
             if epoch < epochs - 1:

@@ -58,6 +58,42 @@ def unwrap_optimizer(optimizer: Any) -> torch.optim.Optimizer:
     return inner
 
 
+def _check_bounds(budget: Any, min_density: Any, max_density: Any, max_params: Any) -> None:
+    def integer(value: Any) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool)
+
+    if budget is not None and not (integer(budget) and budget >= 1):
+        raise InvalidValueError(f"budget must be an integer >= 1 (how many times step() will be called) or None, "
+                                f"got {budget!r}")
+    for name, value in (("min_density", min_density), ("max_density", max_density)):
+        if value is not None and not (isinstance(value, (int, float)) and not isinstance(value, bool)
+                                      and 0.0 < value <= 1.0):
+            raise InvalidValueError(f"{name} must be a fraction of the prunable weights in (0, 1] or None, "
+                                    f"got {value!r}")
+    if max_params is not None and not (integer(max_params) and max_params >= 1):
+        raise InvalidValueError(f"max_params must be an integer >= 1 (parameters of the model) or None, "
+                                f"got {max_params!r}")
+    if max_density is not None and max_params is not None:
+        raise InvalidValueError("give max_density or max_params, not both (they are the same bound: one in a "
+                                "fraction of the prunable weights, one in parameters)")
+    if (max_density is not None or max_params is not None) and budget is None:
+        raise InvalidValueError(
+            f"{'max_density' if max_density is not None else 'max_params'} needs the run's budget to plan the way "
+            "down to it: Occam(..., budget=<how many times step() will be called>); occamgd.fit and the Lightning "
+            "and Hugging Face callbacks pass it themselves")
+
+
+def _init_state(schedule: Schedule, budget: int | None) -> Any:
+    """``schedule.init(budget=...)``, or ``init()`` for a controller whose ``init`` takes no budget."""
+    import inspect
+
+    try:
+        takes = "budget" in inspect.signature(schedule.init).parameters
+    except (TypeError, ValueError):
+        takes = False
+    return schedule.init(budget=budget) if takes else schedule.init()
+
+
 class Occam:
     """Occam Gradient Descent around any ``nn.Module`` and ``torch.optim`` optimizer.
 
@@ -80,6 +116,14 @@ class Occam:
       docs/compaction.md). Needs ``**structured_pruning(model, example_input)``, a built-in
       optimizer (:data:`occamgd.compaction.shrink.SHRINK_OPTIMIZERS`) and a plain (uncompiled,
       unwrapped) model; anything else is refused here.
+    - ``budget``: how many times :meth:`step` will be called in this run (epochs, or evaluations;
+      with ``every``: the optimizer steps divided by ``every``). A controller that plans (the
+      default) uses it so that a short run still finds a size; ``fit`` and the callbacks pass it.
+    - ``min_density`` / ``max_density`` (or ``max_params``, parameters of the whole model): the
+      user's bounds, combined with the controller's choice. No prune goes below the floor; the
+      ceiling is reached by three quarters of the budget at the latest (a cubic path from a
+      quarter of it, :meth:`ceiling_at`) whatever the controller decides, so it needs ``budget``.
+      A step a bound changed says so in its history record (``"bound"``).
 
     A model sharded with FSDP2 (``fully_shard``: ``Shard(0)`` DTensor parameters) gets masks
     sharded like its weights and the exact sharded ``"layerwise"`` / ``"global"`` criteria (see
@@ -101,6 +145,10 @@ class Occam:
         signal_fn: Callable[[], float] | None = None,
         snapshot_device: str | torch.device | None = "cpu",
         shrink: bool = False,
+        budget: int | None = None,
+        min_density: float | None = None,
+        max_density: float | None = None,
+        max_params: int | None = None,
     ):
         if zero_state not in ZERO_STATE:
             raise InvalidValueError(f"zero_state must be one of {ZERO_STATE}, got {zero_state!r}")
@@ -112,6 +160,7 @@ class Occam:
             raise InvalidTypeError(f"signal_fn must be a callable returning the signal loss, got {signal_fn!r}")
         if not isinstance(shrink, bool):
             raise InvalidTypeError(f"shrink must be True or False, got {shrink!r}")
+        _check_bounds(budget, min_density, max_density, max_params)
         self.zero_state = zero_state
         self.model = model
         self.shrink = shrink
@@ -119,11 +168,22 @@ class Occam:
         if shrink:
             self._shrinker().check_criterion(model, self.criterion)
         self.schedule = get_schedule(schedule)
+        #: How many times ``step`` will be called in this run (``None``: unknown); the controller plans within it.
+        self.budget = budget
         #: The controller's state: what ``schedule.decide`` read last and returned (see :mod:`occamgd.schedules`).
-        self.schedule_state = self.schedule.init()
+        self.schedule_state = _init_state(self.schedule, budget)
         # DTensor (FSDP2) parameters get masks sharded like them and the exact sharded criteria
         # (occamgd.sharded); a mix of sharded and plain prunable tensors is refused there.
         self.masks = _sharded.make_masks(select_prunable(model, include, exclude))
+        #: The user's bounds on the density (fractions of the prunable weights; ``None``: none).
+        self.min_density = None if min_density is None else float(min_density)
+        self.max_density = None if max_density is None else float(max_density)
+        if max_params is not None:
+            self.max_density = self._params_to_density(max_params)
+        if self.min_density is not None and self.max_density is not None and self.min_density > self.max_density:
+            raise InvalidValueError(f"min_density {self.min_density!r} is above the ceiling {self.max_density!r} "
+                                    f"(from {'max_params' if max_params is not None else 'max_density'}); accepted: "
+                                    "min_density <= the ceiling")
         if self.sharded:
             if shrink:
                 raise InvalidValueError("shrink=True does not support sharded (FSDP2) parameters; accepted: a model "
@@ -276,32 +336,102 @@ class Occam:
             _sharded.agree(self.masks, decision.rate, decision.restore)
         if decision.restore:
             self._restore_snapshot()
-        if decision.rate > 0.0:
-            self._prune(decision.rate)
+        action, rate, bound = self._bounded(decision, len(self.history))
+        if rate > 0.0:
+            kept = self.masks.kept
+            self._prune(rate, self.ceiling_at(len(self.history)) if bound == "max_density" else 1.0)
+            if bound == "min_density" and self.masks.kept == kept:  # at the floor: nothing could go
+                action, rate = ("held" if action == "pruned" else action), 0.0
         self.schedule_state = new_state
         self.history.append(
             {
                 "epoch": len(self.history),
                 "signal": signal,
-                "action": decision.action,
-                "rate": decision.rate,
+                "action": action,
+                "rate": rate,
                 "density_before": density_before,
                 "density": self.masks.density,
+                **({"bound": bound} if bound else {}),
             }
         )
-        return decision.rate
+        return rate
 
-    def _prune(self, rate: float) -> None:
+    # Bounds -------------------------------------------------------------------------------
+    def ceiling_at(self, step: int) -> float:
+        """The most the density may be after step ``step`` (0-based) under ``max_density``: 1 until a
+        quarter of the budget, then a cubic path (as GMP's) that reaches the ceiling at three quarters
+        of it and holds it. 1 when there is no ceiling."""
+        if self.max_density is None:
+            return 1.0
+        start, end = round(0.25 * self.budget), max(round(0.25 * self.budget) + 1, round(0.75 * self.budget))
+        p = min(1.0, max(0.0, (step + 1 - start) / (end - start)))
+        return self.max_density + (1.0 - self.max_density) * (1.0 - p) ** 3
+
+    def _bounded(self, decision: Decision, step: int) -> tuple[str, float, str | None]:
+        """The decision's action and rate within the user's bounds, and which bound changed it."""
+        action, rate, bound = decision.action, decision.rate, None
+        density = self.masks.density
+        ceiling = self.ceiling_at(step)
+        if density > ceiling + 1e-12:
+            needed = 1.0 - ceiling / density
+            if needed > rate + 1e-12:
+                rate, bound = needed, "max_density"
+                action = "pruned" if action != "rolled back" else action
+        if self.min_density is not None and rate > 0.0 and density * (1.0 - rate) < self.min_density:
+            rate, bound = max(0.0, 1.0 - self.min_density / density), "min_density"
+            if rate <= 1e-9:
+                rate = 0.0
+                action = "held" if action == "pruned" else action
+        return action, rate, bound
+
+    def _params_to_density(self, max_params: int) -> float:
+        """``max_params`` (parameters of the whole model) as a ceiling on the prunable weights' density."""
+        total = sum(p.numel() for p in self.model.parameters())
+        other = total - self.masks.total
+        if max_params <= other:
+            raise InvalidValueError(
+                f"max_params={max_params} cannot be met: the model has {other} parameters that are never pruned "
+                f"(biases, norms, tensors left out) besides its {self.masks.total} prunable weights; accepted: "
+                f"max_params > {other}")
+        return min(1.0, (max_params - other) / self.masks.total)
+
+    def _prune(self, rate: float, ceiling: float = 1.0) -> None:
         weights = {name: p.detach() for name, p in self.masks.params.items()}
-        new = self.criterion(weights, self.masks, rate)
-        # A criterion may only prune: never let it revive an entry.
-        new = {name: new[name] & self.masks[name] for name in self.masks}
+        new = self._choose(weights, rate)
+        # The criterion rounds per tensor (or per group): search the rate that keeps the bounds exactly.
+        # (Sharded masks: the bounds hold up to that rounding; the search would need global counts.)
+        total = self.masks.total
+        floor = self.min_density * total if self.min_density is not None else 0
+        if not self.sharded and self._kept(new) < floor:
+            low, high, new = 0.0, rate, {name: m.clone() for name, m in self.masks.items()}
+            for _ in range(20):
+                trial = self._choose(weights, (low + high) / 2)
+                if self._kept(trial) >= floor:
+                    low, new = (low + high) / 2, trial
+                else:
+                    high = (low + high) / 2
+        elif not self.sharded and self._kept(new) > ceiling * total + 1e-9:
+            low, high = rate, 1.0 - 1e-9
+            for _ in range(30):
+                trial = self._choose(weights, (low + high) / 2)
+                if self._kept(trial) > ceiling * total + 1e-9:
+                    low = (low + high) / 2
+                else:
+                    high, new = (low + high) / 2, trial
         if self.schedule.needs_snapshot:
             self._take_snapshot()
         self.masks.update(new)
         self.enforce()
         if self.shrink:
             self._shrink()
+
+    def _choose(self, weights: Mapping[str, torch.Tensor], rate: float) -> dict[str, torch.Tensor]:
+        new = self.criterion(weights, self.masks, rate)
+        # A criterion may only prune: never let it revive an entry.
+        return {name: new[name] & self.masks[name] for name in self.masks}
+
+    def _kept(self, masks: Mapping[str, torch.Tensor]) -> int:
+        return int(sum(int(m.sum()) for m in masks.values()))
 
     # Shrinking --------------------------------------------------------------------------
     def _shrinker(self) -> Any:

@@ -4,10 +4,12 @@ Every controller answers one question once per epoch: given this epoch's signal 
 current density, what to do now. It holds only its configuration; what it remembers between
 epochs is a small frozen dataclass that goes in and comes out (the optax habit)::
 
-    state = schedule.init()
+    state = schedule.init(budget=60)                             # the run's steps, when known
     decision, state = schedule.decide(signal, density, state)   # pure: nothing is mutated
     decision.action, decision.rate, decision.restore             # e.g. ("pruned", 0.4, False)
 
+``budget`` is how many times ``decide`` will be called in the run (``None`` when the loop does not
+know): a controller that plans within the run keeps it in its state; the others ignore it.
 ``decision.rate`` is the fraction of the *remaining* prunable weights to prune now, in [0, 1);
 ``decision.restore`` asks :class:`occamgd.Occam` to put back the model and masks it saved
 before the last prune (only a controller whose ``needs_snapshot`` is true may ask: Occam saves
@@ -156,8 +158,8 @@ class Schedule:
     class State:
         """No state: a controller that remembers nothing between epochs."""
 
-    def init(self) -> Any:
-        """The state before the first epoch."""
+    def init(self, budget: int | None = None) -> Any:
+        """The state before the first epoch; ``budget``: the steps of the run, when known (ignored here)."""
         return self.State()
 
     def decide(self, signal: float | None, density: float, state: Any) -> tuple[Decision, Any]:
@@ -203,7 +205,7 @@ class OccamRate(Schedule):
         self.r0 = float(r0)
         self.floor = float(floor)
 
-    def init(self) -> OccamRate.State:
+    def init(self, budget: int | None = None) -> OccamRate.State:
         return self.State(epoch=0, rate=self.r0)
 
     @staticmethod
@@ -371,7 +373,7 @@ class Guarded(Schedule):
         self.tol, self.start_tol, self.min_rate = float(tol), float(start_tol), float(min_rate)
         self.warmup, self.max_rollbacks, self.patience = int(warmup), int(max_rollbacks), int(patience)
 
-    def init(self) -> Guarded.State:
+    def init(self, budget: int | None = None) -> Guarded.State:
         return self.State(epoch=0, phase="warmup", rate=self.r_start)
 
     def decide(self, signal: float | None, density: float, state: Guarded.State) -> tuple[Decision, Guarded.State]:
@@ -417,6 +419,119 @@ class Guarded(Schedule):
                       max_gain=max_gain, best=best, since_best=since_best, pruned_last=rate > 0.0,
                       rollbacks=rollbacks)
         return Decision(action, rate, restore=action == "rolled back"), new
+
+
+_PLANNED_PHASES = ("warmup", "descent", "stopped")
+
+
+class Planned(Schedule):
+    """A controller that plans its descent within the run: start late, prune steadily, stop where the signal turns.
+
+    - **Start**: as :class:`Guarded`: no pruning while a step still improves the signal by more than
+      ``start_tol`` of the largest improvement seen in one step (``warmup`` steps at least). With a
+      budget (the run's number of steps, which ``fit``, the callbacks and ``Occam(budget=...)``
+      pass) pruning starts after ``start_by`` of it at the latest, so a short run still finds a size.
+    - **Descend**: every step prunes the same fraction of the remaining weights, planned when the
+      descent starts so that the density would reach ``target`` after ``end`` of the budget (at
+      most ``max_rate`` a step; without a budget ``rate``). The descent is not cut short by one
+      noisy step: it goes on while the signal stays within ``tol`` (relative) of the best it has
+      reached during the run.
+    - **Stop**: after ``patience`` prunes in a row with the signal more than ``tol`` above that
+      best, the last prune is rolled back (``restore=True``: Occam restores the model and masks it
+      saved before it) and pruning stops for good; it stops too once the density reaches
+      ``target``. The density the run ends at is where the data stopped it; with ``fit`` (or any
+      loop that keeps its best checkpoint) the epoch with the lowest hold-back loss is the model
+      returned.
+    """
+
+    needs_snapshot = True
+
+    @dataclass(frozen=True)
+    class State:
+        epoch: int
+        #: One of ``_PLANNED_PHASES``.
+        phase: str
+        #: The run's number of steps (``None``: unknown).
+        budget: int | None = None
+        #: The descent's rate (0 before it starts).
+        rate: float = 0.0
+        previous: float | None = None
+        max_gain: float = 0.0
+        best: float | None = None
+        #: Prunes in a row after which the signal was more than ``tol`` above ``best``.
+        worse: int = 0
+
+        def __post_init__(self) -> None:
+            if self.phase not in _PLANNED_PHASES:
+                raise InvalidValueError(f"Planned state phase must be one of {_PLANNED_PHASES}, got {self.phase!r}")
+
+    def __init__(self, target: float = 0.02, start_tol: float = 0.1, warmup: int = 1, start_by: float = 0.25,
+                 end: float = 0.75, rate: float = 0.2, max_rate: float = 0.5, tol: float = 0.05, patience: int = 2):
+        for name, value in (("target", target), ("rate", rate), ("max_rate", max_rate)):
+            if not (_is_real(value) and 0.0 < value < 1.0):
+                raise InvalidValueError(f"{name} must be a number in (0, 1), got {value!r}")
+        if rate > max_rate:
+            raise InvalidValueError(f"rate must be <= max_rate = {max_rate!r}, got {rate!r}")
+        for name, value in (("start_tol", start_tol), ("tol", tol)):
+            if not (_is_real(value) and 0.0 <= value < 1.0):
+                raise InvalidValueError(f"{name} must be a fraction in [0, 1), got {value!r}")
+        if not (_is_real(start_by) and _is_real(end) and 0.0 <= start_by < end <= 1.0):
+            raise InvalidValueError(f"start_by and end must be fractions of the budget with 0 <= start_by < end <= 1, "
+                                    f"got start_by={start_by!r}, end={end!r}")
+        for name, value in (("warmup", warmup), ("patience", patience)):
+            if not (_is_integer(value) and value >= (1 if name == "patience" else 0)):
+                raise InvalidValueError(f"{name} must be an integer >= {1 if name == 'patience' else 0}, got {value!r}")
+        self.target, self.start_tol, self.warmup = float(target), float(start_tol), int(warmup)
+        self.start_by, self.end, self.rate, self.max_rate = float(start_by), float(end), float(rate), float(max_rate)
+        self.tol, self.patience = float(tol), int(patience)
+
+    def init(self, budget: int | None = None) -> Planned.State:
+        if budget is not None and not (_is_integer(budget) and budget >= 1):
+            raise InvalidValueError(f"budget must be an integer >= 1 (the run's steps) or None, got {budget!r}")
+        return self.State(epoch=0, phase="warmup", budget=None if budget is None else int(budget))
+
+    def planned_rate(self, epoch: int, density: float, budget: int | None) -> float:
+        """The descent's rate when it starts after step ``epoch`` at ``density``."""
+        if density <= self.target:
+            return 0.0
+        if budget is None:
+            return self.rate
+        steps = max(1, math.ceil(self.end * budget) - epoch)
+        return min(self.max_rate, 1.0 - (self.target / density) ** (1.0 / steps))
+
+    def decide(self, signal: float | None, density: float, state: Planned.State) -> tuple[Decision, Planned.State]:
+        signal = check_signal(signal)
+        if signal is None:
+            raise InvalidValueError("Planned needs a signal loss every step, got None")
+        phase, rate, max_gain, worse = state.phase, state.rate, state.max_gain, state.worse
+        best = signal if state.best is None else min(state.best, signal)
+        action = "stopped"
+        if phase == "warmup":
+            slowed = False
+            if state.previous is not None:
+                gain = state.previous - signal
+                max_gain = max(max_gain, gain)
+                slowed = gain <= self.start_tol * max_gain
+            due = state.budget is not None and state.epoch + 1 >= self.start_by * state.budget
+            if state.epoch >= self.warmup and slowed or due:
+                rate = self.planned_rate(state.epoch, density, state.budget)
+                phase = "descent" if rate > 0.0 else "stopped"
+                action = "pruned" if rate > 0.0 else "stopped"
+            else:
+                action = "warmup"
+        elif phase == "descent":
+            worse = worse + 1 if signal > state.best + self.tol * abs(state.best) else 0
+            if worse >= self.patience:
+                phase, action = "stopped", "rolled back"
+            elif density * (1.0 - rate) < self.target:
+                rate = 1.0 - self.target / density
+                phase, action = "stopped", "pruned" if rate > 1e-9 else "stopped"
+            else:
+                action = "pruned"
+        out_rate = rate if action == "pruned" else 0.0
+        new = replace(state, epoch=state.epoch + 1, phase=phase, rate=rate if phase == "descent" else 0.0,
+                      previous=signal, max_gain=max_gain, best=best, worse=worse)
+        return Decision(action, out_rate, restore=action == "rolled back"), new
 
 
 # State as plain data ----------------------------------------------------------------------------
@@ -485,7 +600,7 @@ def state_from_dict(schedule: Schedule, data: Mapping[str, Any]) -> Any:
 
 
 #: Named controllers: ``paper`` is exactly the paper's rule (Kausik, arXiv:2405.20194); ``guarded`` is :class:`Guarded`.
-PRESETS = {"paper": OccamRate, "guarded": Guarded}
+PRESETS = {"paper": OccamRate, "guarded": Guarded, "planned": Planned}
 DEFAULT_PRESET = "guarded"
 
 

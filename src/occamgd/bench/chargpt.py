@@ -36,6 +36,7 @@ from ..data.text import TINYSHAKESPEARE_SHA256, CharCorpus, find_tinyshakespeare
 from ..models.gpt import GPT, GPTConfig, prunable
 from ..occam import Occam
 from .measure import macs_per_sample, parameter_counts, throughput_fields, training_flops
+from ..rigl import RigL, update_interval
 from .registry import BenchData, Context, Task, TrainSpec, register_task
 
 TASK = "char-gpt"
@@ -149,6 +150,11 @@ def train_run(config: CharGPTConfig, corpus: CharCorpus, device: torch.device, s
         occam = Occam(model, optimizer, schedule=schedule, include=prunable(model))
     # A compiled graph is built for the shapes it saw: a shrinking run trains eager.
     compile = compile and not spec.shrink
+    # Dynamic sparse training (the rigl method): sparse from the first step, its masks kept after every step.
+    rigl = None if spec.rigl is None else RigL(
+        model, optimizer, total_steps=config.steps, include=prunable(model), seed=seed,
+        update_every=update_interval(config.steps, spec.rigl.get("end", 0.75)), **spec.rigl)
+    masks = occam.masks if occam is not None else rigl.masks if rigl is not None else None
     forward = torch.compile(model) if compile else model
     autocast = _autocast(device, bf16)
 
@@ -158,7 +164,7 @@ def train_run(config: CharGPTConfig, corpus: CharCorpus, device: torch.device, s
                     for _ in range(config.eval_batches)]
     tokens_per_interval = config.interval * config.batch_size * config.block_size
 
-    history, best, best_state, best_occam = [], None, None, None
+    history, best, best_state, best_occam, best_masks = [], None, None, None, {}
     train_loss_sum = torch.zeros((), device=device)
     bar = tqdm(total=config.steps, desc=f"{TASK} {label} seed{seed}", unit="step", disable=not progress,
                leave=False)
@@ -174,7 +180,7 @@ def train_run(config: CharGPTConfig, corpus: CharCorpus, device: torch.device, s
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-        optimizer.step()  # Occam's hook re-zeroes the pruned weights here
+        optimizer.step()  # Occam's (or RigL's) hook re-zeroes the pruned weights here
         train_loss_sum += loss.detach().float()
         bar.update()
         if (step + 1) % config.interval:
@@ -188,11 +194,11 @@ def train_run(config: CharGPTConfig, corpus: CharCorpus, device: torch.device, s
         train_loss_sum.zero_()
         if not math.isfinite(val_loss):
             raise FloatingPointError(f"{TASK} {label} seed {seed}: validation loss {val_loss} at step {step + 1}")
-        density = occam.density if occam is not None else 1.0
+        density = masks.density if masks is not None else 1.0
         record = {"epoch": len(history), "step": step + 1, "holdback_loss": val_loss, "train_loss": train_loss,
                   "density": density, "rate": 0.0, "lr": lr, "tokens_per_s": tokens_per_interval / train_seconds,
                   "train_seconds": train_seconds, "seconds": train_seconds, "prune_seconds": 0.0,
-                  "densities": occam.densities if occam is not None else {}}
+                  "densities": masks.densities() if masks is not None else {}}
         if occam is not None and occam.shrink:  # the entries each pruned tensor held while this interval trained
             record["live"] = {name: p.numel() for name, p in occam.masks.params.items()}
         if best is None or val_loss < best["holdback_loss"]:
@@ -200,6 +206,7 @@ def train_run(config: CharGPTConfig, corpus: CharCorpus, device: torch.device, s
             best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
             # Its masks, and with shrinking its shapes (regrown from this state if a prune shrinks the model since).
             best_occam = copy.deepcopy(occam.state_dict()) if occam is not None else None
+            best_masks = {n: masks[n].to("cpu", copy=True) for n in masks} if masks is not None else {}
         # No prune after the last evaluation: no step would train or evaluate that model.
         if occam is not None and step + 1 < config.steps:
             start_prune = time.perf_counter()
@@ -214,15 +221,16 @@ def train_run(config: CharGPTConfig, corpus: CharCorpus, device: torch.device, s
     bar.close()
     if occam is not None:
         occam.detach()
+    if rigl is not None:
+        rigl.detach()
     # The final model is the selected (best) state with its masks, and its shapes where the model shrank since.
     if best_occam is not None:
         occam.load_state_dict(best_occam)
     model.load_state_dict(best_state)
-    masks = {name: occam.masks[name] for name in occam.masks} if occam is not None else {}
     dense = GPT(config.model_config(corpus.vocab_size)).to(device)
     macs = macs_per_sample(dense, eval_batches[0][0][:1])
     numel = {name: p.numel() for name, p in dense.named_parameters()}
-    measured = {**parameter_counts(model, masks), "dense_params": dense.num_params(),
+    measured = {**parameter_counts(model, best_masks), "dense_params": dense.num_params(),
                 **training_flops(macs, history, config.interval * config.batch_size, numel),
                 **throughput_fields(model, dense, eval_batches[0][0])}
 
@@ -239,8 +247,9 @@ def train_run(config: CharGPTConfig, corpus: CharCorpus, device: torch.device, s
         # The first interval holds compilation and warm-up: leave it out when there are others.
         "tokens_per_s": statistics.median(speeds[1:] if len(speeds) > 1 else speeds),
         "params": model.num_params(),
-        "prunable": sum(p.numel() for p in occam.masks.params.values()) if occam is not None else None,
+        "prunable": sum(p.numel() for p in masks.params.values()) if masks is not None else None,
         "schedule": repr(occam.schedule) if occam is not None else None,
+        **({"rigl": repr(rigl), "rigl_updates": len(rigl.history)} if rigl is not None else {}),
         "weight_decay": weight_decay,
         "compiled": compile,
         **measured,
@@ -350,7 +359,7 @@ register_task(Task(
     "selects and is reported (no test split)", _load, _model, _train, _settings,
     evaluations=lambda ctx: ctx.budget // _config(ctx).interval, budget=STANDARD.steps, quick_budget=QUICK.steps,
     unit="steps", methods=("gd", "gd-wd", "gmp", "gmp-grid", "gmp-oracle", "occam", "occam-val", "occam-guarded",
-                           "occam-structured", "gmp-structured"),
+                           "rigl", "occam-structured", "gmp-structured"),
     options_accepted=("corpus", "data_root", "gpu", "config"), weight_decays=(0.01, 0.1, 1.0),
     gmp_end=_gmp_end, score=("selection_loss", "best validation loss"),
     budget_from=lambda quick, options: _base_config(quick, options).steps,

@@ -179,6 +179,13 @@ register_method(Method("gmp-grid", f"gmp to each density of {GRID_DENSITIES}, tr
 register_method(Method("gmp-oracle", "the same, told occam-guarded's selected density",
                        schedule=lambda ctx: _gmp(ctx, ctx.previous["occam-guarded"]["density"]),
                        needs=("occam-guarded",)))
+#: RigL's settings in the bench: the paper's (Evci et al. 2020) drop fraction, end and ERK distribution.
+RIGL_SETTINGS = {"alpha": 0.3, "end": 0.75, "distribution": "erk"}
+register_method(Method("rigl", "dynamic sparse training (RigL, Evci et al. 2020: ERK random masks, drop the smallest "
+                       "weights and regrow by gradient magnitude, cosine schedule) at occam-guarded's selected "
+                       "density, from the start; best hold-back epoch",
+                       rigl=lambda ctx: {"density": ctx.previous["occam-guarded"]["density"], **RIGL_SETTINGS},
+                       needs=("occam-guarded",)))
 register_method(Method("gd+prune", "final GD model magnitude-pruned (layerwise) to occam-val's density, no "
                        "fine-tuning (its time is the prune only; add gd's)", needs=("gd", "occam-val"), run=gd_prune))
 register_method(Method("gd+prune+ft", "the same, then one epoch of masked fine-tuning (time and FLOPs: that epoch "

@@ -71,6 +71,8 @@ class TrainSpec:
     the signal it reads, an optional AdamW weight decay in place of the task's own optimizer,
     where to save the final model for methods that start from it, and a ``start``
     (``{"model": state_dict, "masks": Masks.state_dict()}``) to train from instead of fresh weights.
+    ``rigl``: train sparse with :class:`occamgd.rigl.RigL`, these keyword arguments (``density``,
+    ``alpha``, ``end``, ``distribution``; the loop sets ``total_steps``, ``update_every`` and ``seed``).
     ``structured``: prune whole groups of coupled units
     (:func:`occamgd.compaction.structured_pruning`); ``shrink`` (with ``structured``): remove them from
     the live model at each prune, so that the epochs after it train a smaller network."""
@@ -80,6 +82,7 @@ class TrainSpec:
     weight_decay: float | None = None
     save_final: Path | None = None
     start: dict | None = None
+    rigl: dict | None = None
     structured: bool | str = False  # True ("layer") or "global": the group criterion's scope
     shrink: bool = False
 
@@ -101,6 +104,7 @@ class Method:
     - ``run(ctx)``: for methods that are not one training run of the task's loop; returns a record.
     - ``extra(record)``: fields derived from a finished record and added to it (what a method
       reports beyond the schema, e.g. the paper's test-peeking choice).
+    - ``rigl(ctx)``: RigL's settings (``TrainSpec.rigl``) for a method that trains sparse with RigL.
     - ``structured`` / ``shrink``: passed to the loop's :class:`TrainSpec` (whole groups pruned; the
       live model shrunk at each prune).
     """
@@ -114,6 +118,7 @@ class Method:
     save_final: bool = False
     run: Callable[[Context], dict] | None = None
     extra: Callable[[dict], dict] | None = None
+    rigl: Callable[[Context], dict] | None = None
     structured: bool | str = False
     shrink: bool = False
 

@@ -8,6 +8,7 @@ batches, and reports the epoch with the lowest hold-back loss: the test split ne
 from __future__ import annotations
 
 import functools
+import math
 import time
 
 import torch
@@ -17,13 +18,14 @@ from ..errors import InvalidValueError
 from ..fit import fit
 from ..io import atomic_save
 from ..models import MLP
+from ..rigl import RigL, update_interval
 from ..schedules import Never
 from .measure import macs_per_sample, model_size, parameter_counts, throughput_fields, training_flops
 from .registry import BenchData, Context, Task, TrainSpec, register_task
 
 #: Methods of every epoch task, in report order.
 EPOCH_METHODS = ("occam-val", "occam", "occam-guarded", "gd", "gd-wd", "gd+prune", "gd+prune+ft", "gmp",
-                 "gmp-grid", "gmp-oracle")
+                 "gmp-grid", "gmp-oracle", "rigl")
 #: Structured methods (whole groups pruned, the live model shrunk while training), on the networks they fit.
 STRUCTURED_METHODS = ("occam-structured", "gmp-structured")
 QUICK_IMAGES = (6000, 1000)  # train / test rows of an image task with --quick
@@ -138,6 +140,42 @@ def epoch_record(ctx: Context, model: nn.Module, history, selected: int | None, 
     }
 
 
+class _RigLInFit:
+    """RigL inside :func:`occamgd.fit`: attached by the optimizer factory (it knows the run's steps:
+    epochs times the batches of the training part left after the hold-back), its density written into
+    fit's epoch records, and the masks of the epoch fit keeps restored with that epoch's weights."""
+
+    def __init__(self, net: nn.Module, settings: dict, ctx: Context, batch_size: int, holdback: float, base):
+        rows = len(ctx.data.train[1])
+        self.total_steps = ctx.budget * math.ceil((rows - int(round(holdback * rows))) / batch_size)
+        self.net, self.settings, self.seed, self.base = net, settings, ctx.seed, base
+        self.rigl: RigL | None = None
+        self.best: dict | None = None
+
+    def optimizer(self, params):
+        opt = self.base(params)
+        self.rigl = RigL(self.net, opt, total_steps=self.total_steps, seed=self.seed,
+                         update_every=update_interval(self.total_steps, self.settings.get("end", 0.75)),
+                         **self.settings)
+        return opt
+
+    def epoch_end(self, record: dict) -> None:
+        # fit counts its own (all-kept) masks: the weights RigL keeps are what this epoch trained.
+        record.update(density=self.rigl.density, kept=self.rigl.masks.kept, densities=self.rigl.densities())
+        # The same choice as fit's keep_best: the first epoch with the lowest hold-back loss.
+        if self.best is None or record["holdback_loss"] < self.best["loss"]:
+            self.best = {"epoch": record["epoch"], "loss": record["holdback_loss"], "state": self.rigl.state_dict()}
+
+    def finish(self, best_epoch: int | None, keep_best: bool) -> dict:
+        if keep_best and best_epoch is not None:
+            if self.best is None or self.best["epoch"] != best_epoch:
+                raise RuntimeError(f"fit kept epoch {best_epoch}, RigL's masks were kept for "
+                                   f"{self.best and self.best['epoch']}: their choices of the best epoch differ")
+            self.rigl.load_state_dict(self.best["state"])
+        self.rigl.detach()
+        return {"rigl": repr(self.rigl), "rigl_updates": len(self.rigl.history)}
+
+
 def epoch_task(name: str, description: str, load, model, *, epochs: int, quick_epochs: int, batch_size: int = 32,
                lr: float = 1e-3, holdback: float = 0.1, methods: tuple[str, ...] = EPOCH_METHODS,
                options: tuple[str, ...] = (), **fields) -> Task:
@@ -151,19 +189,26 @@ def epoch_task(name: str, description: str, load, model, *, epochs: int, quick_e
         optimizer = None
         if spec.weight_decay is not None:
             optimizer = lambda params: torch.optim.AdamW(params, lr=lr, weight_decay=spec.weight_decay)  # noqa: E731
+        sparse = _RigLInFit(net, spec.rigl, ctx, batch_size, holdback, optimizer or (
+            lambda params: torch.optim.Adam(params, lr=lr))) if spec.rigl is not None else None
         start = time.perf_counter()
         result = fit(net, ctx.data.train, test=ctx.data.test, epochs=ctx.budget, batch_size=batch_size, lr=lr,
                      schedule=spec.schedule or Never(), signal=spec.signal, holdback=holdback, seed=ctx.seed,
-                     keep_best=spec.save_final is None, progress=False, optimizer=optimizer,
+                     keep_best=spec.save_final is None, progress=False,
+                     optimizer=optimizer if sparse is None else sparse.optimizer,
+                     on_epoch_end=None if sparse is None else sparse.epoch_end,
                      initial_masks=None if spec.start is None else spec.start["masks"],
                      structured=spec.structured, shrink=spec.shrink)
         seconds = time.perf_counter() - start
+        rigl = sparse.finish(result.best_epoch, keep_best=spec.save_final is None) if sparse is not None else {}
         if spec.save_final is not None:
             # The final model is what post-training pruning starts from.
             atomic_save(net.state_dict(), spec.save_final)
-        masks = {name: result.occam.masks[name] for name in result.occam.masks}
+        # The final model's masks: RigL's where it trained sparse (fit's own are all kept then).
+        masks = sparse.rigl.masks if sparse is not None else result.occam.masks
+        masks = {name: masks[name] for name in masks}
         return {**epoch_record(ctx, net, result.history, result.best_epoch, seconds, holdback, masks),
-                "schedule": repr(result.occam.schedule) if spec.schedule is not None else None}
+                "schedule": repr(result.occam.schedule) if spec.schedule is not None else None, **rigl}
 
     def settings(quick: bool, opts: dict) -> dict:
         return {"batch_size": batch_size, "lr": lr, "holdback": holdback, "optimizer": "Adam"}
