@@ -71,11 +71,11 @@ def test_planned_starts_by_a_quarter_of_the_budget_even_while_the_signal_still_f
 
 
 def test_the_planned_rate_reaches_the_target_by_the_end_of_the_plan():
-    p = Planned(target=0.05, end=0.75, max_rate=0.9)
+    p = Planned(target=0.05, end=0.75, r0=0.9)
     rate = p.planned_rate(epoch=5, density=1.0, budget=40)  # ceil(30) - 5 = 25 prunes
     assert math.isclose((1 - rate) ** 25, 0.05, rel_tol=1e-9)
     assert p.planned_rate(epoch=0, density=1.0, budget=4) == pytest.approx(1 - 0.05 ** (1 / 3))
-    assert Planned(max_rate=0.5).planned_rate(0, 1.0, 4) == 0.5  # capped
+    assert Planned(r0=0.5).planned_rate(0, 1.0, 4) == 0.5  # capped
     assert Planned(rate=0.3).planned_rate(3, 1.0, None) == 0.3  # no budget: the fixed rate
 
 
@@ -103,7 +103,7 @@ def test_planned_state_round_trips_and_refuses_bad_settings():
     occam = Occam(_net(), schedule=p, budget=10)
     _run(occam, [1.0, 0.9, 0.89, 0.88])
     assert state_from_dict(p, state_to_dict(occam.schedule_state)) == occam.schedule_state
-    for bad in (dict(target=0.0), dict(target=1.0), dict(rate=0.6, max_rate=0.5), dict(start_by=0.8, end=0.5),
+    for bad in (dict(target=0.0), dict(target=1.0), dict(rate=0.6, r0=0.5), dict(start_by=0.8, end=0.5),
                 dict(patience=0), dict(tol=1.0), dict(warmup=-1)):
         with pytest.raises(InvalidValueError):
             Planned(**bad)
@@ -169,3 +169,29 @@ def test_fit_plans_within_its_epochs_and_selects_within_the_ceiling():
 def test_a_short_fit_with_the_planning_controller_prunes():
     result = occamgd.fit(_net(), _data(), epochs=5, schedule="planned", progress=False)
     assert min(r["density"] for r in result.history) < 1.0
+
+
+def test_the_estimators_and_the_cli_take_the_bounds(tmp_path):
+    import numpy as np
+    import pandas as pd
+
+    from occamgd.cli import main
+    from occamgd.integrations.sklearn import OccamMLPClassifier
+
+    X, y = _data(200)
+    clf = OccamMLPClassifier(hidden_layer_sizes=(16,), epochs=8, max_density=0.3, random_state=0).fit(X.numpy(), y.numpy())
+    assert clf.density_ <= 0.3 + 1e-9
+    with pytest.raises(InvalidValueError, match="max_density must be a fraction"):
+        OccamMLPClassifier(max_density=0).fit(X.numpy(), y.numpy())
+    frame = pd.DataFrame(X.numpy(), columns=[f"x{i}" for i in range(6)]).assign(label=np.where(y.numpy() > 0, "a", "b"))
+    csv = tmp_path / "t.csv"
+    frame.to_csv(csv, index=False)
+    assert main(["fit", str(csv), "--target", "label", "--epochs", "8", "--hidden", "16", "--max-density", "0.25",
+                 "--quiet", "--out", str(tmp_path / "m")]) == 0
+    import json
+
+    report = json.loads((tmp_path / "m" / "report.json").read_text())
+    assert report["config"]["max_density"] == 0.25 and report["density"] <= 0.25 + 1e-9
+    assert main(["fit", str(csv), "--target", "label", "--min-density", "0.5", "--max-density", "0.2",
+                 "--quiet", "--out", str(tmp_path / "bad")]) == 2
+    assert not (tmp_path / "bad").exists()

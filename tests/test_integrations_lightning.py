@@ -271,3 +271,164 @@ def test_a_fit_that_ends_without_pruning_says_why():
     with pytest.warns(NotPrunedWarning, match="still in its warm-up phase"):
         _fit(Tiny(), [callback], epochs=3)
     assert callback.occam.density == 1.0
+
+
+# Structured pruning and shrinking --------------------------------------------------------------
+class Wide(Tiny):
+    """Two hidden layers to shrink, an example input to trace, clipping and an LR schedule to keep working."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = nn.Sequential(nn.Linear(8, 24), nn.ReLU(), nn.Linear(24, 16), nn.ReLU(), nn.Linear(16, 3))
+        self.example_input_array = torch.zeros(2, 8)
+        self.losses, self.sizes = [], []
+
+    def training_step(self, batch, batch_idx):
+        loss = super().training_step(batch, batch_idx)
+        self.losses.append(float(loss))
+        self.sizes.append(sum(p.numel() for p in self.parameters()))
+        return loss
+
+    def configure_optimizers(self):
+        optimizer = torch.optim.Adam(self.parameters(), lr=2e-2)
+        return [optimizer], [torch.optim.lr_scheduler.StepLR(optimizer, step_size=3, gamma=0.7)]
+
+
+def _held_by_optimizer(trainer, module) -> bool:
+    optimizer = trainer.optimizers[0]
+    held = {id(p) for g in optimizer.param_groups for p in g["params"]}
+    return all(id(p) in held for p in module.parameters()) and all(
+        v.dim() == 0 or v.shape == p.shape for p in module.parameters() for v in optimizer.state[p].values())
+
+
+def test_shrinking_matches_a_masked_structured_fit_and_trains_a_smaller_module():
+    runs = {}
+    for shrink in (False, True):
+        module, callback, recorder = Wide(), OccamCallback(schedule=ConstantRate(0.3), structured=True,
+                                                           shrink=shrink), Recorder()
+        params = list(module.parameters())
+        trainer = _fit(module, [callback, recorder], epochs=4, gradient_clip_val=0.5)
+        runs[shrink] = (module, callback, recorder, params, trainer)
+    (masked, masked_cb, masked_rec, *_), (shrunk, shrunk_cb, shrunk_rec, params, trainer) = runs[False], runs[True]
+    assert len(shrunk_cb.occam.history) == 3 and shrunk_cb.occam.density == pytest.approx(masked_cb.occam.density)
+    # A prune before the first batch of each epoch after the first: the module shrinks then.
+    sizes = shrunk.sizes
+    assert sizes[:BATCHES_PER_EPOCH] == [masked.sizes[0]] * BATCHES_PER_EPOCH
+    assert sizes[BATCHES_PER_EPOCH] < sizes[0] and sizes[-1] < 0.6 * sizes[0] and set(masked.sizes) == {sizes[0]}
+    assert shrunk.net[0].out_features < 24 and shrunk.net[2].in_features == shrunk.net[0].out_features
+    assert all(a is b for a, b in zip(shrunk.parameters(), params)) and _held_by_optimizer(trainer, shrunk)
+    assert all(torch.isfinite(torch.tensor(shrunk.losses)))
+    assert shrunk.losses == pytest.approx(masked.losses, rel=1e-5, abs=1e-6)
+    assert shrunk_rec.val_losses == pytest.approx(masked_rec.val_losses, rel=1e-5, abs=1e-6)
+    assert _pruned_are_zero(shrunk_cb.occam)
+
+
+def test_a_shrunk_fit_resumes_from_its_checkpoint_like_an_uninterrupted_fit(tmp_path):
+    whole, whole_cb = Wide(), OccamCallback(schedule=ConstantRate(0.3), shrink=True)
+    _fit(whole, [whole_cb], epochs=4)
+
+    first, first_cb = Wide(), OccamCallback(schedule=ConstantRate(0.3), shrink=True)
+    trainer = _fit(first, [first_cb], epochs=2)
+    trainer.save_checkpoint(tmp_path / "epoch2.ckpt")
+    assert len(first_cb.occam.history) == 1 and first.net[0].out_features < 24  # shrunk after epoch 1
+
+    resumed, resumed_cb = Wide(), OccamCallback(schedule=ConstantRate(0.3), shrink=True)  # a fresh, dense module
+    _fit(resumed, [resumed_cb], epochs=4, ckpt_path=tmp_path / "epoch2.ckpt")
+    assert resumed_cb.occam.history == whole_cb.occam.history
+    assert resumed.losses == pytest.approx(whole.losses[2 * BATCHES_PER_EPOCH:], rel=1e-5, abs=1e-6)
+    final, expected = resumed.state_dict(), whole.state_dict()
+    assert all(final[k].shape == v.shape and torch.allclose(final[k], v, rtol=1e-5, atol=1e-6)
+               for k, v in expected.items())
+    assert resumed_cb.occam.density == pytest.approx(whole_cb.occam.density)
+
+
+def test_a_shrunk_checkpoint_without_the_callbacks_state_is_refused(tmp_path):
+    trainer = _fit(Wide(), [OccamCallback(schedule=ConstantRate(0.3), shrink=True)], epochs=2)
+    trainer.save_checkpoint(tmp_path / "epoch2.ckpt")
+    checkpoint = torch.load(tmp_path / "epoch2.ckpt", weights_only=False)
+    del checkpoint["callbacks"]["OccamCallback"]
+    torch.save(checkpoint, tmp_path / "stripped.ckpt")
+    module = Wide()
+    before = {k: v.clone() for k, v in module.state_dict().items()}
+    with pytest.raises(ValueError, match=r"other shapes.*no state of this callback"):
+        _fit(module, [OccamCallback(schedule=ConstantRate(0.3), shrink=True)], epochs=4,
+             ckpt_path=tmp_path / "stripped.ckpt")
+    assert all(torch.equal(before[k], v) for k, v in module.state_dict().items())
+
+
+@pytest.mark.parametrize(("kwargs", "needle"), [
+    ({"shrink": True, "structured": False}, "shrink=True removes whole groups"),
+    ({"structured": True, "include": ["net.0.weight"]}, "chooses the prunable tensors"),
+    ({"example_input": torch.zeros(1, 8)}, "only read by structured"),
+    ({"shrink": 1}, "shrink must be True or False"),
+])
+def test_bad_structured_settings_are_refused_when_made(kwargs, needle):
+    with pytest.raises((ValueError, TypeError), match=needle):
+        OccamCallback(**kwargs)
+
+
+def test_shrinking_under_ddp_is_refused_before_anything_is_hooked():
+    from lightning.pytorch.strategies import DDPStrategy
+
+    callback, module = OccamCallback(shrink=True), Wide()
+    trainer = SimpleNamespace(strategy=DDPStrategy(), world_size=2)
+    with pytest.raises(ValueError, match=r"DDPStrategy \(world_size=2\).*accepted: a single-device strategy"):
+        callback.setup(trainer, module, "fit")
+    assert callback._hook is None and callback.occam is None
+
+
+def test_shrinking_a_compiled_module_is_refused():
+    module = Wide()
+    with pytest.raises(TypeError, match=r"torch.compile.*accepted: fit the plain module"):
+        _fit(torch.compile(module), [OccamCallback(shrink=True)], epochs=1)
+
+
+def test_shrinking_with_two_optimizers_or_without_an_example_input_is_refused():
+    class Two(Wide):
+        def __init__(self):
+            super().__init__()
+            self.automatic_optimization = False
+
+        def configure_optimizers(self):
+            return [torch.optim.SGD(self.net[:2].parameters(), lr=0.1), torch.optim.SGD(self.net[2:].parameters(), lr=0.1)]
+
+        def training_step(self, batch, batch_idx):
+            return None
+
+    with pytest.raises(ValueError, match="returned 2; accepted: one optimizer"):
+        _fit(Two(), [OccamCallback(shrink=True)], epochs=1)
+    module = Wide()
+    module.example_input_array = None
+    with pytest.raises(ValueError, match="example_input=.*example_input_array"):
+        _fit(module, [OccamCallback(shrink=True)], epochs=1)
+    callback = OccamCallback(shrink=True, example_input=torch.zeros(2, 8), schedule=ConstantRate(0.3))
+    _fit(module, [callback], epochs=2)
+    assert module.net[0].out_features < 24
+
+
+# The fit's budget ------------------------------------------------------------------------------
+@pytest.mark.parametrize(("settings", "budget"), [
+    ({"epochs": 4}, 3),                                                       # 4 validations, the last at the end
+    ({"epochs": 5, "check_val_every_n_epoch": 2}, 2),                         # after epochs 2 and 4
+    ({"epochs": 4, "check_val_every_n_epoch": 2}, 1),                         # after 2 (and 4, the end)
+    ({"epochs": 2, "val_check_interval": 0.5}, 3),                            # every 2 batches
+    ({"epochs": 10, "max_steps": 6}, 1),                                      # after epoch 1; stops in epoch 2
+    ({"epochs": 10, "max_steps": 6, "accumulate_grad_batches": 2}, 2),        # 2 steps an epoch: 3 epochs
+    ({"epochs": 3, "val_check_interval": 3, "check_val_every_n_epoch": None}, 3),  # every 3 of 12 batches
+    ({"epochs": 3, "limit_train_batches": 2}, 2),
+    ({"epochs": 1}, None),                                                    # one validation, at the end
+])
+def test_the_occam_gets_the_fits_budget_and_steps_that_many_times(settings, budget):
+    callback = OccamCallback(schedule=ConstantRate(0.1))
+    settings = dict(settings)
+    _fit(Tiny(), [callback], settings.pop("epochs"), **settings)
+    assert callback.occam.budget == budget
+    assert len(callback.occam.history) == (budget or 0)
+
+
+def test_an_unbounded_fit_has_no_budget():
+    from occamgd.integrations.lightning import run_budget
+
+    trainer = pl.Trainer(max_epochs=-1, accelerator="cpu", devices=1, logger=False, enable_progress_bar=False)
+    assert run_budget(trainer) is None

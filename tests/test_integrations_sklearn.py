@@ -89,7 +89,7 @@ def test_seeded_fits_repeat_and_leave_the_global_torch_generator_alone():
         ({"holdback": 1.0}, "holdback must be a fraction in [0, 1), got 1.0"),
         ({"learning_rate": -1.0}, "learning_rate must be a number > 0, got -1.0"),
         ({"device": "gpu7"}, "device must be a torch device"),
-        ({"schedule": "zeta"}, "schedule must be one of ['guarded', 'paper'] or None, got 'zeta'"),
+        ({"schedule": "zeta"}, "schedule must be one of ['guarded', 'paper', 'planned'] or None, got 'zeta'"),
     ],
 )
 def test_bad_parameters_are_refused_in_fit_with_the_value(params, message):

@@ -101,6 +101,9 @@ def _add_model_commands(sub) -> None:
     fit.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     fit.add_argument("--schedule", choices=list(PRESETS),
                      help=f"rate controller preset (default: {DEFAULT_PRESET}, the library's default)")
+    fit.add_argument("--min-density", type=float, help="never prune below this kept fraction of the weights")
+    fit.add_argument("--max-density", type=float,
+                     help="end at most this dense: as small as the data allows, at most this (e.g. 0.2)")
     fit.add_argument("--hidden", type=_widths, default=[256, 256], help="hidden layer widths (default: 256,256)")
     fit.add_argument("--categorical", type=_names, default=[],
                      help="comma-separated columns to one-hot encode even though they look numeric")
@@ -166,6 +169,7 @@ def _run_fit(args) -> None:
     with _DataWarnings():
         report = fit_csv(args.csv, args.target, out, task=args.task, epochs=args.epochs,
                          holdback=args.holdback, seed=args.seed, hidden=args.hidden, schedule=args.schedule,
+                         min_density=args.min_density, max_density=args.max_density,
                          categorical=args.categorical, drop=args.drop, force=args.force,
                          progress=not args.quiet)
     if not args.quiet:

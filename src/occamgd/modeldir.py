@@ -74,6 +74,7 @@ def _estimator(task: str, config: dict[str, Any], progress: bool):
     return cls(hidden_layer_sizes=tuple(config["hidden"]), epochs=config["epochs"],
                batch_size=config["batch_size"], learning_rate=config["learning_rate"],
                holdback=config["holdback"], schedule=config.get("schedule"), r0=config["r0"],
+               min_density=config.get("min_density"), max_density=config.get("max_density"),
                random_state=config["seed"], verbose=progress)
 
 
@@ -201,6 +202,8 @@ def fit_csv(
     learning_rate: float = 1e-3,
     r0: float = 0.4,
     schedule: str | None = None,
+    min_density: float | None = None,
+    max_density: float | None = None,
     categorical: Sequence[str] = (),
     drop: Sequence[str] = (),
     force: bool = False,
@@ -252,7 +255,8 @@ def fit_csv(
     X = pre.encode(frame, source)
     config = {"hidden": list(hidden), "epochs": epochs, "batch_size": batch_size, "learning_rate": learning_rate,
               # The preset actually used, so the report says it even when the default changes.
-              "holdback": holdback, "schedule": schedule or DEFAULT_PRESET, "r0": r0, "seed": seed}
+              "holdback": holdback, "schedule": schedule or DEFAULT_PRESET, "r0": r0, "seed": seed,
+              "min_density": min_density, "max_density": max_density}
     tmp, made = _reserve(out)
     try:
         estimator = _estimator(task, config, progress)

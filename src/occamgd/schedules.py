@@ -433,11 +433,11 @@ class Planned(Schedule):
       pass) pruning starts after ``start_by`` of it at the latest, so a short run still finds a size.
     - **Descend**: every step prunes the same fraction of the remaining weights, planned when the
       descent starts so that the density would reach ``target`` after ``end`` of the budget (at
-      most ``max_rate`` a step; without a budget ``rate``). The descent is not cut short by one
+      most ``r0`` a step; without a budget ``rate``). The descent is not cut short by one
       noisy step: it goes on while the signal stays within ``tol`` (relative) of the best it has
-      reached during the run.
-    - **Stop**: after ``patience`` prunes in a row with the signal more than ``tol`` above that
-      best, the last prune is rolled back (``restore=True``: Occam restores the model and masks it
+      reached since the descent began.
+    - **Stop**: after ``patience`` prunes in a row with the signal more than ``tol`` above the
+      best of the descent (from the step it started), the last prune is rolled back (``restore=True``: Occam restores the model and masks it
       saved before it) and pruning stops for good; it stops too once the density reaches
       ``target``. The density the run ends at is where the data stopped it; with ``fit`` (or any
       loop that keeps its best checkpoint) the epoch with the lowest hold-back loss is the model
@@ -466,12 +466,12 @@ class Planned(Schedule):
                 raise InvalidValueError(f"Planned state phase must be one of {_PLANNED_PHASES}, got {self.phase!r}")
 
     def __init__(self, target: float = 0.02, start_tol: float = 0.1, warmup: int = 1, start_by: float = 0.25,
-                 end: float = 0.75, rate: float = 0.2, max_rate: float = 0.5, tol: float = 0.05, patience: int = 2):
-        for name, value in (("target", target), ("rate", rate), ("max_rate", max_rate)):
+                 end: float = 0.75, rate: float = 0.2, r0: float = 0.5, tol: float = 0.05, patience: int = 2):
+        for name, value in (("target", target), ("rate", rate), ("r0", r0)):
             if not (_is_real(value) and 0.0 < value < 1.0):
                 raise InvalidValueError(f"{name} must be a number in (0, 1), got {value!r}")
-        if rate > max_rate:
-            raise InvalidValueError(f"rate must be <= max_rate = {max_rate!r}, got {rate!r}")
+        if rate > r0:
+            raise InvalidValueError(f"rate must be <= r0 = {r0!r} (the largest rate), got {rate!r}")
         for name, value in (("start_tol", start_tol), ("tol", tol)):
             if not (_is_real(value) and 0.0 <= value < 1.0):
                 raise InvalidValueError(f"{name} must be a fraction in [0, 1), got {value!r}")
@@ -482,7 +482,7 @@ class Planned(Schedule):
             if not (_is_integer(value) and value >= (1 if name == "patience" else 0)):
                 raise InvalidValueError(f"{name} must be an integer >= {1 if name == 'patience' else 0}, got {value!r}")
         self.target, self.start_tol, self.warmup = float(target), float(start_tol), int(warmup)
-        self.start_by, self.end, self.rate, self.max_rate = float(start_by), float(end), float(rate), float(max_rate)
+        self.start_by, self.end, self.rate, self.r0 = float(start_by), float(end), float(rate), float(r0)
         self.tol, self.patience = float(tol), int(patience)
 
     def init(self, budget: int | None = None) -> Planned.State:
@@ -497,14 +497,16 @@ class Planned(Schedule):
         if budget is None:
             return self.rate
         steps = max(1, math.ceil(self.end * budget) - epoch)
-        return min(self.max_rate, 1.0 - (self.target / density) ** (1.0 / steps))
+        return min(self.r0, 1.0 - (self.target / density) ** (1.0 / steps))
 
     def decide(self, signal: float | None, density: float, state: Planned.State) -> tuple[Decision, Planned.State]:
         signal = check_signal(signal)
         if signal is None:
             raise InvalidValueError("Planned needs a signal loss every step, got None")
         phase, rate, max_gain, worse = state.phase, state.rate, state.max_gain, state.worse
-        best = signal if state.best is None else min(state.best, signal)
+        # The best is that of the descent: a dense network that overfits before it starts would
+        # otherwise make every pruned step look worse than the warm-up's best.
+        best = signal if state.best is None or phase == "warmup" else min(state.best, signal)
         action = "stopped"
         if phase == "warmup":
             slowed = False

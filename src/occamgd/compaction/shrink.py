@@ -127,7 +127,11 @@ def set_structure(model: nn.Module, record: dict[str, Any]) -> None:
         if _name(type(m)) != rec["class"]:
             m.__class__ = _resolve(type(m), rec["class"])
         for k, v in rec["attrs"].items():
-            if getattr(m, k, None) != v:
+            current = getattr(m, k, None)
+            # A reference the live module holds (a LightningModule's trainer, None in a copy) is not structure.
+            if current is not None and not isinstance(current, (*_PRIMITIVE, tuple)):
+                continue
+            if current != v:
                 setattr(m, k, v)
 
 

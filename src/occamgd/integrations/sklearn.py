@@ -43,12 +43,17 @@ _PARAMETERS_DOC = """
         Fraction of the training rows held back (at least one row): their loss drives the
         pruning rate and selects the epoch whose weights are kept. ``0`` reads the training
         loss instead (the paper's reference) and keeps the last epoch.
-    schedule : {"paper", "guarded"} or None, default=None
+    schedule : {"paper", "guarded", "planned"} or None, default=None
         The rate controller: ``"paper"`` is the paper's rule (:class:`occamgd.OccamRate`),
-        ``"guarded"`` the guarded controller (:class:`occamgd.Guarded`); ``None`` is the library's
-        default preset.
+        ``"guarded"`` the guarded controller (:class:`occamgd.Guarded`), ``"planned"`` the
+        controller that plans its descent within the epochs (:class:`occamgd.schedules.Planned`);
+        ``None`` is the library's default preset.
     r0 : float in (0, 1), default=0.4
         The largest pruning rate (the paper's initial rate), passed to the controller.
+    min_density, max_density : float in (0, 1] or None, default=None
+        Bounds on the kept fraction of the prunable weights, combined with the controller's
+        choice: ``max_density=0.2`` is "as small as the data allows, at most 0.2" (reached by
+        three quarters of the epochs; the kept epoch is chosen within it).
     random_state : int, RandomState instance or None, default=None
         Seeds the weight initialisation, the hold-back split and the batch order. The global
         torch random state is left as it was.
@@ -120,6 +125,8 @@ class _OccamMLP(BaseEstimator):
         holdback=0.15,
         schedule=None,
         r0=0.4,
+        min_density=None,
+        max_density=None,
         random_state=None,
         device="cpu",
         verbose=False,
@@ -131,6 +138,8 @@ class _OccamMLP(BaseEstimator):
         self.holdback = holdback
         self.schedule = schedule
         self.r0 = r0
+        self.min_density = min_density
+        self.max_density = max_density
         self.random_state = random_state
         self.device = device
         self.verbose = verbose
@@ -148,6 +157,15 @@ class _OccamMLP(BaseEstimator):
             raise InvalidValueError(f"holdback must be a fraction in [0, 1), got {self.holdback!r}")
         if not (isinstance(self.r0, numbers.Real) and 0.0 < self.r0 < 1.0):
             raise InvalidValueError(f"r0 must be a number in (0, 1), got {self.r0!r}")
+        for name in ("min_density", "max_density"):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, numbers.Real) and not isinstance(value, bool)
+                                          and 0.0 < value <= 1.0):
+                raise InvalidValueError(f"{name} must be a fraction of the prunable weights in (0, 1] or None, "
+                                        f"got {value!r}")
+        if self.min_density is not None and self.max_density is not None and self.min_density > self.max_density:
+            raise InvalidValueError(f"min_density {self.min_density!r} is above max_density {self.max_density!r}; "
+                                    "accepted: min_density <= max_density")
         if self.schedule is not None and self.schedule not in PRESETS:
             raise InvalidValueError(f"schedule must be one of {sorted(PRESETS)} or None, got {self.schedule!r}")
         try:
@@ -177,7 +195,7 @@ class _OccamMLP(BaseEstimator):
                 model, (x, y), epochs=int(self.epochs), batch_size=int(self.batch_size),
                 lr=float(self.learning_rate), schedule=PRESETS[self.schedule or DEFAULT_PRESET](r0=float(self.r0)), holdback=holdback,
                 signal="holdback" if holdback > 0 else "train", task=self._task, seed=seed,
-                progress=bool(self.verbose),
+                progress=bool(self.verbose), min_density=self.min_density, max_density=self.max_density,
             )
         result.occam.detach()  # a fitted estimator must pickle: no hooks left on the optimizer
         model.eval()
