@@ -21,7 +21,7 @@ from ..criteria import layerwise_magnitude
 from ..fit import evaluate
 from ..masks import Masks, select_prunable
 from ..errors import InvalidValueError
-from ..schedules import GMP, Decision, Guarded, OccamRate, check_signal, get_schedule
+from ..schedules import DEFAULT_PRESET, GMP, Decision, Guarded, OccamRate, check_signal, get_schedule
 from .measure import model_size, parameter_counts, throughput_fields
 from .registry import Context, Method, TrainSpec, final_model_path, register_method
 
@@ -196,8 +196,8 @@ register_method(Method("hist-gradient-boosting", "scikit-learn HistGradientBoost
                        "split", run=_sklearn(_hist_gradient_boosting)))
 #: gmp-structured's target: this fraction of the groups' units.
 STRUCTURED_UNITS = 0.5
-register_method(Method("occam-structured", "the default controller (Guarded) on the hold-back loss, pruning whole "
-                       "groups of coupled units (occamgd.compaction.structured_pruning, per-group rate) and "
+register_method(Method("occam-structured", f"the default controller (get_schedule(None): {DEFAULT_PRESET!r}) on the "
+                       "hold-back loss, pruning whole groups of coupled units (occamgd.compaction.structured_pruning, per-group rate) and "
                        "shrinking the live model at each prune", schedule=lambda ctx: get_schedule(None),
                        extra=_guard_actions, structured=True, shrink=True))
 register_method(Method("gmp-structured", f"cubic GMP to {STRUCTURED_UNITS} of the groups' units (not of the weights: "
