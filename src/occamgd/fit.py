@@ -203,15 +203,26 @@ def _snapshot(model: nn.Module, optimizer: torch.optim.Optimizer, occam: Occam) 
 
 
 def _restore(snapshot: dict, model: nn.Module, optimizer: torch.optim.Optimizer | None, occam: Occam) -> None:
+    if occam.shrink:
+        # Occam's state first: it gives the model (the same Parameter objects) the shapes of the saved
+        # state, larger or smaller than the live ones; the weights and optimizer state then fit them.
+        occam.load_state_dict(snapshot["occam"])
+        model.load_state_dict(snapshot["model"])
+        if optimizer is not None and "optimizer" in snapshot:
+            optimizer.load_state_dict(snapshot["optimizer"])
+        occam.enforce()
+        return
     model.load_state_dict(snapshot["model"])
     if optimizer is not None and "optimizer" in snapshot:
         optimizer.load_state_dict(snapshot["optimizer"])
     occam.load_state_dict(snapshot["occam"])
 
 
-def _check_same_model(model: nn.Module, saved: dict, path: Path) -> None:
-    ours = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    theirs = {k: tuple(v.shape) for k, v in saved.items()}
+def _check_same_model(model: nn.Module, saved: dict, path: Path, shapes: bool = True) -> None:
+    """Refuse a checkpoint of another model: other tensor names, or (``shapes``) other shapes. A shrinking
+    run's shapes are those its Occam state records: they are checked once Occam has restored them."""
+    ours = {k: tuple(v.shape) if shapes else () for k, v in model.state_dict().items()}
+    theirs = {k: tuple(v.shape) if shapes else () for k, v in saved.items()}
     if ours != theirs:
         diff = sorted(set(ours.items()) ^ set(theirs.items()))[:4]
         raise InvalidValueError(
@@ -284,6 +295,8 @@ def fit(
     min_density: float | None = None,
     max_density: float | None = None,
     max_params: int | None = None,
+    structured: bool | str = False,
+    shrink: bool = False,
 ) -> FitResult:
     """Train ``model`` with Occam Gradient Descent; return the model, Occam and the history.
 
@@ -302,6 +315,15 @@ def fit(
     - ``min_density`` / ``max_density`` / ``max_params``: bounds on the size, combined with the
       controller's choice (see :class:`occamgd.Occam`): "as small as the data allows, at most 0.2"
       is ``max_density=0.2``. The best epoch is chosen among the epochs within the bounds.
+    - ``structured``: prune whole groups of coupled units (neurons, channels, heads) with
+      :func:`occamgd.compaction.structured_pruning`, traced on the first rows of ``train``
+      (:data:`EXAMPLE_ROWS`); ``criterion`` and ``include`` are then refused (the groups decide
+      them) and ``exclude`` is the module names or types it leaves whole. ``True`` (or ``"layer"``)
+      prunes the rate's fraction of each group's units, ``"global"`` of all groups' units together.
+    - ``shrink`` (needs ``structured``): after each prune the pruned groups are removed from the
+      live model in place (``Occam(shrink=True)``), so the epochs after it train a smaller
+      network. ``keep_best`` restores the best epoch's model with its shapes (larger than the
+      live one if a prune shrank it since); a checkpoint resumes exactly, shapes included.
 
     The controller is told the run's budget (``epochs - 1`` prunes) and plans within it.
 
@@ -324,6 +346,20 @@ def fit(
         raise InvalidValueError(f"signal must be 'holdback' or 'train', got {signal!r}")
     if signal == "holdback" and holdback == 0.0:
         raise InvalidValueError("signal='holdback' needs holdback > 0, got holdback=0; accepted: holdback in (0, 1), or signal='train'")
+    if structured not in STRUCTURED or not isinstance(structured, (bool, str)):
+        raise InvalidValueError(f"structured must be one of {STRUCTURED}, got {structured!r}")
+    if not isinstance(shrink, bool):
+        raise InvalidValueError(f"shrink must be True or False, got {shrink!r}")
+    if shrink and not structured:
+        raise InvalidValueError("shrink=True removes whole pruned groups from the model, which needs structured "
+                                "pruning, got structured=False; accepted: structured=True with shrink=True, or "
+                                "shrink=False")
+    if structured and (include is not None or not (isinstance(criterion, str) and criterion == "layerwise")):
+        raise InvalidValueError(
+            f"structured=True chooses the criterion and the pruned tensors from the model's groups, got "
+            f"criterion={getattr(criterion, '__name__', criterion)!r}, include={include!r}; accepted: the default "
+            "criterion and include=None with structured=True (exclude names modules to leave whole), or "
+            "structured=False")
     if task not in (None, "classification", "regression"):
         raise InvalidValueError(f"task must be 'classification', 'regression' or None (inferred), got {task!r}")
     dataset = _as_dataset(train, "train")
@@ -335,10 +371,16 @@ def fit(
     task = task or _infer_task(labels)
     loss_fn = loss or _default_loss(task)
     schedule = get_schedule(schedule)
+    if structured:
+        from .compaction import structured_pruning
+
+        scope = structured if isinstance(structured, str) else "layer"
+        plan = structured_pruning(model, _example_rows(dataset), scope=scope, exclude=exclude)
+        criterion, include, exclude = plan["criterion"], plan["include"], None
     # Occam first: it refuses a model without prunable tensors before anything else happens.
     occam = Occam(model, None, criterion, schedule, include=include, exclude=exclude,
                   budget=epochs - 1 if epochs >= 2 else None, min_density=min_density, max_density=max_density,
-                  max_params=max_params)
+                  max_params=max_params, shrink=shrink)
     if initial_masks is not None:
         occam.masks.check(initial_masks, "initial_masks", require_all=True)
     device = next(model.parameters()).device
@@ -350,7 +392,7 @@ def fit(
               "task": task, "rows": len(dataset), "schedule": repr(schedule),
               "criterion": getattr(occam.criterion, "__name__", repr(occam.criterion)),
               "optimizer": _optimizer_settings(opt), "loss": getattr(loss_fn, "__name__", repr(loss_fn)),
-              "bounds": [occam.min_density, occam.max_density]}
+              "bounds": [occam.min_density, occam.max_density], "structured": structured, "shrink": shrink}
     generator = torch.Generator().manual_seed(seed)
     ckpt_path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
     try:
@@ -377,6 +419,8 @@ def fit(
 
             record: dict[str, Any] = {"epoch": epoch, "density": occam.density, "kept": occam.masks.kept,
                                       "densities": occam.densities}
+            if shrink:  # the entries of each pruned tensor the model holds while it trains this epoch
+                record["live"] = {name: p.numel() for name, p in occam.masks.params.items()}
             record["train_loss"], record["train_acc"] = _train_epoch(model, opt, loader, loss_fn, task, device)
             if not math.isfinite(record["train_loss"]):
                 fail("training loss", record["train_loss"])
@@ -423,11 +467,25 @@ def fit(
         history[-1]["warning"] = reason
         warnings.warn(reason, NotPrunedWarning, stacklevel=2)
     if keep_best and best is not None:
-        model.load_state_dict(best["model"])
         # All of Occam, not only its masks: a rollback from the returned Occam must not go to a model
-        # from after the best epoch.
-        occam.load_state_dict(best["occam"])
+        # from after the best epoch. (With shrink, Occam's state regrows the model to that epoch's shapes.)
+        _restore({"model": best["model"], "occam": best["occam"]}, model, None, occam)
     return FitResult(model=model, occam=occam, history=history, best_epoch=best["epoch"] if best else None)
+
+
+#: What ``structured`` accepts: off, on (per-group rate), or the scope of the group criterion.
+STRUCTURED = (False, True, "layer", "global")
+#: Rows of ``train`` that ``structured=True`` traces the model on.
+EXAMPLE_ROWS = 4
+#: Settings a checkpoint of an older fit() lacks, and the value it was written with.
+_CONFIG_DEFAULTS = {"structured": False, "shrink": False}
+
+
+def _example_rows(dataset: Dataset) -> torch.Tensor:
+    """The inputs of the first :data:`EXAMPLE_ROWS` rows of ``dataset``, as one batch."""
+    if isinstance(dataset, TensorDataset):
+        return dataset.tensors[0][:EXAMPLE_ROWS]
+    return torch.stack([torch.as_tensor(dataset[i][0]) for i in range(min(EXAMPLE_ROWS, len(dataset)))])
 
 
 def _optimizer_settings(opt: torch.optim.Optimizer) -> list[str]:
@@ -468,11 +526,12 @@ def _resume(path: Path, config: dict, epochs: int, model: nn.Module, opt: torch.
     refused: its history and state are those of a longer run.
     """
     ckpt = _read_checkpoint(path)
-    _check_same_model(model, ckpt["model"], path)
+    _check_same_model(model, ckpt["model"], path, shapes=not config["shrink"])
     for key, value in config.items():
-        if ckpt["config"].get(key) != value:
+        saved = ckpt["config"].get(key, _CONFIG_DEFAULTS.get(key))
+        if saved != value:
             raise InvalidValueError(
-                f"checkpoint {path} was written with {key}={ckpt['config'].get(key)!r}, this call has "
+                f"checkpoint {path} was written with {key}={saved!r}, this call has "
                 f"{key}={value!r}; accepted: the same {key}, or a fresh checkpoint_dir"
             )
     done = ckpt["epoch"] + 1
@@ -482,6 +541,8 @@ def _resume(path: Path, config: dict, epochs: int, model: nn.Module, opt: torch.
             "(the run goes on, or returns as it is), or a fresh checkpoint_dir"
         )
     _restore(ckpt, model, opt, occam)
+    if config["shrink"]:
+        _check_same_model(model, ckpt["model"], path)
     _set_rng_state(ckpt["rng"], device, generator)
     history = History(ckpt["history"])
     if done == ckpt["epochs"] < epochs:

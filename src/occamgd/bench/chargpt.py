@@ -16,6 +16,7 @@ by default), ``data_root``, ``gpu`` (CUDA with bf16 autocast and ``torch.compile
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import functools
 import hashlib
@@ -34,6 +35,7 @@ from .._timing import synchronize
 from ..data.text import TINYSHAKESPEARE_SHA256, CharCorpus, find_tinyshakespeare, get_batch, load_text
 from ..models.gpt import GPT, GPTConfig, prunable
 from ..occam import Occam
+from .measure import macs_per_sample, parameter_counts, throughput_fields, training_flops
 from ..rigl import RigL, update_interval
 from .registry import BenchData, Context, Task, TrainSpec, register_task
 
@@ -138,8 +140,19 @@ def train_run(config: CharGPTConfig, corpus: CharCorpus, device: torch.device, s
                                   fused=device.type == "cuda")
     schedule = spec.schedule
     # The run's budget: the evaluations a prune follows (none after the last one).
-    occam = Occam(model, optimizer, schedule=schedule, include=prunable(model),
-                  budget=max(1, (config.steps - 1) // config.interval)) if schedule is not None else None
+    budget = max(1, (config.steps - 1) // config.interval)
+    if schedule is None:
+        occam = None
+    elif spec.structured:
+        from ..compaction import structured_pruning
+
+        scope = spec.structured if isinstance(spec.structured, str) else "layer"
+        occam = Occam(model, optimizer, schedule=schedule, shrink=spec.shrink, budget=budget,
+                      **structured_pruning(model, scope=scope))
+    else:
+        occam = Occam(model, optimizer, schedule=schedule, include=prunable(model), budget=budget)
+    # A compiled graph is built for the shapes it saw: a shrinking run trains eager.
+    compile = compile and not spec.shrink
     # Dynamic sparse training (the rigl method): sparse from the first step, its masks kept after every step.
     rigl = None if spec.rigl is None else RigL(
         model, optimizer, total_steps=config.steps, include=prunable(model), seed=seed,
@@ -154,7 +167,7 @@ def train_run(config: CharGPTConfig, corpus: CharCorpus, device: torch.device, s
                     for _ in range(config.eval_batches)]
     tokens_per_interval = config.interval * config.batch_size * config.block_size
 
-    history, best, best_state = [], None, None
+    history, best, best_state, best_occam, best_masks = [], None, None, None, {}
     train_loss_sum = torch.zeros((), device=device)
     bar = tqdm(total=config.steps, desc=f"{TASK} {label} seed{seed}", unit="step", disable=not progress,
                leave=False)
@@ -187,10 +200,16 @@ def train_run(config: CharGPTConfig, corpus: CharCorpus, device: torch.device, s
         density = masks.density if masks is not None else 1.0
         record = {"epoch": len(history), "step": step + 1, "holdback_loss": val_loss, "train_loss": train_loss,
                   "density": density, "rate": 0.0, "lr": lr, "tokens_per_s": tokens_per_interval / train_seconds,
-                  "train_seconds": train_seconds, "prune_seconds": 0.0}
+                  "train_seconds": train_seconds, "seconds": train_seconds, "prune_seconds": 0.0,
+                  "densities": masks.densities() if masks is not None else {}}
+        if occam is not None and occam.shrink:  # the entries each pruned tensor held while this interval trained
+            record["live"] = {name: p.numel() for name, p in occam.masks.params.items()}
         if best is None or val_loss < best["holdback_loss"]:
             best = record
             best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+            # Its masks, and with shrinking its shapes (regrown from this state if a prune shrinks the model since).
+            best_occam = copy.deepcopy(occam.state_dict()) if occam is not None else None
+            best_masks = {n: masks[n].to("cpu", copy=True) for n in masks} if masks is not None else {}
         # No prune after the last evaluation: no step would train or evaluate that model.
         if occam is not None and step + 1 < config.steps:
             start_prune = time.perf_counter()
@@ -207,6 +226,16 @@ def train_run(config: CharGPTConfig, corpus: CharCorpus, device: torch.device, s
         occam.detach()
     if rigl is not None:
         rigl.detach()
+    # The final model is the selected (best) state with its masks, and its shapes where the model shrank since.
+    if best_occam is not None:
+        occam.load_state_dict(best_occam)
+    model.load_state_dict(best_state)
+    dense = GPT(config.model_config(corpus.vocab_size)).to(device)
+    macs = macs_per_sample(dense, eval_batches[0][0][:1])
+    numel = {name: p.numel() for name, p in dense.named_parameters()}
+    measured = {**parameter_counts(model, best_masks), "dense_params": dense.num_params(),
+                **training_flops(macs, history, config.interval * config.batch_size, numel),
+                **throughput_fields(model, dense, eval_batches[0][0])}
 
     speeds = [r["tokens_per_s"] for r in history]
     result = {
@@ -225,10 +254,11 @@ def train_run(config: CharGPTConfig, corpus: CharCorpus, device: torch.device, s
         "schedule": repr(occam.schedule) if occam is not None else None,
         **({"rigl": repr(rigl), "rigl_updates": len(rigl.history)} if rigl is not None else {}),
         "weight_decay": weight_decay,
+        "compiled": compile,
+        **measured,
         "history": history,
     }
     if sample:
-        model.load_state_dict(best_state)
         prompt = corpus.encode(SAMPLE_PROMPT)[None].to(device)
         generator = torch.Generator(device).manual_seed(SAMPLE_SEED)
         out = model.generate(prompt, config.sample_chars, generator=generator)
@@ -331,8 +361,8 @@ register_task(Task(
     TASK, "a character-level GPT on Tiny Shakespeare (or any text), trained step by step; the validation text "
     "selects and is reported (no test split)", _load, _model, _train, _settings,
     evaluations=lambda ctx: ctx.budget // _config(ctx).interval, budget=STANDARD.steps, quick_budget=QUICK.steps,
-    unit="steps", methods=("gd", "gd-wd", "gmp", "gmp-grid", "gmp-oracle", "occam", "occam-val", "occam-planned", "occam-guarded",
-                           "rigl"),
+    unit="steps", methods=("gd", "gd-wd", "gmp", "gmp-grid", "gmp-oracle", "occam", "occam-val", "occam-planned",
+                           "occam-guarded", "rigl", "occam-structured", "gmp-structured"),
     options_accepted=("corpus", "data_root", "gpu", "config"), weight_decays=(0.01, 0.1, 1.0),
     gmp_end=_gmp_end, score=("selection_loss", "best validation loss"),
     budget_from=lambda quick, options: _base_config(quick, options).steps,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -19,13 +20,67 @@ from torch.utils.data import TensorDataset
 from ..criteria import layerwise_magnitude
 from ..fit import evaluate
 from ..masks import Masks, select_prunable
-from ..schedules import GMP, Guarded, OccamRate, Planned
-from .measure import model_size
+from ..errors import InvalidValueError
+from ..schedules import DEFAULT_PRESET, GMP, Decision, Guarded, OccamRate, Planned, check_signal, get_schedule
+from .measure import model_size, parameter_counts, throughput_fields
 from .registry import Context, Method, TrainSpec, final_model_path, register_method
 
 
 def _gmp(ctx: Context, density: float) -> GMP:
     return GMP(density, start=0, end=ctx.task.gmp_end(ctx.evaluations))
+
+
+class UnitGMP(GMP):
+    """Cubic GMP whose target is a fraction of the structured groups' *units* (neurons, channels, heads), not of
+    the weights (``masks.density``, which a unit's removal lowers in two layers at once).
+
+    It counts units itself: ``units`` is how many the groups hold at the start, and each step asks for the
+    exact number that brings the kept count to ``round(target * units)``, as the rate of
+    :func:`occamgd.criteria.group_magnitude` with ``scope="global"`` (one count over all groups' kept units,
+    each group keeping its largest) reads it. With ``scope="layer"`` one rate is rounded up in every group at
+    every step and would take a unit a step from the narrowest groups, far past the target.
+    """
+
+    @dataclass(frozen=True)
+    class State:
+        epoch: int = 0
+        #: Units the groups keep, as this controller counted its own prunes (``None`` before the first step).
+        kept: int | None = None
+
+    def __init__(self, final_units: float, units: int, start: int = 0, end: int = 10):
+        super().__init__(final_units, start, end)
+        if not (isinstance(units, int) and not isinstance(units, bool) and units >= 1):
+            raise InvalidValueError(f"units must be an integer >= 1 (the groups' units), got {units!r}")
+        self.units = units
+
+    def decide(self, signal, density, state):
+        check_signal(signal)
+        kept = self.units if state.kept is None else state.kept
+        if state.epoch < self.start:
+            return Decision("held", 0.0), replace(state, epoch=state.epoch + 1, kept=kept)
+        target = round(self.target(state.epoch, 1.0) * self.units)
+        prune = kept - target
+        if prune <= 0 or kept <= 1:
+            return Decision("held", 0.0), replace(state, epoch=state.epoch + 1, kept=kept)
+        # group_magnitude prunes ceil(rate * (kept - 1)) units: exactly `prune` for this rate.
+        rate = prune / (kept - 1)
+        return Decision("pruned", rate), replace(state, epoch=state.epoch + 1, kept=target)
+
+
+def group_units(model: torch.nn.Module, example=None) -> int:
+    """How many units the structured groups of ``model`` hold (traced on ``example``, see structured_pruning)."""
+    from ..compaction import structured_pruning
+
+    return sum(int(group[0].index.shape[0]) for group in structured_pruning(model, example)["criterion"].groups)
+
+
+def _unit_gmp(ctx: Context, final_units: float) -> UnitGMP:
+    from ..fit import EXAMPLE_ROWS
+
+    # The rows fit traces on (epoch tasks); a GPT has its own example input.
+    example = ctx.data.train[0][:EXAMPLE_ROWS] if isinstance(ctx.data.train, tuple) else None
+    units = group_units(ctx.task.model(ctx), example)
+    return UnitGMP(final_units, units, start=0, end=ctx.task.gmp_end(ctx.evaluations))
 
 
 def _pruned_final_gd(ctx: Context) -> tuple[torch.nn.Module, Masks]:
@@ -42,8 +97,11 @@ def _pruned_final_gd(ctx: Context) -> tuple[torch.nn.Module, Masks]:
 def gd_prune(ctx: Context) -> dict:
     model, masks = _pruned_final_gd(ctx)
     loss, acc = evaluate(model, TensorDataset(*ctx.data.test), F.cross_entropy, "classification")
+    # Measured as it is: a masked model runs at its dense shapes.
+    speed = throughput_fields(model, ctx.task.model(ctx), ctx.data.test[0][:256])
     return {"selected_epoch": None, "selection_loss": None, "test_loss": loss, "test_acc": acc,
-            "density": masks.density, **model_size(model, masks.densities()), "train_seconds": 0.0, "history": []}
+            "density": masks.density, **model_size(model, masks.densities()),
+            **parameter_counts(model, {n: masks[n] for n in masks}), **speed, "train_seconds": 0.0, "history": []}
 
 
 def gd_prune_finetune(ctx: Context) -> dict:
@@ -141,3 +199,14 @@ register_method(Method("random-forest", "scikit-learn RandomForestClassifier(500
                        run=_sklearn(_random_forest)))
 register_method(Method("hist-gradient-boosting", "scikit-learn HistGradientBoostingClassifier on the whole training "
                        "split", run=_sklearn(_hist_gradient_boosting)))
+#: gmp-structured's target: this fraction of the groups' units.
+STRUCTURED_UNITS = 0.5
+register_method(Method("occam-structured", f"the default controller (get_schedule(None): {DEFAULT_PRESET!r}) on the "
+                       "hold-back loss, pruning whole groups of coupled units (occamgd.compaction.structured_pruning, per-group rate) and "
+                       "shrinking the live model at each prune", schedule=lambda ctx: get_schedule(None),
+                       extra=_guard_actions, structured=True, shrink=True))
+register_method(Method("gmp-structured", f"cubic GMP to {STRUCTURED_UNITS} of the groups' units (not of the weights: "
+                       "a unit's removal cuts two layers), counted over all groups together (scope='global', each "
+                       "group keeping its largest unit; one rate rounded up per group would empty narrow groups), "
+                       "shrinking the live model at each prune",
+                       schedule=lambda ctx: _unit_gmp(ctx, STRUCTURED_UNITS), structured="global", shrink=True))

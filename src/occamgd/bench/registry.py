@@ -72,7 +72,10 @@ class TrainSpec:
     where to save the final model for methods that start from it, and a ``start``
     (``{"model": state_dict, "masks": Masks.state_dict()}``) to train from instead of fresh weights.
     ``rigl``: train sparse with :class:`occamgd.rigl.RigL`, these keyword arguments (``density``,
-    ``alpha``, ``end``, ``distribution``; the loop sets ``total_steps``, ``update_every`` and ``seed``)."""
+    ``alpha``, ``end``, ``distribution``; the loop sets ``total_steps``, ``update_every`` and ``seed``).
+    ``structured``: prune whole groups of coupled units
+    (:func:`occamgd.compaction.structured_pruning`); ``shrink`` (with ``structured``): remove them from
+    the live model at each prune, so that the epochs after it train a smaller network."""
 
     schedule: Schedule | None = None
     signal: str = "holdback"
@@ -80,6 +83,13 @@ class TrainSpec:
     save_final: Path | None = None
     start: dict | None = None
     rigl: dict | None = None
+    structured: bool | str = False  # True ("layer") or "global": the group criterion's scope
+    shrink: bool = False
+
+    def __post_init__(self):
+        if self.shrink and not self.structured:
+            raise InvalidValueError("TrainSpec(shrink=True) removes whole groups, which needs structured=True; "
+                                    "accepted: structured=True with shrink=True, or shrink=False")
 
 
 @dataclass(frozen=True)
@@ -95,6 +105,8 @@ class Method:
     - ``extra(record)``: fields derived from a finished record and added to it (what a method
       reports beyond the schema, e.g. the paper's test-peeking choice).
     - ``rigl(ctx)``: RigL's settings (``TrainSpec.rigl``) for a method that trains sparse with RigL.
+    - ``structured`` / ``shrink``: passed to the loop's :class:`TrainSpec` (whole groups pruned; the
+      live model shrunk at each prune).
     """
 
     name: str
@@ -107,8 +119,12 @@ class Method:
     run: Callable[[Context], dict] | None = None
     extra: Callable[[dict], dict] | None = None
     rigl: Callable[[Context], dict] | None = None
+    structured: bool | str = False
+    shrink: bool = False
 
     def __post_init__(self):
+        if self.shrink and not self.structured:
+            raise InvalidValueError(f"method {self.name!r}: shrink=True needs structured=True")
         if self.signal not in SIGNALS:
             raise InvalidValueError(f"method {self.name!r}: signal must be one of {SIGNALS}, got {self.signal!r}")
 

@@ -1,4 +1,5 @@
-"""The bench's report: one table per dataset, a summary over datasets, curves and loss-vs-density plots.
+"""The bench's report: one table per dataset, a summary over datasets, curves, loss-vs-density plots and
+the cost plot (loss against training time and against inference throughput, one point per method and seed).
 
 It reads records of the one schema (:mod:`occamgd.bench.runner`) and nothing else, so every task
 is reported alike. Columns that no record of a task fills (test accuracy on char-gpt, tokens/s
@@ -17,6 +18,16 @@ from .registry import METHODS, Task
 
 #: Methods whose selected density is compared with gd's loss in the summary.
 PRUNING = ("occam-val", "occam-planned", "occam-guarded")
+#: Fields derived from a record's own: the final model's inference speed over the dense model's (same run).
+DERIVED = {f"speedup_b{b}": (f"throughput_b{b}", f"dense_throughput_b{b}") for b in (1, 256)}
+
+
+def value(record: dict, key: str):
+    """``record[key]``, or a :data:`DERIVED` ratio (``None`` where a part is missing)."""
+    if key in DERIVED:
+        num, den = (record.get(k) for k in DERIVED[key])
+        return num / den if num is not None and den else None
+    return record.get(key)
 
 
 def by_dataset(records: list[dict]) -> dict[str, dict[str, list[dict]]]:
@@ -30,16 +41,18 @@ def by_dataset(records: list[dict]) -> dict[str, dict[str, list[dict]]]:
 def tables(task: Task, order: list[str], records: list[dict]) -> list[tuple[str, list[str], list[list[str]]]]:
     """``(dataset, header, rows)`` per dataset: mean ± std over seeds of every method."""
     score, label = task.score
-    has = lambda key: any(r.get(key) is not None for r in records)  # noqa: E731
+    has = lambda key: any(value(r, key) is not None for r in records)  # noqa: E731
     columns = [(score, label, 3)] + [(k, name, d) for k, name, d in (
         ("test_acc", "test accuracy", 3), ("density", "density", 3),
         ("selected_epoch" if task.unit == "epochs" else "best_step", "selected epoch" if task.unit == "epochs"
          else "step of best", 1), ("final_loss", "final loss", 3), ("train_seconds", "train time (s)", 1),
-        ("tokens_per_s", "tokens/s", 0)) if has(k)]
+        ("tokens_per_s", "tokens/s", 0), ("final_params", "params", 0),
+        ("throughput_b1", "samples/s b1", 0), ("speedup_b1", "b1 × dense", 2),
+        ("throughput_b256", "samples/s b256", 0), ("speedup_b256", "b256 × dense", 2)) if has(k)]
     header = ["method"] + [name for _, name, _ in columns] + ["seeds"]
     out = []
     for dataset, by_method in by_dataset(records).items():
-        rows = [[name] + [mean_std([r.get(key) for r in by_method[name]], digits) for key, _, digits in columns]
+        rows = [[name] + [mean_std([value(r, key) for r in by_method[name]], digits) for key, _, digits in columns]
                 + [str(len(by_method[name]))] for name in order if name in by_method]
         out.append((dataset, header, rows))
     return out
@@ -102,6 +115,45 @@ def _plot_loss_vs_density(task: Task, by_method: dict[str, list[dict]], path: Pa
         plt.close(fig)
 
 
+def _plot_cost(task: Task, by_method: dict[str, list[dict]], path: Path, title: str, colors: dict[str, str]) -> bool:
+    """The loss against training time and against inference throughput at batch 256, a point per method and
+    seed: what a user reads to choose. ``False`` (nothing written) when no record has either measurement."""
+    score, label = task.score
+    axes_keys = [("train_seconds", "training time (s)"), ("throughput_b256", "inference samples/s, batch 256")]
+    points = {key: {name: [(r[key], r[score]) for r in rs if r.get(key) is not None and r.get(score) is not None]
+                    for name, rs in by_method.items()} for key, _ in axes_keys}
+    if not any(p for by_name in points.values() for p in by_name.values()):
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+    for ax, (key, xlabel) in zip(axes, axes_keys):
+        for name, pts in points[key].items():
+            if pts:
+                x, y = zip(*pts)
+                ax.scatter(x, y, label=name, color=colors.get(name), s=22)
+        dense = [r.get("dense_throughput_b256") for rs in by_method.values() for r in rs]
+        dense = [d for d in dense if d is not None]
+        if key == "throughput_b256" and dense:
+            ax.axvline(statistics.median(dense), color="grey", ls=":", lw=1, label="dense model")
+        ax.set_xscale("log")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].set_title(f"{title}: {label} vs training time", fontsize=9)
+    axes[1].set_title(f"{title}: {label} vs inference speed", fontsize=9)
+    axes[1].legend(fontsize=7)
+    fig.tight_layout()
+    try:
+        atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
+    finally:
+        plt.close(fig)
+    return True
+
+
 def write_report(root: Path, task: Task, order: list[str], records: list[dict]) -> Path:
     """``results.md``, ``<dataset>-curves.png`` and ``<dataset>-loss-vs-density.png`` under ``root``."""
     runs = by_dataset(records)
@@ -119,10 +171,13 @@ def write_report(root: Path, task: Task, order: list[str], records: list[dict]) 
                     png, title=dataset, colors=colors, xlabel=xlabel)
         scatter = root / f"{dataset}-loss-vs-density.png"
         _plot_loss_vs_density(task, by_method, scatter, dataset, colors)
+        cost = root / f"{dataset}-cost.png"
+        cost_link = f" ![loss vs cost]({cost.name})" if _plot_cost(task, by_method, cost, dataset, colors) else ""
         samples = "\n".join(f"**{m}** (seed {r['seed']}, kept state):\n\n```text\n{r['sample']}\n```\n"
                             for m in order for r in by_method.get(m, []) if r.get("sample"))
         sections.append(f"### {dataset}\n\n{markdown_table(header, rows)}\n\n![curves]({png.name}) "
-                        f"![loss vs density]({scatter.name})\n" + (f"\nSamples:\n\n{samples}" if samples else ""))
+                        f"![loss vs density]({scatter.name}){cost_link}\n"
+                        + (f"\nSamples:\n\n{samples}" if samples else ""))
     config = records[0]["config"] if records else {}
     setup = (f"{task.description}. Budget: {config.get('budget')} {task.unit}; settings: {config.get('settings')}; "
              f"options: {config.get('options')}.")
@@ -131,7 +186,12 @@ def write_report(root: Path, task: Task, order: list[str], records: list[dict]) 
     if notes:
         summary += "## Runs that ended without pruning\n\n" + "\n".join(f"- {n}" for n in notes) + "\n\n"
     legend = "\n".join(f"- `{m}`: {METHODS[m].description}" for m in order)
+    threads = sorted({r["threads"] for r in records if r.get("threads") is not None})
+    speed = (f" Inference throughput (samples/s) is the final model's in eval mode without gradients, median of "
+             f"timed repetitions, measured in the same run beside a dense model of the task (× dense: the ratio); "
+             f"torch threads: {', '.join(map(str, threads))}. params: the final model's parameters (a shrunk "
+             f"model's live ones, a masked model's kept ones)." if threads else "")
     text = (f"# {root.name}\n\n{setup}\n\nMean ± std over seeds; every neural method keeps its evaluation with the "
-            f"lowest hold-back (validation) loss — the test split never selects.\n\n{legend}\n\n{summary}"
+            f"lowest hold-back (validation) loss — the test split never selects.{speed}\n\n{legend}\n\n{summary}"
             + "\n".join(sections))
     return atomic_write_text(text, root / "results.md")

@@ -78,9 +78,12 @@ def _check_options(task: Task, options: dict[str, Any]) -> dict[str, Any]:
 
 
 def _spec_config(spec: TrainSpec) -> dict[str, Any]:
-    return {"schedule": repr(spec.schedule) if spec.schedule is not None else None,
-            "signal": spec.signal if spec.schedule is not None else None, "weight_decay": spec.weight_decay,
-            **({"rigl": spec.rigl} if spec.rigl is not None else {})}
+    config = {"schedule": repr(spec.schedule) if spec.schedule is not None else None,
+              "signal": spec.signal if spec.schedule is not None else None, "weight_decay": spec.weight_decay,
+              **({"rigl": spec.rigl} if spec.rigl is not None else {})}
+    # Named only when set, so that the runs of every other method keep their identity.
+    config.update({k: getattr(spec, k) for k in ("structured", "shrink") if getattr(spec, k)})
+    return config
 
 
 def _method_config(ctx: Context, method: Method) -> tuple[dict[str, Any], Any]:
@@ -92,7 +95,8 @@ def _method_config(ctx: Context, method: Method) -> tuple[dict[str, Any], Any]:
         plan = method.grid(ctx)
         trained = {"grid": {name: _spec_config(spec) for name, spec in plan.items()}}
     else:
-        plan = TrainSpec(method.schedule(ctx), method.signal, rigl=method.rigl(ctx) if method.rigl else None)
+        plan = TrainSpec(method.schedule(ctx), method.signal, rigl=method.rigl(ctx) if method.rigl else None,
+                         structured=method.structured, shrink=method.shrink)
         trained = _spec_config(plan)
     config = {"method": method.name, **trained, "needs": {need: ctx.previous[need]["run_id"] for need in method.needs}}
     return config, plan

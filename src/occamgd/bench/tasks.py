@@ -20,12 +20,14 @@ from ..io import atomic_save
 from ..models import MLP
 from ..rigl import RigL, update_interval
 from ..schedules import Never
-from .measure import macs_per_sample, model_size, training_flops
+from .measure import macs_per_sample, model_size, parameter_counts, throughput_fields, training_flops
 from .registry import BenchData, Context, Task, TrainSpec, register_task
 
 #: Methods of every epoch task, in report order.
 EPOCH_METHODS = ("occam-val", "occam", "occam-planned", "occam-guarded", "gd", "gd-wd", "gd+prune", "gd+prune+ft", "gmp",
                  "gmp-grid", "gmp-oracle", "rigl")
+#: Structured methods (whole groups pruned, the live model shrunk while training), on the networks they fit.
+STRUCTURED_METHODS = ("occam-structured", "gmp-structured")
 QUICK_IMAGES = (6000, 1000)  # train / test rows of an image task with --quick
 
 
@@ -90,6 +92,13 @@ def _cnn(ctx: Context) -> nn.Module:
     return CNN(channels, ctx.data.classes, n=32, image_size=(height, width))
 
 
+def _resnet(ctx: Context) -> nn.Module:
+    from ..models import ResNet
+
+    channels, height, width = ctx.data.train[0].shape[1:]
+    return ResNet(channels, ctx.data.classes, widths=(16, 32, 64), blocks=1, image_size=(height, width))
+
+
 def _tabular_mlp(ctx: Context) -> nn.Module:
     from ..models import TabularMLP
 
@@ -97,21 +106,37 @@ def _tabular_mlp(ctx: Context) -> nn.Module:
 
 
 def epoch_record(ctx: Context, model: nn.Module, history, selected: int | None, seconds: float,
-                 holdback: float) -> dict:
-    """The record fields of an epoch run, read at the selected epoch (the last one when none)."""
+                 holdback: float, masks=None) -> dict:
+    """The record fields of an epoch run, read at the selected epoch (the last one when none).
+
+    ``model`` is the final model (the selected epoch's, with its shapes when it shrank) and ``masks`` its
+    masks. FLOPs count the dense model's MACs (:func:`~occamgd.bench.measure.training_flops`); the
+    final model's parameters and its inference throughput are measured beside a dense model of the task
+    (same shapes as at the start; its values do not change its speed), in this same process."""
     record = history[selected if selected is not None else -1]
     train_rows = len(ctx.data.train[1]) - round(holdback * len(ctx.data.train[1]))
-    macs = macs_per_sample(model, ctx.data.train[0][:1])
+    dense = ctx.task.model(ctx).to(next(model.parameters()).device)
+    example = ctx.data.train[0][:1].to(next(model.parameters()).device)
+    macs = macs_per_sample(dense, example)
+    numel = {name: p.numel() for name, p in dense.named_parameters()}
+    # A shrunk model's densities against its live shapes (the history's count the removed entries too).
+    live_densities = ({n: float(m.sum()) / m.numel() for n, m in masks.items()} if masks is not None
+                      else record.get("densities"))
+    images = ctx.data.test[0] if ctx.data.test is not None else ctx.data.train[0]
+    rows = [{**r, "seconds": r.get("train_time")} for r in history.to_list()]
     return {
         "selected_epoch": record["epoch"],
         "selection_loss": record.get("holdback_loss"),
         "test_loss": record.get("test_loss"),
         "test_acc": record.get("test_acc"),
         "density": record["density"],
-        **model_size(model, record.get("densities")),
-        **training_flops(macs, history, train_rows),
+        **model_size(model, live_densities),
+        **parameter_counts(model, masks),
+        "dense_params": sum(numel.values()),
+        **training_flops(macs, history, train_rows, numel),
+        **throughput_fields(model, dense, images[:256].to(example.device)),
         "train_seconds": seconds,
-        "history": history.to_list(),
+        "history": rows,
     }
 
 
@@ -172,13 +197,17 @@ def epoch_task(name: str, description: str, load, model, *, epochs: int, quick_e
                      keep_best=spec.save_final is None, progress=False,
                      optimizer=optimizer if sparse is None else sparse.optimizer,
                      on_epoch_end=None if sparse is None else sparse.epoch_end,
-                     initial_masks=None if spec.start is None else spec.start["masks"])
+                     initial_masks=None if spec.start is None else spec.start["masks"],
+                     structured=spec.structured, shrink=spec.shrink)
         seconds = time.perf_counter() - start
         rigl = sparse.finish(result.best_epoch, keep_best=spec.save_final is None) if sparse is not None else {}
         if spec.save_final is not None:
             # The final model is what post-training pruning starts from.
             atomic_save(net.state_dict(), spec.save_final)
-        return {**epoch_record(ctx, net, result.history, result.best_epoch, seconds, holdback),
+        # The final model's masks: RigL's where it trained sparse (fit's own are all kept then).
+        masks = sparse.rigl.masks if sparse is not None else result.occam.masks
+        masks = {name: masks[name] for name in masks}
+        return {**epoch_record(ctx, net, result.history, result.best_epoch, seconds, holdback, masks),
                 "schedule": repr(result.occam.schedule) if spec.schedule is not None else None, **rigl}
 
     def settings(quick: bool, opts: dict) -> dict:
@@ -195,10 +224,14 @@ register_task(epoch_task("mnist-mlp", "MNIST, the paper's MLP (784-1024-10, drop
                          options=_images_options))
 register_task(epoch_task("fashion-mlp", "Fashion-MNIST, the paper's MLP (784-1024-10, dropout 0.2)",
                          _image_loader("load_fashion_mnist", "fashion-mnist"), _mlp, epochs=12, quick_epochs=3,
-                         options=_images_options))
+                         options=_images_options, methods=EPOCH_METHODS + STRUCTURED_METHODS))
 register_task(epoch_task("fashion-cnn", "Fashion-MNIST, the paper's CNN (N = 32)",
                          _image_loader("load_fashion_mnist", "fashion-mnist"), _cnn, epochs=12, quick_epochs=3,
-                         options=_images_options))
+                         options=_images_options, methods=EPOCH_METHODS + STRUCTURED_METHODS))
+register_task(epoch_task("fashion-resnet", "Fashion-MNIST, a residual CNN (occamgd.models.ResNet: 16-32-64 channels, "
+                         "one BasicBlock a stage, BatchNorm, global average pooling)",
+                         _image_loader("load_fashion_mnist", "fashion-mnist"), _resnet, epochs=12, quick_epochs=3,
+                         options=_images_options, methods=EPOCH_METHODS + STRUCTURED_METHODS))
 register_task(epoch_task("cifar10-cnn", "CIFAR-10, the paper's CNN (N = 32)",
                          _image_loader("load_cifar10", "cifar-10"), _cnn, epochs=12, quick_epochs=3,
                          options=_images_options))
