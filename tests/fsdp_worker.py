@@ -181,7 +181,7 @@ def _run(rank: int, epochs: range, model, optimizer, occam):
 def _fresh():
     model = shard_mlp()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    return model, optimizer, DistributedOccam(model, optimizer)  # guarded: snapshot in the state
+    return model, optimizer, DistributedOccam(model, optimizer, schedule="guarded")  # snapshot in the state
 
 
 def resume(rank: int, out: str) -> dict:
@@ -239,7 +239,7 @@ def rollback(rank: int) -> dict:
     """Guarded (DistributedOccam) on FSDP2: the weights and masks a rollback restores, gathered."""
     model = shard_mlp()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    occam = DistributedOccam(model, optimizer)
+    occam = DistributedOccam(model, optimizer, schedule="guarded")
     before_prune = after_rollback = None
     for epoch, signal in enumerate(ROLLBACK_SIGNALS):
         train(model, optimizer, epoch, rank)

@@ -61,11 +61,11 @@ def test_a_controller_whose_init_takes_no_budget_still_works():
 def test_planned_starts_by_a_quarter_of_the_budget_even_while_the_signal_still_falls():
     # A signal that keeps falling fast never "slows": Guarded would wait for ever.
     signals = [10.0 - k for k in range(8)]  # the same gain every step
-    occam = Occam(_net(), schedule=Planned(), budget=8)
+    occam = Occam(_net(), schedule=Planned(start_by=0.25), budget=8)
     _run(occam, signals)
     actions = [r["action"] for r in occam.history]
     assert actions[:1] == ["warmup"] and actions[1] == "pruned"  # 0.25 * 8 = 2: due after step 1
-    unplanned = Occam(_net(), schedule=Planned())
+    unplanned = Occam(_net(), schedule=Planned(start_by=0.25))
     _run(unplanned, signals)
     assert {r["action"] for r in unplanned.history} == {"warmup"}
 

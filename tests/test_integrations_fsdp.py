@@ -195,8 +195,8 @@ def test_fsdp2_on_one_rank_prunes_like_plain_occam(world_of_one):
 
 def test_rollback_on_one_rank_matches_plain_occam(world_of_one):
     sharded, plain = fsdp_worker.shard_mlp(), fsdp_worker.mlp()
-    a = Occam(sharded, torch.optim.Adam(sharded.parameters(), lr=1e-2))
-    b = Occam(plain, torch.optim.Adam(plain.parameters(), lr=1e-2))
+    a = Occam(sharded, torch.optim.Adam(sharded.parameters(), lr=1e-2), schedule="guarded")
+    b = Occam(plain, torch.optim.Adam(plain.parameters(), lr=1e-2), schedule="guarded")
     for epoch, signal in enumerate(fsdp_worker.ROLLBACK_SIGNALS + [0.82]):
         fsdp_worker.train(sharded, a.optimizer, epoch, 0)
         fsdp_worker.train(plain, b.optimizer, epoch, 0)
@@ -216,12 +216,12 @@ def test_checkpoints_from_2_ranks_load_on_1(two, world_of_one):
 
     saved = two["ranks"][0]["resume"]
     model = fsdp_worker.shard_mlp()
-    occam = DistributedOccam(model)
+    occam = DistributedOccam(model, schedule="guarded")
     dcp.load({"occam": Checkpointable(occam)}, checkpoint_id=str(two["out"] / "dcp"))
     assert _equal(occam.masks.full(), saved["saved_masks"]) and occam.history == saved["saved_history"]
     # The full state dict, written by rank 0, loads into a single-process Occam and a 1-rank one.
     state = torch.load(two["out"] / "full.pt", weights_only=False)["occam"]
-    plain = Occam(fsdp_worker.mlp())
+    plain = Occam(fsdp_worker.mlp(), schedule="guarded")
     plain.load_state_dict(state)
     assert _equal(dict(plain.masks), saved["saved_masks"])
     occam.load_state_dict(state)

@@ -64,7 +64,7 @@ def test_the_command_line_prints_it_in_its_summary(tmp_path, capsys):
     pd.DataFrame({"x": x, "z": rng.normal(size=80), "y": np.where(x > 0, "a", "b")}).to_csv(tmp_path / "t.csv",
                                                                                           index=False)
     assert main(["fit", str(tmp_path / "t.csv"), "--target", "y", "--epochs", "2", "--hidden", "8",
-                 "--out", str(tmp_path / "m")]) == EXIT_OK
+                 "--schedule", "guarded", "--out", str(tmp_path / "m")]) == EXIT_OK
     out, err = capsys.readouterr()
     assert "warning: Occam ended without pruning" in out  # the summary
     assert "occamgd: warning: Occam ended without pruning" in err  # said as it happened

@@ -430,7 +430,8 @@ class Planned(Schedule):
     - **Start**: as :class:`Guarded`: no pruning while a step still improves the signal by more than
       ``start_tol`` of the largest improvement seen in one step (``warmup`` steps at least). With a
       budget (the run's number of steps, which ``fit``, the callbacks and ``Occam(budget=...)``
-      pass) pruning starts after ``start_by`` of it at the latest, so a short run still finds a size.
+      pass) pruning starts after ``start_by`` of it at the latest (and never before ``warmup``
+      steps), so a short run still finds a size.
     - **Descend**: every step prunes the same fraction of the remaining weights, planned when the
       descent starts so that the density would reach ``target`` after ``end`` of the budget (at
       most ``r0`` a step; without a budget ``rate``). The descent is not cut short by one
@@ -515,7 +516,7 @@ class Planned(Schedule):
                 max_gain = max(max_gain, gain)
                 slowed = gain <= self.start_tol * max_gain
             due = state.budget is not None and state.epoch + 1 >= self.start_by * state.budget
-            if state.epoch >= self.warmup and slowed or due:
+            if state.epoch >= self.warmup and (slowed or due):
                 rate = self.planned_rate(state.epoch, density, state.budget)
                 phase = "descent" if rate > 0.0 else "stopped"
                 action = "pruned" if rate > 0.0 else "stopped"
@@ -602,9 +603,9 @@ def state_from_dict(schedule: Schedule, data: Mapping[str, Any]) -> Any:
 
 
 #: Named controllers: ``paper`` is exactly the paper's rule (Kausik, arXiv:2405.20194); ``guarded`` is
-#: :class:`Guarded`; ``planned`` (the default) is :class:`Planned`.
+#: :class:`Guarded` (the default); ``planned`` is :class:`Planned`, which plans within the run's budget.
 PRESETS = {"paper": OccamRate, "guarded": Guarded, "planned": Planned}
-DEFAULT_PRESET = "planned"
+DEFAULT_PRESET = "guarded"
 
 
 def get_schedule(schedule: "Schedule | str | None") -> Schedule:

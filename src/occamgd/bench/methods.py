@@ -176,11 +176,12 @@ GRID_DENSITIES = (0.5, 0.25, 0.1, 0.05)
 register_method(Method("gmp-grid", f"gmp to each density of {GRID_DENSITIES}, trained separately; the one with the lowest "
                        "hold-back loss kept (time: all four runs)",
                        grid=lambda ctx: {str(d): TrainSpec(_gmp(ctx, d)) for d in GRID_DENSITIES}))
-register_method(Method("occam-planned", "the default controller (occamgd.schedules.Planned: it plans its descent "
+register_method(Method("occam-planned", "the planning controller (occamgd.schedules.Planned: it plans its descent "
                        "within the run's epochs) on the hold-back loss", schedule=lambda ctx: Planned(),
                        extra=_guard_actions))
-#: The method that runs the library's default controller: what the oracle baselines are told.
-DEFAULT_METHOD = "occam-planned"
+#: The method that runs the library's default controller (schedules.DEFAULT_PRESET): what the oracle baselines
+#: (gmp-oracle, rigl) are told.
+DEFAULT_METHOD = f"occam-{DEFAULT_PRESET}"
 register_method(Method("gmp-oracle", f"the same, told {DEFAULT_METHOD}'s selected density",
                        schedule=lambda ctx: _gmp(ctx, ctx.previous[DEFAULT_METHOD]["density"]),
                        needs=(DEFAULT_METHOD,)))
