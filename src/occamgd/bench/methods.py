@@ -206,6 +206,9 @@ register_method(Method("occam-structured", f"the default controller (get_schedul
                        "hold-back loss, pruning whole groups of coupled units (occamgd.compaction.structured_pruning, per-group rate) and "
                        "shrinking the live model at each prune", schedule=lambda ctx: get_schedule(None),
                        extra=_guard_actions, structured=True, shrink=True))
+register_method(Method("occam-planned-structured", "the same with the planning controller (occamgd.schedules.Planned), "
+                       "which starts by a tenth of the run at the latest", schedule=lambda ctx: Planned(),
+                       extra=_guard_actions, structured=True, shrink=True))
 register_method(Method("gmp-structured", f"cubic GMP to {STRUCTURED_UNITS} of the groups' units (not of the weights: "
                        "a unit's removal cuts two layers), counted over all groups together (scope='global', each "
                        "group keeping its largest unit; one rate rounded up per group would empty narrow groups), "

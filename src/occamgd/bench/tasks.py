@@ -27,7 +27,7 @@ from .registry import BenchData, Context, Task, TrainSpec, register_task
 EPOCH_METHODS = ("occam-val", "occam", "occam-planned", "occam-guarded", "gd", "gd-wd", "gd+prune", "gd+prune+ft", "gmp",
                  "gmp-grid", "gmp-oracle", "rigl")
 #: Structured methods (whole groups pruned, the live model shrunk while training), on the networks they fit.
-STRUCTURED_METHODS = ("occam-structured", "gmp-structured")
+STRUCTURED_METHODS = ("occam-structured", "occam-planned-structured", "gmp-structured")
 QUICK_IMAGES = (6000, 1000)  # train / test rows of an image task with --quick
 
 
