@@ -346,3 +346,26 @@ def test_shrinks_inside_the_optimizer_hook_with_every():
         optimizer.step()
     assert len(occam.history) == 3 and model[0].out_features < 16
     assert occam.density == pytest.approx(occam.masks.kept / occam.masks.total)
+
+
+def test_a_checkpoint_whose_masks_do_not_fit_its_shapes_leaves_the_fresh_model_as_it_was():
+    from occamgd import Occam
+    from occamgd.compaction import structured_pruning
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    occam = Occam(model, opt, schedule="paper", shrink=True, **structured_pruning(model))
+    occam.step(1.0)
+    state = occam.state_dict()
+    assert model[0].weight.shape[0] < 16  # it shrank
+    name = sorted(state["masks"])[0]
+    state["masks"][name] = torch.ones(2, 2, dtype=torch.bool)  # a damaged checkpoint
+    torch.manual_seed(1)
+    fresh = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3))
+    before = {k: v.clone() for k, v in fresh.state_dict().items()}
+    other = Occam(fresh, torch.optim.SGD(fresh.parameters(), lr=0.1), schedule="paper", shrink=True,
+                  **structured_pruning(fresh))
+    with pytest.raises(InvalidValueError, match="damaged or assembled from two runs"):
+        other.load_state_dict(state)
+    assert all(torch.equal(before[k], v) for k, v in fresh.state_dict().items())

@@ -461,6 +461,24 @@ class Occam:
         return {"shapes": shrinker.shapes(self.model), "structure": shrinker.structure(self.model),
                 "removed": dict(self.masks.removed)}
 
+    def _check_shrunk_masks(self, masks: Mapping[str, Any], record: Mapping[str, Any]) -> None:
+        """Refuse, before the model is reshaped, checkpoint masks that will not fit the shapes it records."""
+        if set(masks) != set(self.masks):
+            raise InvalidValueError(
+                f"checkpoint masks name {sorted(set(masks) ^ set(self.masks))[:4]}, which are not all this model's "
+                "prunable tensors; accepted: a state from an Occam around this same model")
+        shapes = record.get("shapes") if isinstance(record, Mapping) else None
+        if not isinstance(shapes, Mapping):
+            raise InvalidValueError("checkpoint's shrink record has no shapes; accepted: a dict from Occam.state_dict()")
+        for name, mask in masks.items():
+            if not (torch.is_tensor(mask) and mask.dtype == torch.bool):
+                raise InvalidTypeError(f"checkpoint masks: mask for {name!r} is not a torch.bool tensor")
+            if name not in shapes or tuple(mask.shape) != tuple(shapes[name]):
+                raise InvalidValueError(
+                    f"checkpoint masks: mask for {name!r} has shape {tuple(mask.shape)}, but the checkpoint shrinks that "
+                    f"parameter to {tuple(shapes[name]) if name in shapes else 'no recorded shape'}; the file is "
+                    "damaged or assembled from two runs; accepted: a state from Occam.state_dict() as written")
+
     def _reshape(self, record: Mapping[str, Any]) -> None:
         """Give the model the shapes and structure in ``record`` (from :meth:`_shrink_state`)."""
         shrinker = self._shrinker()
@@ -576,17 +594,19 @@ class Occam:
         if state.get("shrink") is not None and not self.shrink:
             raise InvalidValueError("checkpoint is of a shrunk model (Occam(shrink=True)); accepted: load it into an "
                                     "Occam built with shrink=True, which re-shrinks the model first")
-        if self.shrink and state.get("shrink") is not None:
-            # Re-shrink the fresh model to the checkpoint's shapes (zeros: its weights are loaded after).
-            self._reshape(state["shrink"])
         # Validate everything before changing anything.
-        self.masks.check(state["masks"], "checkpoint masks", require_all=True)
         schedule_state = state_from_dict(self.schedule, state["schedule"]["state"])
         snapshot = state.get("snapshot")
         if snapshot is not None and self.sharded:  # a full (gathered) snapshot: keep this rank's rows
             snapshot = self._reshard_snapshot(snapshot)
         if snapshot is not None:
             self._check_snapshot(snapshot)
+        if self.shrink and state.get("shrink") is not None:
+            # The masks must fit the shapes the checkpoint gives the model, checked before it is reshaped.
+            self._check_shrunk_masks(state["masks"], state["shrink"])
+            # Re-shrink the fresh model to the checkpoint's shapes (zeros: its weights are loaded after).
+            self._reshape(state["shrink"])
+        self.masks.check(state["masks"], "checkpoint masks", require_all=True)
         self.masks.load_state_dict(state["masks"])
         self.schedule_state = schedule_state
         self.history = [dict(r) for r in state["history"]]
