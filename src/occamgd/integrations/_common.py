@@ -110,6 +110,13 @@ def live_shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
     return state_dict_shapes(model.state_dict())
 
 
+def mismatch(module: nn.Module, incoming: dict[str, tuple]) -> str:
+    """The first tensors whose ``incoming`` shapes differ from ``module``'s, for a message."""
+    live = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+    wrong = sorted(k for k, v in incoming.items() if k in live and live[k] != v)[:3]
+    return f"{wrong}: {[incoming[k] for k in wrong]} there, {[live[k] for k in wrong]} here"
+
+
 def differs(model: nn.Module, incoming: Mapping[str, tuple[int, ...]]) -> bool:
     """Whether weights of these shapes would not load into ``model`` as it is now."""
     live = live_shapes(model)

@@ -44,7 +44,7 @@ from ..io import atomic_save
 from ..masks import Selection
 from ..occam import Occam, unwrap_optimizer
 from ..schedules import Schedule
-from ._common import (build_occam, check_arguments, check_shapes_match, check_structure, differs, fits,
+from ._common import (build_occam, check_arguments, check_shapes_match, check_structure, differs, fits, mismatch,
                       original_record, reshape_like, state_dict_shapes, structured_kwargs)
 
 #: File the callback writes into each ``checkpoint-N`` directory of the Trainer.
@@ -279,12 +279,9 @@ class OccamTrainerCallback(TrainerCallback):
             if record is not None and fits(record, incoming):
                 break
         else:
-            live = {k: tuple(v.shape) for k, v in module.state_dict().items()}
-            wrong = sorted(k for k, v in incoming.items() if k in live and live[k] != v)
             raise InvalidValueError(
                 f"OccamTrainerCallback(shrink=True): the weights loaded into {type(module).__name__} have other "
-                f"shapes than it ({wrong[:3]}: {[incoming[k] for k in wrong[:3]]} there, "
-                f"{[live[k] for k in wrong[:3]]} here), as a shrunk run's checkpoint has, but none of "
+                f"shapes than it ({mismatch(module, incoming)}), as a shrunk run's checkpoint has, but none of "
                 f"{[str(f) for f in candidates] or 'no occam_state.pt'} records those shapes; accepted: the "
                 f"checkpoint's own {STATE_NAME} beside its weights (OccamTrainerCallback(resume_from="
                 "'path/to/checkpoint-N') for one moved out of output_dir), or weights of this model's shapes")

@@ -37,7 +37,7 @@ from ..criteria import Criterion
 from ..masks import Selection, select_prunable
 from ..occam import Occam
 from ..schedules import Schedule
-from ._common import (build_occam, check_arguments, check_shapes_match, check_structure, differs, fits,
+from ._common import (build_occam, check_arguments, check_shapes_match, check_structure, differs, fits, mismatch,
                       original_record, reshape_like, state_dict_shapes, structured_kwargs)
 
 _STATE_KEYS = {"occam", "pending_signal"}
@@ -233,12 +233,9 @@ class OccamCallback(pl.Callback):
         ours = (checkpoint.get("callbacks") or {}).get(self.state_key) or {}
         record = (ours.get("occam") or {}).get("shrink")
         if record is None or not fits(record, incoming):
-            live = {k: tuple(v.shape) for k, v in module.state_dict().items()}
-            wrong = sorted(k for k, v in incoming.items() if k in live and live[k] != v)
             raise InvalidValueError(
                 f"OccamCallback(shrink=True): the checkpoint's weights have other shapes than "
-                f"{type(module).__name__} ({wrong[:3]}: {[incoming[k] for k in wrong[:3]]} there, "
-                f"{[live[k] for k in wrong[:3]]} here), and the checkpoint holds no {self.state_key} state "
+                f"{type(module).__name__} ({mismatch(module, incoming)}), and the checkpoint holds no {self.state_key} state "
                 f"recording those shapes{'' if ours else ' (no state of this callback at all)'}; accepted: a "
                 "checkpoint that OccamCallback(shrink=True) saved, with its callback state, or weights of this "
                 "module's shapes")
