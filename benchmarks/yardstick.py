@@ -2,15 +2,15 @@
 
 Reads the records ``occamgd bench`` wrote (nothing is trained here) and prints markdown::
 
-    python benchmarks/yardstick.py runs/tabular [runs/fashion-mlp ...] [--halves]
+    python benchmarks/yardstick.py runs/tabular [runs/fashion-mlp ...] [--dev Sonar,Glass,...]
 
 For each dataset and method, over the seeds both it and ``gd`` ran (each seed its own split,
 initial weights and batches, the same for every method): the mean score, the mean paired
 difference against GD and its standard error, and the verdict **better** / **tied** / **worse**
 at two standard errors. Over the datasets: wins/ties/losses, the mean relative change against GD
 (mean over datasets of ``mean(method) / mean(gd) - 1``), the mean score and the median selected
-density. ``--halves`` reports the development half and the check half separately (the split is
-fixed by name order, alternately, and printed: it is chosen before any result is seen).
+density. ``--dev`` names the tables a controller was developed on: they and the others (the
+check tables, never looked at while developing) are then also reported apart.
 The score is the task's own (test loss at the epoch chosen on hold-back data; char-gpt: the best
 validation loss).
 """
@@ -101,24 +101,19 @@ def report(root: Path, datasets: list[str] | None = None, title: str | None = No
     return "\n".join(lines) + "\n"
 
 
-def halves(names: list[str]) -> tuple[list[str], list[str]]:
-    """The development and check halves: alternate tables in name order."""
-    ordered = sorted(names)
-    return ordered[0::2], ordered[1::2]
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("roots", nargs="+", type=Path, help="bench directories (runs/tabular, runs/fashion-mlp, ...)")
-    parser.add_argument("--halves", action="store_true", help="report the development and check halves apart")
+    parser.add_argument("--dev", help="comma-separated tables the controllers were developed on: reported apart "
+                                      "from the others (the check tables)")
     args = parser.parse_args(argv)
     for root in args.roots:
-        if args.halves:
-            dev, check = halves(list(load(root)))
-            print(f"Development half: {', '.join(dev)}; check half: {', '.join(check)}.\n")
-            print(report(root, dev, f"{root.name}, development half"))
-            print(report(root, check, f"{root.name}, check half"))
         print(report(root))
+        if args.dev:
+            dev = [d.strip() for d in args.dev.split(",") if d.strip()]
+            check = sorted(set(load(root)) - set(dev))
+            print(report(root, dev, f"{root.name}, development tables ({', '.join(dev)})"))
+            print(report(root, check, f"{root.name}, check tables ({', '.join(check)})"))
 
 
 if __name__ == "__main__":
