@@ -28,11 +28,13 @@ from occamgd.bench import TASKS, load_records
 VERDICTS = ("better", "tied", "worse")
 
 
-def load(root: Path) -> dict[str, dict[str, dict[int, dict]]]:
-    """dataset -> method -> seed -> record (one configuration per seed: the newest file wins)."""
+def load(root: Path, seeds: int | None = None) -> dict[str, dict[str, dict[int, dict]]]:
+    """dataset -> method -> seed -> record, seeds below ``seeds`` (all when ``None``); one configuration per
+    seed is expected in a bench directory (a second one with the same seed replaces the first read)."""
     runs: dict = defaultdict(lambda: defaultdict(dict))
-    for run in sorted(load_records(root), key=lambda r: r.get("finished", "")):
-        runs[run["dataset"]][run["method"]][run["seed"]] = run
+    for run in load_records(root):
+        if seeds is None or run["seed"] < seeds:
+            runs[run["dataset"]][run["method"]][run["seed"]] = run
     return runs
 
 
@@ -52,8 +54,8 @@ def paired(runs: dict[int, dict], gd: dict[int, dict], score: str) -> dict | Non
             "density": statistics.median(densities) if densities else None}
 
 
-def report(root: Path, datasets: list[str] | None = None, title: str | None = None) -> str:
-    runs = load(root)
+def report(root: Path, datasets: list[str] | None = None, title: str | None = None, seeds: int | None = None) -> str:
+    runs = load(root, seeds)
     if not runs:
         return f"(no records under {root})\n"
     task = TASKS[next(iter(next(iter(next(iter(runs.values())).values())).values()))["task"]]
@@ -106,14 +108,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("roots", nargs="+", type=Path, help="bench directories (runs/tabular, runs/fashion-mlp, ...)")
     parser.add_argument("--dev", help="comma-separated tables the controllers were developed on: reported apart "
                                       "from the others (the check tables)")
+    parser.add_argument("--seeds", type=int, help="only seeds 0 .. SEEDS-1 (default: every seed found)")
     args = parser.parse_args(argv)
     for root in args.roots:
-        print(report(root))
+        print(report(root, seeds=args.seeds))
         if args.dev:
             dev = [d.strip() for d in args.dev.split(",") if d.strip()]
-            check = sorted(set(load(root)) - set(dev))
-            print(report(root, dev, f"{root.name}, development tables ({', '.join(dev)})"))
-            print(report(root, check, f"{root.name}, check tables ({', '.join(check)})"))
+            check = sorted(set(load(root, args.seeds)) - set(dev))
+            print(report(root, dev, f"{root.name}, development tables ({', '.join(dev)})", args.seeds))
+            print(report(root, check, f"{root.name}, check tables ({', '.join(check)})", args.seeds))
 
 
 if __name__ == "__main__":

@@ -268,3 +268,29 @@ def test_ablation_judges_each_target_on_the_numbers_it_prints(tmp_path):
     assert "**missed** (mean test loss 0.3500 vs 0.3500; lower on 1 of 2 tables)" in out
     assert "30 -> 60 epochs (factor < 1.5): **missed**; largest factor 2.00 (A: 0.150 -> 0.300)" in out
     assert subprocess.run([sys.executable, str(ABLATION), str(tmp_path / "none")], capture_output=True).returncode == 2
+
+
+YARDSTICK = Path(__file__).resolve().parents[1] / "benchmarks" / "yardstick.py"
+
+
+def test_the_yardstick_pairs_each_method_with_gd_seed_by_seed(tmp_path):
+    import subprocess
+    import sys
+
+    gd = (0.50, 0.52, 0.48, 0.51)
+    for seed, loss in enumerate(gd):
+        _fake_run(tmp_path, "tabular", "A", "gd", seed, loss, 1.0)
+        _fake_run(tmp_path, "tabular", "A", "better", seed, loss - 0.05 + 0.001 * seed, 0.2)  # paired: clearly better
+        _fake_run(tmp_path, "tabular", "A", "noisy", seed, loss + (0.05 if seed % 2 else -0.05), 0.5)  # tied
+        _fake_run(tmp_path, "tabular", "B", "gd", seed, 0.20, 1.0)
+        _fake_run(tmp_path, "tabular", "B", "better", seed, 0.30 + 0.001 * seed, 0.2)  # worse
+        _fake_run(tmp_path, "tabular", "B", "noisy", seed, 0.20, 0.5)
+    _fake_run(tmp_path, "tabular", "A", "better", 9, 0.0, 0.2)  # no gd run of seed 9: not paired, not counted
+    out = subprocess.run([sys.executable, str(YARDSTICK), str(tmp_path / "tabular"), "--dev", "A"],
+                         capture_output=True, text=True, check=True).stdout
+    rows = {line.split(" | ")[0].strip("| "): line for line in out.splitlines() if line.startswith("| ")}
+    assert "0.454 **+** -0.048±0.001" in rows["A"].split(" | ")[3]  # method "better" on A: mean, verdict, paired diff
+    assert "**−** +0.10" in rows["B"].split(" | ")[3]
+    assert " = " in rows["A"].split(" | ")[4]
+    assert "| **better / tied / worse** | | | 1/0/1 | 0/2/0 |" in out
+    assert "development tables (A)" in out and "check tables (B)" in out
