@@ -102,6 +102,10 @@ def test_python_blocks_run(page, tmp_path, monkeypatch, one_thread):
                            "WORLD_SIZE": "1", "LOCAL_RANK": "0"}.items():
             monkeypatch.setenv(key, value)
     monkeypatch.setenv("WANDB_DISABLED", "true")
+    # A page may register bench tasks and methods (docs/bench.md does): they go when the page is done.
+    from occamgd.bench.registry import METHODS, TASKS
+
+    added_before = {id(r): set(r) for r in (METHODS, TASKS)}
     namespace: dict = {"__name__": f"docs_{page.stem}"}
     exec(compile(PRELUDES.get(page.name, ""), f"prelude of {page.name}", "exec"), namespace)
     try:
@@ -109,6 +113,9 @@ def test_python_blocks_run(page, tmp_path, monkeypatch, one_thread):
             exec(compile(code, f"{page.relative_to(ROOT)} (block at line {line})", "exec"), namespace)
         CHECKS.get(page.name, lambda namespace: None)(namespace)
     finally:
+        for registry in (METHODS, TASKS):
+            for key in set(registry) - added_before[id(registry)]:
+                del registry[key]
         import torch.distributed as dist
 
         if dist.is_initialized():
