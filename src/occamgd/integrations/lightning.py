@@ -48,14 +48,6 @@ _STATE_KEYS = {"occam", "pending_signal"}
 _SHARDED_STRATEGIES = (FSDPStrategy, DeepSpeedStrategy)
 
 
-def _reattach(trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-    """Give the module its trainer back after a shrink: shrinking copies the module's plain attributes
-    (sizes, head counts) from a cut copy, and a LightningModule's copy has no trainer (``_trainer``
-    is ``None`` in what ``__getstate__`` gives ``deepcopy``)."""
-    if getattr(pl_module, "_trainer", None) is not trainer:
-        pl_module.trainer = trainer
-
-
 def run_budget(trainer: pl.Trainer) -> int | None:
     """The fit's budget: how many times the callback will call ``Occam.step`` in the whole fit (from
     the first batch, also when resuming from a checkpoint), or ``None`` when it cannot be known.
@@ -286,8 +278,6 @@ class OccamCallback(pl.Callback):
         if self._loaded is not None:
             state, self._loaded = self._loaded, None
             self._restore(state)
-            if self.shrink:
-                _reattach(trainer, pl_module)
 
     def _plan(self, pl_module: pl.LightningModule, original: dict[str, Any] | None) -> dict[str, Any]:
         example = self.example_input if self.example_input is not None else getattr(
@@ -352,8 +342,6 @@ class OccamCallback(pl.Callback):
         except ValueError as error:
             raise InvalidValueError(f"OccamCallback could not prune on {self.monitor!r} = {signal!r}: {error}") from error
         self._pending_signal, self._pending_is_mean = None, False
-        if self.shrink:
-            _reattach(trainer, pl_module)
         for logger in trainer.loggers:
             logger.log_metrics({"occam/density": self.occam.density, "occam/rate": rate}, step=trainer.global_step)
 
