@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from occamgd.schedules import (
     Planned,
+    Search,
     GMP,
     ConstantRate,
     Decision,
@@ -496,8 +497,9 @@ def test_guarded_decisions_are_valid_and_resume_exactly_from_json_state(signals,
     assert head + decide_all(resumed, signals[cut:]) == decisions
 
 
-def test_presets_name_the_paper_rule_and_the_two_controllers():
-    assert set(PRESETS) == {"paper", "guarded", "planned"}
+def test_presets_name_the_paper_rule_and_the_three_controllers():
+    assert set(PRESETS) == {"paper", "guarded", "planned", "search"}
+    assert isinstance(get_schedule("search"), Search)
     assert isinstance(get_schedule("paper"), OccamRate) and isinstance(get_schedule("guarded"), Guarded)
     assert isinstance(get_schedule("planned"), Planned)
     custom = ConstantRate(0.1)

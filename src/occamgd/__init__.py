@@ -8,7 +8,7 @@ from .criteria import CRITERIA, global_magnitude, layerwise_magnitude, nm_magnit
 from .fit import FitResult, History, NonFiniteLossError, fit
 from .masks import DEFAULT_PRUNABLE_TYPES, Masks, select_prunable
 from .occam import Occam
-from .schedules import GMP, PRESETS, ConstantRate, Decision, Guarded, Never, OccamRate, Schedule
+from .schedules import GMP, PRESETS, ConstantRate, Decision, Guarded, Never, OccamRate, Schedule, Search
 
 __version__ = "0.1.0"
 
@@ -41,6 +41,7 @@ __all__ = [
     "Decision",
     "FitResult",
     "Guarded",
+    "Search",
     "History",
     "Masks",
     "Never",

@@ -97,20 +97,21 @@ def _init_state(schedule: Schedule, budget: int | None) -> Any:
 class Occam:
     """Occam Gradient Descent around any ``nn.Module`` and ``torch.optim`` optimizer.
 
-    >>> occam = Occam(model, optimizer)               # guarded controller, layerwise magnitude
+    >>> occam = Occam(model, optimizer, budget=epochs - 1)  # Search controller, layerwise magnitude
     >>> for epoch in range(epochs):
     ...     train_one_epoch(model, optimizer, loader)  # the user's own loop, unchanged
     ...     occam.step(signal=validation_loss(model))  # adapt the rate, prune, enforce masks
 
     - ``optimizer``: a ``torch.optim`` optimizer, also inside accelerate's wrapper (see
       :func:`unwrap_optimizer`); ``None`` to :meth:`attach` one later.
-    - ``schedule``: a preset name (``"paper"``: the paper's rule exactly; ``"guarded"``: see
-      :class:`occamgd.schedules.Guarded`) or a schedule object; ``None`` is the default preset.
+    - ``schedule``: a preset name (``"paper"``: the paper's rule exactly; ``"search"``, the default:
+      :class:`occamgd.schedules.Search`; ``"guarded"``, ``"planned"``) or a schedule object;
+      ``None`` is the default preset.
     - ``include`` / ``exclude`` select the prunable tensors (see :func:`select_prunable`).
     - ``every`` and ``signal_fn``, for long runs without epochs: after every ``every`` optimizer
       steps Occam calls ``signal_fn()`` (in eval mode, without gradients) and steps itself.
-    - ``snapshot_device``: where a rolling-back schedule keeps its copy of the model from before
-      the last prune (``"cpu"`` by default; ``None`` keeps it beside the weights).
+    - ``snapshot_device``: where a rolling-back schedule keeps its one copy of the model (from before
+      the last prune, or its best: ``Decision.save``; ``"cpu"`` by default; ``None`` keeps it beside the weights).
     - ``shrink``: after each prune remove the pruned groups from the live model in place (same
       ``Parameter`` objects, sliced optimizer state; see :mod:`occamgd.compaction.shrink` and
       docs/compaction.md). Needs ``**structured_pruning(model, example_input)``, a built-in
@@ -327,6 +328,10 @@ class Occam:
                 f"the new state a {type(self.schedule_state).__qualname__}, like its init() returns"
             )
         decision, new_state = answer
+        if decision.save is not None and not self.schedule.needs_snapshot:
+            raise InvalidValueError(
+                f"schedule {self.schedule!r} decided save={decision.save!r} but its needs_snapshot is False; "
+                "accepted: save=None, or a schedule class with needs_snapshot = True")
         if decision.restore and self._snapshot is None:
             raise InvalidValueError(
                 f"schedule {self.schedule!r} decided {decision.action!r} with nothing to restore; accepted: a "
@@ -337,9 +342,12 @@ class Occam:
         if decision.restore:
             self._restore_snapshot()
         action, rate, bound = self._bounded(decision, len(self.history))
+        if decision.save is True:
+            self._take_snapshot()
         if rate > 0.0:
             kept = self.masks.kept
-            self._prune(rate, self.ceiling_at(len(self.history)) if bound == "max_density" else 1.0)
+            self._prune(rate, self.ceiling_at(len(self.history)) if bound == "max_density" else 1.0,
+                        save=decision.save is None)
             if bound == "min_density" and self.masks.kept == kept:  # at the floor: nothing could go
                 action, rate = ("held" if action == "pruned" else action), 0.0
         self.schedule_state = new_state
@@ -395,7 +403,7 @@ class Occam:
                 f"max_params > {other}")
         return min(1.0, (max_params - other) / self.masks.total)
 
-    def _prune(self, rate: float, ceiling: float = 1.0) -> None:
+    def _prune(self, rate: float, ceiling: float = 1.0, save: bool = True) -> None:
         weights = {name: p.detach() for name, p in self.masks.params.items()}
         new = self._choose(weights, rate)
         # The criterion rounds per tensor (or per group): search the rate that keeps the bounds exactly.
@@ -418,7 +426,7 @@ class Occam:
                     low = (low + high) / 2
                 else:
                     high, new = (low + high) / 2, trial
-        if self.schedule.needs_snapshot:
+        if save and self.schedule.needs_snapshot:
             self._take_snapshot()
         self.masks.update(new)
         self.enforce()
@@ -446,8 +454,12 @@ class Occam:
 
     def _shrink(self) -> None:
         index = self._shrinker().shrink(self.model, self.masks, self.optimizer, self.criterion)
-        if self._snapshot is not None:
-            self._snapshot["shrink"]["index"] = index
+        if self._snapshot is not None and index:
+            # The copy may be older than this shrink (a controller that keeps its best): compose the kept indices.
+            earlier = self._snapshot["shrink"].get("index") or {}
+            self._snapshot["shrink"]["index"] = {
+                **earlier, **{name: (earlier[name][0], earlier[name][1].to(flat.device)[flat]) if name in earlier
+                              else (shape, flat) for name, (shape, flat) in index.items()}}
         if index:
             self._rebuild_criterion()
         self.enforce()
@@ -632,13 +644,15 @@ class Occam:
         if "rolled back" in actions:
             return (f"Occam ended without pruning: every prune of the {name} controller was rolled back in "
                     f"{steps} steps (the signal rose beyond its tolerance each time; phase {phase!r}); to prune "
-                    f"anyway: a larger tolerance (e.g. Guarded(tol=...)), a smaller first rate, or {options}")
+                    f"anyway: a larger tolerance (e.g. {name}(tol=...)), a smaller first rate, or {options}")
         if phase == "warmup":
             waiting = ("the signal still improved by more than start_tol of its largest gain"
                        if hasattr(self.schedule, "start_tol") else "it had not started")
+            sooner = (f"{name}(start_by=...), or pass the run's budget (Occam(budget=...)): it starts by "
+                      "start_by of it" if hasattr(self.schedule, "start_by") and self.budget is None
+                      else f"{name}(start_tol=..., warmup=...)")
             return (f"Occam ended without pruning: after {steps} steps the {name} controller was still in its "
-                    f"warm-up phase ({waiting}); to let it prune: {options}, or start sooner "
-                    f"(e.g. Guarded(start_tol=..., warmup=...))")
+                    f"warm-up phase ({waiting}); to let it prune: {options}, or start sooner (e.g. {sooner})")
         return (f"Occam ended without pruning: in {steps} steps the {name} controller's decisions were "
                 f"{sorted(set(actions))} (phase {phase!r}) and none pruned; to let it prune: {options}")
 

@@ -113,11 +113,17 @@ class Decision:
       ``"rolled back"`` any rate (the restored model is then pruned at it).
     - ``restore``: put back the model and masks saved before the last prune; true exactly for
       ``"rolled back"``.
+    - ``save``: for a controller whose ``needs_snapshot`` is true, which copy Occam keeps: ``None``
+      (Occam's habit) saves the model before each prune; ``True`` saves the model as it is now (before
+      this step's prune, after its restore) even when nothing is pruned; ``False`` keeps the copy it
+      has. A controller that returns to its best model, not to the one before its last prune, answers
+      ``True`` at each new best and ``False`` otherwise.
     """
 
     action: str
     rate: float
     restore: bool = False
+    save: bool | None = None
 
     def __post_init__(self) -> None:
         if not (isinstance(self.action, str) and self.action in ACTIONS):
@@ -126,6 +132,8 @@ class Decision:
             raise InvalidValueError(f"Decision rate must be a real number in [0, 1), got {self.rate!r}")
         if not isinstance(self.restore, bool):
             raise InvalidValueError(f"Decision restore must be True or False, got {self.restore!r}")
+        if self.save is not None and not isinstance(self.save, bool):
+            raise InvalidValueError(f"Decision save must be None, True or False, got {self.save!r}")
         object.__setattr__(self, "rate", float(self.rate))
         if self.restore != (self.action == "rolled back"):
             raise InvalidValueError(
@@ -537,6 +545,152 @@ class Planned(Schedule):
         return Decision(action, out_rate, restore=action == "rolled back"), new
 
 
+_SEARCH_PHASES = ("warmup", "descent", "settled")
+
+
+class Search(Schedule):
+    """A controller that searches the size within the run: descend, keep the best model, return to it.
+
+    - **Start**: as :class:`Guarded`: no pruning while a step still improves the signal by more than
+      ``start_tol`` of the largest improvement seen in one step (``warmup`` steps at least). With a
+      budget (the run's number of steps: ``fit``, the callbacks and ``Occam(budget=...)`` pass it)
+      the descent starts after ``start_by`` of it at the latest, so a short run still finds a size.
+    - **Descend**: the first prune removes ``r_start`` of the weights; after a prune that brought a
+      new best signal the rate grows by ``grow`` (at most ``r0``). The model with the best signal of
+      the descent (from the step it started) is the one copy kept (``Decision(save=True)``); a step
+      within ``tol`` (relative) of that best goes on: one noisy hold-back step does not end it.
+    - **Return**: after ``patience`` steps in a row more than ``tol`` above the best, the best model
+      is restored (``restore=True``) and the descent goes on from it at ``shrink`` times the rate, so
+      the density just above the one that hurt is tried with a finer step; after ``max_restores``
+      returns, or once the rate falls below ``min_rate``, it settles on the best model.
+    - **Settle**: with a budget the descent ends at ``end`` of it: the best model is restored (when
+      the current one is not it) and trains at its density for the rest of the run. It never prunes
+      below ``floor``. Without a budget it settles only by its returns.
+    """
+
+    needs_snapshot = True
+
+    @dataclass(frozen=True)
+    class State:
+        epoch: int
+        #: One of ``_SEARCH_PHASES``.
+        phase: str
+        #: The run's number of steps (``None``: unknown).
+        budget: int | None = None
+        #: The rate the next prune uses.
+        rate: float = 0.0
+        previous: float | None = None
+        max_gain: float = 0.0
+        #: The signal of the kept (best) model of the descent.
+        best: float | None = None
+        #: Steps in a row more than ``tol`` above ``best``.
+        worse: int = 0
+        restores: int = 0
+        pruned_last: bool = False
+        #: The density of the kept model.
+        best_density: float = 1.0
+
+        def __post_init__(self) -> None:
+            if self.phase not in _SEARCH_PHASES:
+                raise InvalidValueError(f"Search state phase must be one of {_SEARCH_PHASES}, got {self.phase!r}")
+
+    def __init__(self, r_start: float = 0.2, r0: float = 0.4, grow: float = 1.5, shrink: float = 0.5,
+                 tol: float = 0.1, patience: int = 2, start_tol: float = 0.1, warmup: int = 1,
+                 start_by: float = 0.25, end: float = 0.6, floor: float = 0.01, max_restores: int = 0,
+                 min_rate: float = 0.02):
+        for name, value in (("r0", r0), ("floor", floor)):
+            if not (_is_real(value) and 0.0 < value < 1.0):
+                raise InvalidValueError(f"{name} must be a number in (0, 1), got {value!r}")
+        for name, value, high in (("r_start", r_start, r0), ("min_rate", min_rate, r0)):
+            if not (_is_real(value) and 0.0 < value <= high):
+                raise InvalidValueError(f"{name} must be a number in (0, r0={r0!r}], got {value!r}")
+        if not (_is_real(grow) and grow >= 1.0):
+            raise InvalidValueError(f"grow must be a number >= 1, got {grow!r}")
+        if not (_is_real(shrink) and 0.0 < shrink < 1.0):
+            raise InvalidValueError(f"shrink must be a number in (0, 1), got {shrink!r}")
+        for name, value in (("start_tol", start_tol), ("tol", tol)):
+            if not (_is_real(value) and 0.0 <= value < 1.0):
+                raise InvalidValueError(f"{name} must be a fraction in [0, 1), got {value!r}")
+        if not (_is_real(start_by) and _is_real(end) and 0.0 <= start_by < end <= 1.0):
+            raise InvalidValueError(f"start_by and end must be fractions of the budget with 0 <= start_by < end <= 1, "
+                                    f"got start_by={start_by!r}, end={end!r}")
+        for name, value, low in (("warmup", warmup, 0), ("patience", patience, 1), ("max_restores", max_restores, 0)):
+            if not (_is_integer(value) and value >= low):
+                raise InvalidValueError(f"{name} must be an integer >= {low}, got {value!r}")
+        self.r_start, self.r0, self.grow, self.shrink = float(r_start), float(r0), float(grow), float(shrink)
+        self.tol, self.patience, self.start_tol, self.warmup = float(tol), int(patience), float(start_tol), int(warmup)
+        self.start_by, self.end, self.floor = float(start_by), float(end), float(floor)
+        self.max_restores, self.min_rate = int(max_restores), float(min_rate)
+
+    def init(self, budget: int | None = None) -> Search.State:
+        if budget is not None and not (_is_integer(budget) and budget >= 1):
+            raise InvalidValueError(f"budget must be an integer >= 1 (the run's steps) or None, got {budget!r}")
+        return self.State(epoch=0, phase="warmup", budget=None if budget is None else int(budget))
+
+    def _rate(self, rate: float, density: float) -> float:
+        """``rate``, less where it would cross ``floor``; 0 at the floor."""
+        if density * (1.0 - rate) >= self.floor:
+            return rate
+        rate = 1.0 - self.floor / density
+        return rate if rate > 1e-9 else 0.0
+
+    def decide(self, signal: float | None, density: float, state: Search.State) -> tuple[Decision, Search.State]:
+        signal = check_signal(signal)
+        if signal is None:
+            raise InvalidValueError("Search needs a signal loss every step, got None")
+        phase, rate, max_gain, best = state.phase, state.rate, state.max_gain, state.best
+        worse, restores = state.worse, state.restores
+        ended = state.budget is not None and state.epoch + 1 >= self.end * state.budget
+        action, out, restore, save = "stopped", 0.0, False, False
+        if phase == "warmup":
+            slowed = False
+            if state.previous is not None:
+                gain = state.previous - signal
+                max_gain = max(max_gain, gain)
+                slowed = gain <= self.start_tol * max_gain
+            due = state.budget is not None and state.epoch + 1 >= self.start_by * state.budget
+            if state.epoch >= self.warmup and (slowed or due) and not ended:
+                phase, rate, best, save = "descent", self.r_start, signal, True
+                out = self._rate(rate, density)
+                action = "pruned" if out > 0.0 else "stopped"
+                phase = phase if out > 0.0 else "settled"
+            else:
+                action = "warmup"
+        elif phase == "descent":
+            if signal < best:
+                if state.pruned_last:
+                    rate = min(self.r0, rate * self.grow)
+                best, worse, save = signal, 0, True
+            elif signal > best + self.tol * abs(best):
+                worse += 1
+            else:
+                worse = 0
+            if worse >= self.patience:  # back to the best model, and on from it with a finer step
+                action, restore, save, worse = "rolled back", True, True, 0
+                restores, rate = restores + 1, rate * self.shrink
+                if ended or restores > self.max_restores or rate < self.min_rate:
+                    phase, save = "settled", False
+                else:
+                    out = self._rate(rate, state.best_density)
+            elif ended or density <= self.floor + 1e-12:
+                phase = "settled"
+                if not save:  # the current model is not the best: return to it for the rest of the run
+                    action, restore = "rolled back", True
+                save = False
+            else:
+                out = self._rate(rate, density)
+                action = "pruned" if out > 0.0 else "stopped"
+                phase = phase if out > 0.0 else "settled"
+        if action == "rolled back":
+            previous = best
+        else:
+            previous = signal
+        new = replace(state, epoch=state.epoch + 1, phase=phase, rate=rate, previous=previous, max_gain=max_gain,
+                      best=best, worse=worse, restores=restores, pruned_last=out > 0.0,
+                      best_density=density if save and not restore else state.best_density)
+        return Decision(action, out, restore=restore, save=save), new
+
+
 # State as plain data ----------------------------------------------------------------------------
 def state_to_dict(state: Any) -> dict[str, Any]:
     """A controller state as a dict of plain numbers, strings, ``None`` and lists (JSON-ready)."""
@@ -602,10 +756,11 @@ def state_from_dict(schedule: Schedule, data: Mapping[str, Any]) -> Any:
     return cls(**values)
 
 
-#: Named controllers: ``paper`` is exactly the paper's rule (Kausik, arXiv:2405.20194); ``guarded`` is
-#: :class:`Guarded` (the default); ``planned`` is :class:`Planned`, which plans within the run's budget.
-PRESETS = {"paper": OccamRate, "guarded": Guarded, "planned": Planned}
-DEFAULT_PRESET = "guarded"
+#: Named controllers: ``paper`` is exactly the paper's rule (Kausik, arXiv:2405.20194); ``search`` is
+#: :class:`Search` (the default: it descends within the run's budget and returns to its best model);
+#: ``guarded`` is :class:`Guarded` (the default before it); ``planned`` is :class:`Planned`.
+PRESETS = {"paper": OccamRate, "guarded": Guarded, "planned": Planned, "search": Search}
+DEFAULT_PRESET = "search"
 
 
 def get_schedule(schedule: "Schedule | str | None") -> Schedule:

@@ -362,7 +362,7 @@ register_task(Task(
     "selects and is reported (no test split)", _load, _model, _train, _settings,
     evaluations=lambda ctx: ctx.budget // _config(ctx).interval, budget=STANDARD.steps, quick_budget=QUICK.steps,
     unit="steps", methods=("gd", "gd-wd", "gmp", "gmp-grid", "gmp-oracle", "occam", "occam-val", "occam-planned",
-                           "occam-guarded", "rigl", "occam-structured", "occam-planned-structured", "gmp-structured"),
+                           "occam-guarded", "occam-search", "rigl", "occam-structured", "occam-planned-structured", "gmp-structured"),
     options_accepted=("corpus", "data_root", "gpu", "config"), weight_decays=(0.01, 0.1, 1.0),
     gmp_end=_gmp_end, score=("selection_loss", "best validation loss"),
     budget_from=lambda quick, options: _base_config(quick, options).steps,

@@ -21,7 +21,7 @@ from ..criteria import layerwise_magnitude
 from ..fit import evaluate
 from ..masks import Masks, select_prunable
 from ..errors import InvalidValueError
-from ..schedules import DEFAULT_PRESET, GMP, Decision, Guarded, OccamRate, Planned, check_signal, get_schedule
+from ..schedules import DEFAULT_PRESET, GMP, Decision, Guarded, OccamRate, Planned, Search, check_signal, get_schedule
 from .measure import model_size, parameter_counts, throughput_fields
 from .registry import Context, Method, TrainSpec, final_model_path, register_method
 
@@ -169,6 +169,9 @@ register_method(Method("occam-val", "the paper's rule (OccamRate, r0 = 0.4) on t
                        schedule=lambda ctx: OccamRate()))
 register_method(Method("occam-guarded", "the guarded controller (occamgd.schedules.Guarded) on the hold-back loss",
                        schedule=lambda ctx: Guarded(), extra=_guard_actions))
+register_method(Method("occam-search", "the search controller (occamgd.schedules.Search, the default: it descends "
+                       "within the run's budget, keeps its best model and returns to it) on the hold-back loss",
+                       schedule=lambda ctx: Search(), extra=_guard_actions))
 register_method(Method("gmp", "gradual magnitude pruning (cubic) to the task's density fixed in advance (0.25)",
                        schedule=lambda ctx: _gmp(ctx, ctx.task.gmp_density)))
 #: The densities a user would otherwise try one by one (gmp-grid).

@@ -17,7 +17,7 @@ from ..reporting import markdown_table, mean_std, plot_curves
 from .registry import METHODS, Task
 
 #: Methods whose selected density is compared with gd's loss in the summary.
-PRUNING = ("occam-val", "occam-planned", "occam-guarded")
+PRUNING = ("occam-val", "occam-planned", "occam-guarded", "occam-search")
 #: Fields derived from a record's own: the final model's inference speed over the dense model's (same run).
 DERIVED = {f"speedup_b{b}": (f"throughput_b{b}", f"dense_throughput_b{b}") for b in (1, 256)}
 

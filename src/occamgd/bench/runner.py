@@ -33,8 +33,9 @@ RECORD_SCHEMA = 1
 #: kept (chosen by the selection loss, never by the test split), its losses and density, the
 #: training time and the per-evaluation history.
 RECORD_FIELDS = ("selected_epoch", "selection_loss", "test_loss", "test_acc", "density", "train_seconds", "history")
-#: Options already in a task's settings (the configuration, the device kind).
-_NOT_IDENTITY = ("config", "gpu")
+#: Options that do not change a run: already in a task's settings (the configuration, the device kind), or
+#: choosing which tables run (a table's run is the same whichever others run beside it).
+_NOT_IDENTITY = ("config", "gpu", "datasets")
 
 
 def order_methods(task: Task, methods: list[str]) -> list[str]:

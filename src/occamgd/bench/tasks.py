@@ -24,7 +24,7 @@ from .measure import macs_per_sample, model_size, parameter_counts, throughput_f
 from .registry import BenchData, Context, Task, TrainSpec, register_task
 
 #: Methods of every epoch task, in report order.
-EPOCH_METHODS = ("occam-val", "occam", "occam-planned", "occam-guarded", "gd", "gd-wd", "gd+prune", "gd+prune+ft", "gmp",
+EPOCH_METHODS = ("occam-val", "occam", "occam-planned", "occam-guarded", "occam-search", "gd", "gd-wd", "gd+prune", "gd+prune+ft", "gmp",
                  "gmp-grid", "gmp-oracle", "rigl")
 #: Structured methods (whole groups pruned, the live model shrunk while training), on the networks they fit.
 STRUCTURED_METHODS = ("occam-structured", "occam-planned-structured", "gmp-structured")
@@ -241,4 +241,4 @@ register_task(epoch_task("tabular", "every table of a manifest (default: the 12 
                          methods=EPOCH_METHODS + ("random-forest", "hist-gradient-boosting")))
 register_task(epoch_task("demo", "a dataset bundled with scikit-learn (digits by default), the paper's MLP "
                          "(25 % stratified test split, 10 % hold-back)", _demo_load, _mlp, epochs=20,
-                         quick_epochs=5, options=("dataset",), methods=("gd", "occam", "occam-val", "occam-planned", "occam-guarded")))
+                         quick_epochs=5, options=("dataset",), methods=("gd", "occam", "occam-val", "occam-planned", "occam-guarded", "occam-search")))

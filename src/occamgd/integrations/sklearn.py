@@ -5,7 +5,7 @@ only stores parameters, ``fit`` returns ``self``, learned attributes end in ``_`
 ``sklearn.utils.estimator_checks.check_estimator``, so they work inside ``Pipeline``,
 ``GridSearchCV``, ``cross_val_score`` and friends. Training goes through :func:`occamgd.fit`:
 a hold-back split (stratified for classification) gives the signal for the rate controller
-(``schedule``: the paper's or the guarded one) and chooses the epoch whose weights are kept.
+(``schedule``: the default search controller, the paper's rule or another preset) and chooses the epoch whose weights are kept.
 """
 
 from __future__ import annotations
@@ -43,11 +43,12 @@ _PARAMETERS_DOC = """
         Fraction of the training rows held back (at least one row): their loss drives the
         pruning rate and selects the epoch whose weights are kept. ``0`` reads the training
         loss instead (the paper's reference) and keeps the last epoch.
-    schedule : {"paper", "guarded", "planned"} or None, default=None
+    schedule : {"paper", "guarded", "planned", "search"} or None, default=None
         The rate controller: ``"paper"`` is the paper's rule (:class:`occamgd.OccamRate`),
-        ``"guarded"`` the guarded controller (:class:`occamgd.Guarded`), ``"planned"`` the
-        controller that plans its descent within the epochs (:class:`occamgd.schedules.Planned`);
-        ``None`` is the library's default preset.
+        ``"search"`` the one that searches the size within the epochs and returns to its best
+        model (:class:`occamgd.Search`), ``"guarded"`` the guarded controller
+        (:class:`occamgd.Guarded`), ``"planned"`` the one that plans its descent
+        (:class:`occamgd.schedules.Planned`); ``None`` is the library's default preset (``"search"``).
     r0 : float in (0, 1), default=0.4
         The largest pruning rate (the paper's initial rate), passed to the controller.
     min_density, max_density : float in (0, 1] or None, default=None
