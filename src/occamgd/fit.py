@@ -436,8 +436,13 @@ def fit(
                 fail(f"{signal} signal loss", signal_value)
             within = occam.max_density is None or record["density"] <= occam.max_density + 1e-9
             if hold_set is not None and within and (best is None or record["holdback_loss"] < best["loss"]):
+                # Occam's own copy of the model is kept by reference, not copied again: Occam replaces a
+                # snapshot, never changes one. fit holds one copy (this one) as plain training does, Occam
+                # at most one more.
+                state = occam.state_dict()
                 best = {"epoch": epoch, "loss": record["holdback_loss"], "model": _cpu_copy(model.state_dict()),
-                        "occam": _cpu_copy(occam.state_dict())}
+                        "occam": {**_cpu_copy({k: v for k, v in state.items() if k != "snapshot"}),
+                                  "snapshot": state["snapshot"]}}
             if epoch < epochs - 1:
                 record["rate"] = occam.step(signal_value)
                 record["action"] = occam.history[-1]["action"]

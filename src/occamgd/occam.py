@@ -456,10 +456,11 @@ class Occam:
         index = self._shrinker().shrink(self.model, self.masks, self.optimizer, self.criterion)
         if self._snapshot is not None and index:
             # The copy may be older than this shrink (a controller that keeps its best): compose the kept indices.
+            # A new dict, not a change to the old one: fit's best epoch may hold the snapshot by reference.
             earlier = self._snapshot["shrink"].get("index") or {}
-            self._snapshot["shrink"]["index"] = {
-                **earlier, **{name: (earlier[name][0], earlier[name][1].to(flat.device)[flat]) if name in earlier
-                              else (shape, flat) for name, (shape, flat) in index.items()}}
+            composed = {**earlier, **{name: (earlier[name][0], earlier[name][1].to(flat.device)[flat])
+                                      if name in earlier else (shape, flat) for name, (shape, flat) in index.items()}}
+            self._snapshot = {**self._snapshot, "shrink": {**self._snapshot["shrink"], "index": composed}}
         if index:
             self._rebuild_criterion()
         self.enforce()
