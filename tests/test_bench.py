@@ -147,6 +147,29 @@ def test_adding_a_method_is_one_registration(tiny_task, tmp_path, monkeypatch):
         register_method(Method("gd", "again"))
 
 
+def test_a_method_may_prune_by_global_magnitude_and_names_it_in_its_identity(tiny_task, tmp_path, monkeypatch):
+    from occamgd import ConstantRate
+    from occamgd.bench import tasks
+    from occamgd.bench.registry import TrainSpec
+
+    asked, real = [], tasks.fit
+    monkeypatch.setattr(tasks, "fit", lambda *a, **kw: asked.append(kw["criterion"]) or real(*a, **kw))
+
+    register_method(Method("constant-global", "prune 30 % every epoch, ranked over all tensors together",
+                           schedule=lambda ctx: ConstantRate(0.3), criterion="global"))
+    try:
+        object.__setattr__(tiny_task, "methods", tiny_task.methods + ("constant-global",))
+        runner.run_bench("tiny", seeds=1, out=tmp_path, methods=["constant-global"], progress=False)
+    finally:
+        METHODS.pop("constant-global")
+    record = _results(tmp_path / "tiny")["blobs/constant-global/seed0"]
+    assert record["config"]["criterion"] == "global" and asked == ["global"]
+    densities = [r["density"] for r in record["history"]]
+    assert densities[1] == pytest.approx(0.7, abs=0.01)
+    with pytest.raises(ValueError, match="criterion must be 'layerwise' or 'global'"):
+        TrainSpec(criterion="random")
+
+
 def test_methods_pull_in_what_they_need(tiny_task):
     assert runner.order_methods(tiny_task, ["gmp-oracle"]) == ["occam-search", "gmp-oracle"]
     assert runner.order_methods(tiny_task, ["gd+prune", "gd"]) == ["gd", "occam-val", "gd+prune"]

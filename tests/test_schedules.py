@@ -647,3 +647,45 @@ def test_a_guarded_state_with_an_unknown_phase_is_refused():
     data = {**state_to_dict(Guarded().init()), "phase": "pruned"}
     with pytest.raises(ValueError, match="phase must be one of \\('warmup', 'pruning', 'stopped'\\), got 'pruned'"):
         state_from_dict(Guarded(), data)
+
+
+# Every: the pruning interval ------------------------------------------------------------------
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+from occamgd.schedules import Every  # noqa: E402
+
+
+def test_every_asks_its_controller_only_every_k_steps_with_the_budget_divided():
+    inner = ConstantRate(0.2)
+    occam = Occam(nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 2)), schedule=Every(inner, 3), budget=12)
+    for _ in range(6):
+        occam.step(1.0)
+    assert [r["action"] for r in occam.history] == ["held", "held", "pruned", "held", "held", "pruned"]
+    assert occam.density == pytest.approx(0.8 ** 2, abs=0.02)
+    search = Every("search", 2)
+    assert search.needs_snapshot and Occam(nn.Linear(4, 2), schedule=search, budget=9).schedule_state.inner.budget == 4
+
+
+def test_every_state_round_trips_with_the_wrapped_state_and_resumes_alike():
+    signals = [1.0, 1.0, 0.9, 0.95, 0.8, 0.7, 0.9, 1.0, 1.1, 1.2]
+    whole = Occam(nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 2)), schedule=Every("search", 2), budget=10)
+    for s in signals:
+        whole.step(s)
+    first = Occam(nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 2)), schedule=Every("search", 2), budget=10)
+    for s in signals[:5]:
+        first.step(s)
+    data = state_to_dict(first.schedule_state)
+    assert isinstance(data["inner"], dict)
+    assert state_from_dict(first.schedule, data) == first.schedule_state
+    with pytest.raises(ValueError, match="Search state has fields"):
+        state_from_dict(first.schedule, {**data, "inner": {"epoch": 1}})
+    saved = first.state_dict()
+    torch.manual_seed(0)
+    second = Occam(first.model, schedule=Every("search", 2), budget=10)
+    second.load_state_dict(saved)
+    for s in signals[5:]:
+        second.step(s)
+    assert [r["action"] for r in second.history] == [r["action"] for r in whole.history]
+    with pytest.raises(ValueError, match="k must be an integer >= 1"):
+        Every("paper", 0)

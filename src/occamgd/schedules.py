@@ -55,6 +55,7 @@ that needs one raises ``ValueError`` on ``None``.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 import numbers
 import types
@@ -691,6 +692,45 @@ class Search(Schedule):
         return Decision(action, out, restore=restore, save=save), new
 
 
+class Every(Schedule):
+    """Ask ``schedule`` only every ``k``-th step and hold in between: pruning every ``k`` epochs (or
+    evaluations) instead of every one, the interval of the paper's ablation.
+
+    The wrapped controller sees the signal of every ``k``-th step only and plans within the budget
+    divided by ``k``; its state travels inside this one (``inner``), checkpoints included.
+    """
+
+    #: Fields holding the state of a wrapped controller, and the attribute naming that controller:
+    #: :func:`state_from_dict` reads them back with the wrapped controller's own fields.
+    nested_states = {"inner": "schedule"}
+
+    @dataclass(frozen=True)
+    class State:
+        step: int
+        inner: Any
+
+    def __init__(self, schedule: "Schedule | str | None" = None, k: int = 2):
+        if not (_is_integer(k) and k >= 1):
+            raise InvalidValueError(f"k must be an integer >= 1 (prune every k steps), got {k!r}")
+        self.schedule, self.k = get_schedule(schedule), int(k)
+
+    @property
+    def needs_snapshot(self) -> bool:  # type: ignore[override]
+        return self.schedule.needs_snapshot
+
+    def init(self, budget: int | None = None) -> Every.State:
+        takes = "budget" in inspect.signature(self.schedule.init).parameters
+        inner_budget = None if budget is None else max(1, budget // self.k)
+        return self.State(step=0, inner=self.schedule.init(budget=inner_budget) if takes else self.schedule.init())
+
+    def decide(self, signal: float | None, density: float, state: Every.State) -> tuple[Decision, Every.State]:
+        signal = check_signal(signal)
+        if (state.step + 1) % self.k:
+            return Decision("held", 0.0), replace(state, step=state.step + 1)
+        decision, inner = self.schedule.decide(signal, density, state.inner)
+        return decision, replace(state, step=state.step + 1, inner=inner)
+
+
 # State as plain data ----------------------------------------------------------------------------
 def state_to_dict(state: Any) -> dict[str, Any]:
     """A controller state as a dict of plain numbers, strings, ``None`` and lists (JSON-ready)."""
@@ -748,8 +788,12 @@ def state_from_dict(schedule: Schedule, data: Mapping[str, Any]) -> Any:
         got = sorted(data) if isinstance(data, Mapping) else type(data).__name__
         raise InvalidValueError(f"{kind} state has fields {got}; accepted: exactly {names}")
     hints = typing.get_type_hints(cls)
+    nested = getattr(schedule, "nested_states", {})
     values = {}
     for name in names:
+        if name in nested:  # a wrapped controller's state, read with its own fields
+            values[name] = state_from_dict(getattr(schedule, nested[name]), data[name])
+            continue
         values[name] = _coerce(data[name], hints[name])
         if values[name] is _NO:
             raise InvalidValueError(f"{kind} state field {name!r} is {data[name]!r}; accepted: {_accepted(hints[name])}")

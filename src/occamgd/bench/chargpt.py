@@ -150,7 +150,8 @@ def train_run(config: CharGPTConfig, corpus: CharCorpus, device: torch.device, s
         occam = Occam(model, optimizer, schedule=schedule, shrink=spec.shrink, budget=budget,
                       **structured_pruning(model, scope=scope))
     else:
-        occam = Occam(model, optimizer, schedule=schedule, include=prunable(model), budget=budget)
+        occam = Occam(model, optimizer, schedule=schedule, include=prunable(model), budget=budget,
+                      criterion=spec.criterion)
     # A compiled graph is built for the shapes it saw: a shrinking run trains eager.
     compile = compile and not spec.shrink
     # Dynamic sparse training (the rigl method): sparse from the first step, its masks kept after every step.

@@ -85,8 +85,14 @@ class TrainSpec:
     rigl: dict | None = None
     structured: bool | str = False  # True ("layer") or "global": the group criterion's scope
     shrink: bool = False
+    criterion: str = "layerwise"  # the magnitude criterion of an unstructured run: "layerwise" or "global"
 
     def __post_init__(self):
+        if self.criterion not in ("layerwise", "global"):
+            raise InvalidValueError(f"TrainSpec criterion must be 'layerwise' or 'global', got {self.criterion!r}")
+        if self.criterion != "layerwise" and self.structured:
+            raise InvalidValueError("TrainSpec(criterion='global') is for unstructured runs; accepted: "
+                                    "structured='global' for groups ranked over the whole model")
         if self.shrink and not self.structured:
             raise InvalidValueError("TrainSpec(shrink=True) removes whole groups, which needs structured=True; "
                                     "accepted: structured=True with shrink=True, or shrink=False")
@@ -106,7 +112,7 @@ class Method:
       reports beyond the schema, e.g. the paper's test-peeking choice).
     - ``rigl(ctx)``: RigL's settings (``TrainSpec.rigl``) for a method that trains sparse with RigL.
     - ``structured`` / ``shrink``: passed to the loop's :class:`TrainSpec` (whole groups pruned; the
-      live model shrunk at each prune).
+      live model shrunk at each prune); ``criterion``: ``"layerwise"`` or ``"global"`` magnitude.
     """
 
     name: str
@@ -121,6 +127,7 @@ class Method:
     rigl: Callable[[Context], dict] | None = None
     structured: bool | str = False
     shrink: bool = False
+    criterion: str = "layerwise"
 
     def __post_init__(self):
         if self.shrink and not self.structured:

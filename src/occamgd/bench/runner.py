@@ -84,6 +84,8 @@ def _spec_config(spec: TrainSpec) -> dict[str, Any]:
               **({"rigl": spec.rigl} if spec.rigl is not None else {})}
     # Named only when set, so that the runs of every other method keep their identity.
     config.update({k: getattr(spec, k) for k in ("structured", "shrink") if getattr(spec, k)})
+    if spec.criterion != "layerwise":
+        config["criterion"] = spec.criterion
     return config
 
 
@@ -97,7 +99,7 @@ def _method_config(ctx: Context, method: Method) -> tuple[dict[str, Any], Any]:
         trained = {"grid": {name: _spec_config(spec) for name, spec in plan.items()}}
     else:
         plan = TrainSpec(method.schedule(ctx), method.signal, rigl=method.rigl(ctx) if method.rigl else None,
-                         structured=method.structured, shrink=method.shrink)
+                         structured=method.structured, shrink=method.shrink, criterion=method.criterion)
         trained = _spec_config(plan)
     config = {"method": method.name, **trained, "needs": {need: ctx.previous[need]["run_id"] for need in method.needs}}
     return config, plan

@@ -198,7 +198,7 @@ def epoch_task(name: str, description: str, load, model, *, epochs: int, quick_e
                      optimizer=optimizer if sparse is None else sparse.optimizer,
                      on_epoch_end=None if sparse is None else sparse.epoch_end,
                      initial_masks=None if spec.start is None else spec.start["masks"],
-                     structured=spec.structured, shrink=spec.shrink)
+                     structured=spec.structured, shrink=spec.shrink, criterion=spec.criterion)
         seconds = time.perf_counter() - start
         rigl = sparse.finish(result.best_epoch, keep_best=spec.save_final is None) if sparse is not None else {}
         if spec.save_final is not None:
