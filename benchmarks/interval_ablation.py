@@ -1,6 +1,6 @@
 """The ablation readers of the paper ask for first: the pruning interval and the largest rate ``r0``.
 
-For the paper's rule (``OccamRate(r0)``) and the default controller (``Search(r0, r_start=r0/2)``),
+For the paper's rule (``OccamRate(r0)``) and the default controller (``Guarded(r0)``, first rate r0/2),
 each with the layerwise and the global magnitude criterion, pruning every 1, 2 and 4 epochs
 (``schedules.Every``; on char-gpt every 1, 2 and 4 evaluations of 50 steps: 50, 100, 200 steps)
 with ``r0`` of 0.2, 0.4 and 0.6, trained by the bench (``occamgd.bench``: the same splits, initial
@@ -13,7 +13,7 @@ Run from the repository root on a quiet machine::
 
     .venv/bin/python benchmarks/interval_ablation.py --out results/ablation             # tables + fashion-mlp
     .venv/bin/python benchmarks/interval_ablation.py --benches tabular --seeds 2 --datasets Glass,Sonar
-    .venv/bin/python benchmarks/interval_ablation.py --benches char-gpt --rules search --criteria layerwise
+    .venv/bin/python benchmarks/interval_ablation.py --benches char-gpt --criteria layerwise
 """
 
 from __future__ import annotations
@@ -35,11 +35,13 @@ from occamgd.bench.registry import Method, register_method  # noqa: E402
 from occamgd.bench.runner import run_records  # noqa: E402
 from occamgd.io import atomic_write, atomic_write_text  # noqa: E402
 from occamgd.reporting import markdown_table  # noqa: E402
-from occamgd.schedules import Every, OccamRate, Search  # noqa: E402
+from occamgd.schedules import Every, Guarded, OccamRate, Search  # noqa: E402
 
 INTERVALS = (1, 2, 4)
 RATES = (0.2, 0.4, 0.6)
-RULES = {"paper": lambda r0: OccamRate(r0=r0), "search": lambda r0: Search(r0=r0, r_start=r0 / 2)}
+RULES = {"paper": lambda r0: OccamRate(r0=r0), "guarded": lambda r0: Guarded(r0=r0),
+         "search": lambda r0: Search(r0=r0, r_start=r0 / 2)}
+DEFAULT_RULES = ("paper", "guarded")  # the paper's rule and the library's default controller
 CRITERIA = ("layerwise", "global")
 #: What each bench runs: task, --quick, its budget (None: the task's quick default) and extra options.
 BENCHES = {"tabular": ("tabular", None), "fashion-mlp": ("fashion-mlp", 10), "char-gpt": ("char-gpt", None)}
@@ -78,7 +80,8 @@ def main() -> int:
     parser.add_argument("--benches", default="tabular,fashion-mlp", help=f"comma-separated, of {', '.join(BENCHES)}")
     parser.add_argument("--seeds", type=int, default=2, help="seeds per bench (default 2)")
     parser.add_argument("--datasets", help="tables to run (default: all bundled)")
-    parser.add_argument("--rules", default=",".join(RULES), help=f"comma-separated, of {', '.join(RULES)}")
+    parser.add_argument("--rules", default=",".join(DEFAULT_RULES),
+                        help=f"comma-separated, of {', '.join(RULES)} (default {','.join(DEFAULT_RULES)})")
     parser.add_argument("--criteria", default=",".join(CRITERIA), help=f"comma-separated, of {', '.join(CRITERIA)}")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args()

@@ -67,10 +67,10 @@ def test_every_method_writes_one_record_per_seed_and_a_report(tiny_task, tmp_pat
         pruned = results[f"blobs/gd+prune/seed{seed}"]
         assert pruned["density"] == pytest.approx(occam["density"], abs=0.02)
         assert f"final_density={tiny_task.gmp_density!r}" in results[f"blobs/gmp/seed{seed}"]["schedule"]
-        default = results[f"blobs/occam-search/seed{seed}"]  # the default controller: what the oracle is told
+        default = results[f"blobs/occam-guarded/seed{seed}"]  # the default controller: what the oracle is told
         assert f"final_density={default['density']!r}" in results[f"blobs/gmp-oracle/seed{seed}"]["schedule"]
-        assert results[f"blobs/gmp-oracle/seed{seed}"]["config"]["needs"] == {"occam-search": default["run_id"]}
-        guarded = results[f"blobs/occam-search/seed{seed}"]
+        assert results[f"blobs/gmp-oracle/seed{seed}"]["config"]["needs"] == {"occam-guarded": default["run_id"]}
+        guarded = results[f"blobs/occam-guarded/seed{seed}"]
         assert {r["action"] for r in guarded["history"]} <= {"warmup", "pruned", "held", "rolled back",
                                                              "stopped", "last epoch"}
         assert guarded["rollbacks"] == [r.get("action") for r in guarded["history"]].count("rolled back")
@@ -171,7 +171,7 @@ def test_a_method_may_prune_by_global_magnitude_and_names_it_in_its_identity(tin
 
 
 def test_methods_pull_in_what_they_need(tiny_task):
-    assert runner.order_methods(tiny_task, ["gmp-oracle"]) == ["occam-search", "gmp-oracle"]
+    assert runner.order_methods(tiny_task, ["gmp-oracle"]) == ["occam-guarded", "gmp-oracle"]
     assert runner.order_methods(tiny_task, ["gd+prune", "gd"]) == ["gd", "occam-val", "gd+prune"]
 
 

@@ -158,8 +158,8 @@ def test_configurations_match_the_documented_shapes():
 def test_gmp_oracle_is_told_the_default_controllers_density_and_gd_wd_keeps_its_best_grid_run(tmp_path, corpus):
     run_chargpt(seeds=1, out=tmp_path, progress=False, corpus=corpus, config=SMOKE, methods=["gmp-oracle", "gd-wd"])
     runs = _runs(tmp_path / "char-gpt-smoke")
-    assert set(runs) == {f"corpus/{m}/seed0.json" for m in ("occam-search", "gmp-oracle", "gd-wd")}
-    default = runs["corpus/occam-search/seed0.json"]
+    assert set(runs) == {f"corpus/{m}/seed0.json" for m in ("occam-guarded", "gmp-oracle", "gd-wd")}
+    default = runs["corpus/occam-guarded/seed0.json"]
     assert f"final_density={default['density']!r}" in runs["corpus/gmp-oracle/seed0.json"]["schedule"]
     wd = runs["corpus/gd-wd/seed0.json"]
     assert set(wd["grid"]) == {"0.01", "0.1", "1.0"}

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from occamgd import GMP, ConstantRate, Guarded, Never, Occam, OccamRate, Search
+from occamgd import GMP, ConstantRate, Guarded, Never, Occam, OccamRate
 from occamgd.criteria import prune_count
 from occamgd.schedules import Decision, state_to_dict
 
@@ -69,9 +69,9 @@ def setup(tiny_mlp):
 
 
 # End to end ------------------------------------------------------------------------------------
-def test_the_default_preset_is_the_search_controller(setup):
+def test_the_default_preset_is_the_guarded_controller(setup):
     _, _, occam = setup()
-    assert isinstance(occam.schedule, Search) and "Search" in repr(occam)
+    assert isinstance(occam.schedule, Guarded) and "Guarded" in repr(occam)
 
 
 def test_end_to_end_density_falls_per_schedule_and_history_records_each_epoch(setup, tiny_data):

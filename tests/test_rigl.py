@@ -239,28 +239,28 @@ def _tiny_model(ctx):
 
 def test_the_rigl_method_trains_at_the_guarded_density_seed_by_seed(monkeypatch, tmp_path):
     task = epoch_task("tiny-rigl", "synthetic blobs", _tiny_load, _tiny_model, epochs=8, quick_epochs=8,
-                      batch_size=16, methods=("occam-search", "rigl"))
+                      batch_size=16, methods=("occam-guarded", "rigl"))
     monkeypatch.setitem(TASKS, task.name, task)
     # A guarded record that is sparse in so short a run, whatever the default controller does: the
-    # method reads occam-search's record, not how it was made.
-    monkeypatch.setitem(METHODS, "occam-search", dataclasses.replace(
-        METHODS["occam-search"], schedule=lambda ctx: ConstantRate(0.25)))
+    # method reads occam-guarded's record, not how it was made.
+    monkeypatch.setitem(METHODS, "occam-guarded", dataclasses.replace(
+        METHODS["occam-guarded"], schedule=lambda ctx: ConstantRate(0.25)))
     assert "rigl" in TASKS["tabular"].methods and "rigl" in TASKS["fashion-mlp"].methods
-    assert "rigl" in TASKS["char-gpt"].methods and METHODS["rigl"].needs == ("occam-search",)
+    assert "rigl" in TASKS["char-gpt"].methods and METHODS["rigl"].needs == ("occam-guarded",)
     root, _, order, records = runner.run_records(task.name, seeds=2, out=tmp_path, methods=["rigl"], progress=False)
-    assert order == ["occam-search", "rigl"]
+    assert order == ["occam-guarded", "rigl"]
     by = {(r["method"], r["seed"]): r for r in records}
     for seed in (0, 1):
-        guarded, rigl = by[("occam-search", seed)], by[("rigl", seed)]
-        assert rigl["config"]["needs"] == {"occam-search": guarded["run_id"]}
+        guarded, rigl = by[("occam-guarded", seed)], by[("rigl", seed)]
+        assert rigl["config"]["needs"] == {"occam-guarded": guarded["run_id"]}
         assert rigl["config"]["rigl"]["density"] == guarded["density"]
-        # Sparse from the first epoch, at the default controller's density (to the rounding of each tensor's count).
+        # Sparse from the first epoch, at the guarded density (to the rounding of each tensor's count).
         assert {r["density"] for r in rigl["history"]} == {rigl["density"]}
         assert rigl["density"] == pytest.approx(guarded["density"], abs=0.01)
         assert rigl["selected_epoch"] == min(rigl["history"], key=lambda r: r["holdback_loss"])["epoch"]
         assert rigl["rigl_updates"] > 0 and "distribution='erk'" in rigl["rigl"]
         assert rigl["flops_masked"] == pytest.approx(rigl["flops_dense"] * rigl["density"], rel=0.05)
-    assert all(by[("occam-search", s)]["density"] < 0.5 for s in (0, 1))  # the check means something
+    assert all(by[("occam-guarded", s)]["density"] < 0.5 for s in (0, 1))  # the check means something
     # The run is resumed from its file, not redone.
     path = next((root / "blobs" / "rigl").glob("seed0-*.json"))
     before = path.read_text()
@@ -269,8 +269,8 @@ def test_the_rigl_method_trains_at_the_guarded_density_seed_by_seed(monkeypatch,
 
 
 def test_the_rigl_method_on_char_gpt_is_sparse_from_the_first_evaluation(monkeypatch, tmp_path):
-    monkeypatch.setitem(METHODS, "occam-search", dataclasses.replace(
-        METHODS["occam-search"], schedule=lambda ctx: ConstantRate(0.25)))
+    monkeypatch.setitem(METHODS, "occam-guarded", dataclasses.replace(
+        METHODS["occam-guarded"], schedule=lambda ctx: ConstantRate(0.25)))
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("".join(f"{w} the quick brown fox jumps over the lazy dog.\n" for w in ("Alas", "Lo") * 30))
     smoke = CharGPTConfig(name="smoke", n_layer=1, n_head=2, n_embd=16, block_size=16, batch_size=4, steps=20,

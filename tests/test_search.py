@@ -1,4 +1,4 @@
-"""The default controller, :class:`occamgd.schedules.Search`: it descends, keeps its best model, returns to it.
+"""The search controller, :class:`occamgd.schedules.Search`: it descends, keeps its best model, returns to it.
 
 What is checked here with scripted signals (the measured behaviour is in benchmarks and docs/results.md):
 the start by ``start_by`` of the budget, the one copy it keeps being the best model (also across
@@ -48,9 +48,9 @@ def _run(occam, signals, snapshots=None):
     return [r["action"] for r in occam.history]
 
 
-def test_search_is_the_default_controller():
-    assert DEFAULT_PRESET == "search" and isinstance(get_schedule(None), Search)
-    assert isinstance(Occam(_net()).schedule, Search)
+def test_search_is_a_preset_beside_the_default():
+    assert isinstance(get_schedule("search"), Search) and DEFAULT_PRESET == "guarded"
+    assert isinstance(Occam(_net(), schedule="search").schedule, Search)
 
 
 def test_it_starts_by_start_by_of_the_budget_even_while_the_signal_still_falls():
@@ -157,8 +157,8 @@ def test_a_resumed_search_equals_the_uninterrupted_one():
         assert torch.equal(a, b), n
 
 
-def test_a_short_fit_with_the_default_prunes_and_selects_on_the_hold_back():
-    result = occamgd.fit(_net(), _data(), epochs=5, progress=False)
+def test_a_short_fit_with_search_prunes_and_selects_on_the_hold_back():
+    result = occamgd.fit(_net(), _data(), epochs=5, schedule="search", progress=False)
     assert result.occam.budget == 4 and min(r["density"] for r in result.history) < 1.0
 
 

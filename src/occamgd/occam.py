@@ -97,15 +97,15 @@ def _init_state(schedule: Schedule, budget: int | None) -> Any:
 class Occam:
     """Occam Gradient Descent around any ``nn.Module`` and ``torch.optim`` optimizer.
 
-    >>> occam = Occam(model, optimizer, budget=epochs - 1)  # Search controller, layerwise magnitude
+    >>> occam = Occam(model, optimizer, budget=epochs - 1)  # guarded controller, layerwise magnitude
     >>> for epoch in range(epochs):
     ...     train_one_epoch(model, optimizer, loader)  # the user's own loop, unchanged
     ...     occam.step(signal=validation_loss(model))  # adapt the rate, prune, enforce masks
 
     - ``optimizer``: a ``torch.optim`` optimizer, also inside accelerate's wrapper (see
       :func:`unwrap_optimizer`); ``None`` to :meth:`attach` one later.
-    - ``schedule``: a preset name (``"paper"``: the paper's rule exactly; ``"search"``, the default:
-      :class:`occamgd.schedules.Search`; ``"guarded"``, ``"planned"``) or a schedule object;
+    - ``schedule``: a preset name (``"paper"``: the paper's rule exactly; ``"guarded"``, the default:
+      :class:`occamgd.schedules.Guarded`; ``"search"``, ``"planned"``) or a schedule object;
       ``None`` is the default preset.
     - ``include`` / ``exclude`` select the prunable tensors (see :func:`select_prunable`).
     - ``every`` and ``signal_fn``, for long runs without epochs: after every ``every`` optimizer

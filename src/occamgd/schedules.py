@@ -800,11 +800,11 @@ def state_from_dict(schedule: Schedule, data: Mapping[str, Any]) -> Any:
     return cls(**values)
 
 
-#: Named controllers: ``paper`` is exactly the paper's rule (Kausik, arXiv:2405.20194); ``search`` is
-#: :class:`Search` (the default: it descends within the run's budget and returns to its best model);
-#: ``guarded`` is :class:`Guarded` (the default before it); ``planned`` is :class:`Planned`.
+#: Named controllers: ``paper`` is exactly the paper's rule (Kausik, arXiv:2405.20194); ``guarded`` is
+#: :class:`Guarded` (the default); ``planned`` is :class:`Planned`; ``search`` is :class:`Search` (it
+#: descends within the run's budget and returns to its best model).
 PRESETS = {"paper": OccamRate, "guarded": Guarded, "planned": Planned, "search": Search}
-DEFAULT_PRESET = "search"
+DEFAULT_PRESET = "guarded"
 
 
 def get_schedule(schedule: "Schedule | str | None") -> Schedule:

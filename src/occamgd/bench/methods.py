@@ -169,7 +169,7 @@ register_method(Method("occam-val", "the paper's rule (OccamRate, r0 = 0.4) on t
                        schedule=lambda ctx: OccamRate()))
 register_method(Method("occam-guarded", "the guarded controller (occamgd.schedules.Guarded) on the hold-back loss",
                        schedule=lambda ctx: Guarded(), extra=_guard_actions))
-register_method(Method("occam-search", "the search controller (occamgd.schedules.Search, the default: it descends "
+register_method(Method("occam-search", "the search controller (occamgd.schedules.Search: it descends "
                        "within the run's budget, keeps its best model and returns to it) on the hold-back loss",
                        schedule=lambda ctx: Search(), extra=_guard_actions))
 register_method(Method("gmp", "gradual magnitude pruning (cubic) to the task's density fixed in advance (0.25)",

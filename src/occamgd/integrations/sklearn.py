@@ -5,7 +5,7 @@ only stores parameters, ``fit`` returns ``self``, learned attributes end in ``_`
 ``sklearn.utils.estimator_checks.check_estimator``, so they work inside ``Pipeline``,
 ``GridSearchCV``, ``cross_val_score`` and friends. Training goes through :func:`occamgd.fit`:
 a hold-back split (stratified for classification) gives the signal for the rate controller
-(``schedule``: the default search controller, the paper's rule or another preset) and chooses the epoch whose weights are kept.
+(``schedule``: the default guarded controller, the paper's rule or another preset) and chooses the epoch whose weights are kept.
 """
 
 from __future__ import annotations
@@ -45,10 +45,10 @@ _PARAMETERS_DOC = """
         loss instead (the paper's reference) and keeps the last epoch.
     schedule : {"paper", "guarded", "planned", "search"} or None, default=None
         The rate controller: ``"paper"`` is the paper's rule (:class:`occamgd.OccamRate`),
-        ``"search"`` the one that searches the size within the epochs and returns to its best
-        model (:class:`occamgd.Search`), ``"guarded"`` the guarded controller
-        (:class:`occamgd.Guarded`), ``"planned"`` the one that plans its descent
-        (:class:`occamgd.schedules.Planned`); ``None`` is the library's default preset (``"search"``).
+        ``"guarded"`` the guarded controller (:class:`occamgd.Guarded`), ``"search"`` the one that
+        searches the size within the epochs and returns to its best model
+        (:class:`occamgd.Search`), ``"planned"`` the one that plans its descent
+        (:class:`occamgd.schedules.Planned`); ``None`` is the library's default preset (``"guarded"``).
     r0 : float in (0, 1), default=0.4
         The largest pruning rate (the paper's initial rate), passed to the controller.
     min_density, max_density : float in (0, 1] or None, default=None
