@@ -81,6 +81,10 @@ def test_every_method_writes_one_record_per_seed_and_a_report(tiny_task, tmp_pat
         grid = results[f"blobs/gmp-grid/seed{seed}"]
         assert set(grid["grid"]) == {"0.5", "0.25", "0.1", "0.05"} and grid["chosen"] == min(grid["grid"], key=grid["grid"].get)
         assert grid["selection_loss"] == grid["grid"][grid["chosen"]]
+        # Every candidate's test loss and density are kept for the grid's curve; the chosen one's are the record's.
+        assert set(grid["grid_score"]) == set(grid["grid_density"]) == set(grid["grid"])
+        assert grid["grid_score"][grid["chosen"]] == grid["test_loss"]
+        assert grid["grid_density"]["0.05"] < grid["grid_density"]["0.5"]
         assert f"final_density={float(grid['chosen'])!r}" in grid["config"]["grid"][grid["chosen"]]["schedule"]
         assert results[f"blobs/gd/seed{seed}"]["density"] == 1.0
         assert results[f"blobs/random-forest/seed{seed}"]["test_loss"] > 0

@@ -95,6 +95,15 @@ def _plot_loss_vs_density(task: Task, by_method: dict[str, list[dict]], path: Pa
 
     score, label = task.score
     fig, ax = plt.subplots(figsize=(5, 3.6))
+    for name, rs in by_method.items():  # a grid's candidates (each trained to its own density): its curve
+        members = [r for r in rs if r.get("grid_score") and r.get("grid_density")]
+        keys = [k for k in (members[0]["grid_score"] if members else {})
+                if all(m["grid_score"].get(k) is not None and m["grid_density"].get(k) is not None for m in members)]
+        if keys:
+            curve = sorted((statistics.mean(m["grid_density"][k] for m in members),
+                            statistics.mean(m["grid_score"][k] for m in members)) for k in keys)
+            ax.plot(*zip(*curve), ls="--", lw=1, color=colors.get(name), alpha=0.7,
+                    label=f"{name}: each candidate ({len(members)} seeds)")
     for name, rs in by_method.items():
         points = [(r["density"], r[score]) for r in rs if r["density"] is not None and r.get(score) is not None]
         if points:

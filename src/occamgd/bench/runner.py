@@ -113,7 +113,11 @@ def _run(ctx: Context, method: Method, plan, rid: str, save_final: bool) -> dict
         return ctx.task.train(ctx, dataclasses.replace(plan, save_final=final))
     runs = {name: ctx.task.train(ctx, spec) for name, spec in plan.items()}
     chosen = min(runs, key=lambda name: runs[name]["selection_loss"])  # the test split never chooses
+    score = ctx.task.score[0]
+    # Every candidate's score and density too: the curve a grid draws (reported, never used to choose).
     return {**runs[chosen], "chosen": chosen, "grid": {name: r["selection_loss"] for name, r in runs.items()},
+            "grid_score": {name: r.get(score) for name, r in runs.items()},
+            "grid_density": {name: r.get("density") for name, r in runs.items()},
             "train_seconds": sum(r["train_seconds"] for r in runs.values())}
 
 
