@@ -430,6 +430,60 @@ class Guarded(Schedule):
         return Decision(action, rate, restore=action == "rolled back"), new
 
 
+def _budget(budget: Any) -> int | None:
+    """The run's number of steps as a planning controller keeps it, after checking it."""
+    if budget is not None and not (_is_integer(budget) and budget >= 1):
+        raise InvalidValueError(f"budget must be an integer >= 1 (the run's steps) or None, got {budget!r}")
+    return None if budget is None else int(budget)
+
+
+def _check_plan(start_tol: Any, tol: Any, start_by: Any, end: Any) -> None:
+    """The settings both planning controllers share: two tolerances, and when to start and end by."""
+    for name, value in (("start_tol", start_tol), ("tol", tol)):
+        if not (_is_real(value) and 0.0 <= value < 1.0):
+            raise InvalidValueError(f"{name} must be a fraction in [0, 1), got {value!r}")
+    if not (_is_real(start_by) and _is_real(end) and 0.0 <= start_by < end <= 1.0):
+        raise InvalidValueError(f"start_by and end must be fractions of the budget with 0 <= start_by < end <= 1, "
+                                f"got start_by={start_by!r}, end={end!r}")
+
+
+def _may_start(signal: float, state: Any, warmup: int, start_tol: float, start_by: float) -> tuple[bool, float]:
+    """Whether a warming-up planning controller starts after this step, and its largest one-step gain: the
+    gain has slowed to at most ``start_tol`` of the largest, or ``start_by`` of the budget is reached, and
+    ``warmup`` steps have passed."""
+    slowed, max_gain = False, state.max_gain
+    if state.previous is not None:
+        gain = state.previous - signal
+        max_gain = max(max_gain, gain)
+        slowed = gain <= start_tol * max_gain
+    due = state.budget is not None and state.epoch + 1 >= start_by * state.budget
+    return state.epoch >= warmup and (slowed or due), max_gain
+
+
+@dataclass(frozen=True)
+class _PlanningState:
+    """What both planning controllers (:class:`Planned`, :class:`Search`) remember; ``PHASES`` names theirs."""
+
+    PHASES: typing.ClassVar[tuple[str, ...]] = ()
+    epoch: int
+    phase: str
+    #: The run's number of steps (``None``: unknown).
+    budget: int | None = None
+    #: The descent's rate (0 before it starts).
+    rate: float = 0.0
+    previous: float | None = None
+    max_gain: float = 0.0
+    #: The best signal of the descent (from the step it started).
+    best: float | None = None
+    #: Steps in a row with the signal more than ``tol`` above ``best``.
+    worse: int = 0
+
+    def __post_init__(self) -> None:
+        if self.phase not in self.PHASES:
+            kind = type(self).__qualname__.split(".")[0]
+            raise InvalidValueError(f"{kind} state phase must be one of {self.PHASES}, got {self.phase!r}")
+
+
 _PLANNED_PHASES = ("warmup", "descent", "stopped")
 
 
@@ -457,23 +511,8 @@ class Planned(Schedule):
     needs_snapshot = True
 
     @dataclass(frozen=True)
-    class State:
-        epoch: int
-        #: One of ``_PLANNED_PHASES``.
-        phase: str
-        #: The run's number of steps (``None``: unknown).
-        budget: int | None = None
-        #: The descent's rate (0 before it starts).
-        rate: float = 0.0
-        previous: float | None = None
-        max_gain: float = 0.0
-        best: float | None = None
-        #: Prunes in a row after which the signal was more than ``tol`` above ``best``.
-        worse: int = 0
-
-        def __post_init__(self) -> None:
-            if self.phase not in _PLANNED_PHASES:
-                raise InvalidValueError(f"Planned state phase must be one of {_PLANNED_PHASES}, got {self.phase!r}")
+    class State(_PlanningState):
+        PHASES: typing.ClassVar[tuple[str, ...]] = _PLANNED_PHASES
 
     def __init__(self, target: float = 0.02, start_tol: float = 0.1, warmup: int = 1, start_by: float = 0.1,
                  end: float = 0.35, rate: float = 0.2, r0: float = 0.4, tol: float = 0.1, patience: int = 3):
@@ -482,12 +521,7 @@ class Planned(Schedule):
                 raise InvalidValueError(f"{name} must be a number in (0, 1), got {value!r}")
         if rate > r0:
             raise InvalidValueError(f"rate must be <= r0 = {r0!r} (the largest rate), got {rate!r}")
-        for name, value in (("start_tol", start_tol), ("tol", tol)):
-            if not (_is_real(value) and 0.0 <= value < 1.0):
-                raise InvalidValueError(f"{name} must be a fraction in [0, 1), got {value!r}")
-        if not (_is_real(start_by) and _is_real(end) and 0.0 <= start_by < end <= 1.0):
-            raise InvalidValueError(f"start_by and end must be fractions of the budget with 0 <= start_by < end <= 1, "
-                                    f"got start_by={start_by!r}, end={end!r}")
+        _check_plan(start_tol, tol, start_by, end)
         for name, value in (("warmup", warmup), ("patience", patience)):
             if not (_is_integer(value) and value >= (1 if name == "patience" else 0)):
                 raise InvalidValueError(f"{name} must be an integer >= {1 if name == 'patience' else 0}, got {value!r}")
@@ -496,9 +530,7 @@ class Planned(Schedule):
         self.tol, self.patience = float(tol), int(patience)
 
     def init(self, budget: int | None = None) -> Planned.State:
-        if budget is not None and not (_is_integer(budget) and budget >= 1):
-            raise InvalidValueError(f"budget must be an integer >= 1 (the run's steps) or None, got {budget!r}")
-        return self.State(epoch=0, phase="warmup", budget=None if budget is None else int(budget))
+        return self.State(epoch=0, phase="warmup", budget=_budget(budget))
 
     def planned_rate(self, epoch: int, density: float, budget: int | None) -> float:
         """The descent's rate when it starts after step ``epoch`` at ``density``."""
@@ -519,13 +551,8 @@ class Planned(Schedule):
         best = signal if state.best is None or phase == "warmup" else min(state.best, signal)
         action = "stopped"
         if phase == "warmup":
-            slowed = False
-            if state.previous is not None:
-                gain = state.previous - signal
-                max_gain = max(max_gain, gain)
-                slowed = gain <= self.start_tol * max_gain
-            due = state.budget is not None and state.epoch + 1 >= self.start_by * state.budget
-            if state.epoch >= self.warmup and (slowed or due):
+            start, max_gain = _may_start(signal, state, self.warmup, self.start_tol, self.start_by)
+            if start:
                 rate = self.planned_rate(state.epoch, density, state.budget)
                 phase = "descent" if rate > 0.0 else "stopped"
                 action = "pruned" if rate > 0.0 else "stopped"
@@ -572,28 +599,13 @@ class Search(Schedule):
     needs_snapshot = True
 
     @dataclass(frozen=True)
-    class State:
-        epoch: int
-        #: One of ``_SEARCH_PHASES``.
-        phase: str
-        #: The run's number of steps (``None``: unknown).
-        budget: int | None = None
-        #: The rate the next prune uses.
-        rate: float = 0.0
-        previous: float | None = None
-        max_gain: float = 0.0
-        #: The signal of the kept (best) model of the descent.
-        best: float | None = None
-        #: Steps in a row more than ``tol`` above ``best``.
-        worse: int = 0
+    class State(_PlanningState):
+        """``best`` is the kept model's signal, ``best_density`` its density; ``rate`` the next prune's."""
+
+        PHASES: typing.ClassVar[tuple[str, ...]] = _SEARCH_PHASES
         restores: int = 0
         pruned_last: bool = False
-        #: The density of the kept model.
         best_density: float = 1.0
-
-        def __post_init__(self) -> None:
-            if self.phase not in _SEARCH_PHASES:
-                raise InvalidValueError(f"Search state phase must be one of {_SEARCH_PHASES}, got {self.phase!r}")
 
     def __init__(self, r_start: float = 0.2, r0: float = 0.4, grow: float = 1.5, shrink: float = 0.5,
                  tol: float = 0.1, patience: int = 2, start_tol: float = 0.1, warmup: int = 1,
@@ -609,12 +621,7 @@ class Search(Schedule):
             raise InvalidValueError(f"grow must be a number >= 1, got {grow!r}")
         if not (_is_real(shrink) and 0.0 < shrink < 1.0):
             raise InvalidValueError(f"shrink must be a number in (0, 1), got {shrink!r}")
-        for name, value in (("start_tol", start_tol), ("tol", tol)):
-            if not (_is_real(value) and 0.0 <= value < 1.0):
-                raise InvalidValueError(f"{name} must be a fraction in [0, 1), got {value!r}")
-        if not (_is_real(start_by) and _is_real(end) and 0.0 <= start_by < end <= 1.0):
-            raise InvalidValueError(f"start_by and end must be fractions of the budget with 0 <= start_by < end <= 1, "
-                                    f"got start_by={start_by!r}, end={end!r}")
+        _check_plan(start_tol, tol, start_by, end)
         for name, value, low in (("warmup", warmup, 0), ("patience", patience, 1), ("max_restores", max_restores, 0)):
             if not (_is_integer(value) and value >= low):
                 raise InvalidValueError(f"{name} must be an integer >= {low}, got {value!r}")
@@ -624,9 +631,7 @@ class Search(Schedule):
         self.max_restores, self.min_rate = int(max_restores), float(min_rate)
 
     def init(self, budget: int | None = None) -> Search.State:
-        if budget is not None and not (_is_integer(budget) and budget >= 1):
-            raise InvalidValueError(f"budget must be an integer >= 1 (the run's steps) or None, got {budget!r}")
-        return self.State(epoch=0, phase="warmup", budget=None if budget is None else int(budget))
+        return self.State(epoch=0, phase="warmup", budget=_budget(budget))
 
     def _rate(self, rate: float, density: float) -> float:
         """``rate``, less where it would cross ``floor``; 0 at the floor."""
@@ -644,13 +649,8 @@ class Search(Schedule):
         ended = state.budget is not None and state.epoch + 1 >= self.end * state.budget
         action, out, restore, save = "stopped", 0.0, False, False
         if phase == "warmup":
-            slowed = False
-            if state.previous is not None:
-                gain = state.previous - signal
-                max_gain = max(max_gain, gain)
-                slowed = gain <= self.start_tol * max_gain
-            due = state.budget is not None and state.epoch + 1 >= self.start_by * state.budget
-            if state.epoch >= self.warmup and (slowed or due) and not ended:
+            start, max_gain = _may_start(signal, state, self.warmup, self.start_tol, self.start_by)
+            if start and not ended:
                 phase, rate, best, save = "descent", self.r_start, signal, True
                 out = self._rate(rate, density)
                 action = "pruned" if out > 0.0 else "stopped"
