@@ -333,3 +333,27 @@ def test_keep_best_gives_back_occam_as_it_was_at_the_best_epoch_so_a_rollback_go
     occam.step(1e6)
     assert occam.history[-1]["action"] == "rolled back"
     assert occam.density == result.history[1]["density"]
+
+
+def test_the_best_epoch_shares_occams_copy_of_the_model_instead_of_copying_it(monkeypatch):
+    """fit holds one copy of the model (its best epoch), as plain training does; Occam's own copy (a
+    rollback's snapshot) is referenced from it, never copied a second time."""
+    import sys
+
+    fit_module = sys.modules["occamgd.fit"]
+
+    copied, real = [], fit_module._cpu_copy
+    monkeypatch.setattr(fit_module, "_cpu_copy", lambda state: copied.append(state) or real(state))
+    result = occamgd.fit(mlp(), blobs(), epochs=8, schedule=occamgd.Guarded(warmup=0, start_tol=0.9), progress=False)
+    assert any(r["action"] == "pruned" for r in result.occam.history)  # snapshots were taken
+
+    def tensors(state):
+        if torch.is_tensor(state):
+            yield state
+        elif isinstance(state, dict):
+            for v in state.values():
+                yield from tensors(v)
+
+    snapshot_tensors = {id(t) for t in tensors(result.occam._snapshot or {})}
+    assert all("snapshot" not in state for state in copied if isinstance(state, dict))
+    assert not snapshot_tensors & {id(t) for state in copied for t in tensors(state)}

@@ -194,11 +194,18 @@ def _cpu_copy(state: Any) -> Any:
     return copy.deepcopy(state)
 
 
+def _occam_copy(occam: Occam) -> dict:
+    """Occam's state, copied, except its own copy of the model (a rollback's snapshot), which is referenced:
+    Occam replaces a snapshot, never changes one, so a run holds it once however many states refer to it."""
+    state = occam.state_dict()
+    return {**_cpu_copy({k: v for k, v in state.items() if k != "snapshot"}), "snapshot": state["snapshot"]}
+
+
 def _snapshot(model: nn.Module, optimizer: torch.optim.Optimizer, occam: Occam) -> dict:
     return {
         "model": _cpu_copy(model.state_dict()),
         "optimizer": _cpu_copy(optimizer.state_dict()),
-        "occam": _cpu_copy(occam.state_dict()),
+        "occam": _occam_copy(occam),
     }
 
 
@@ -436,13 +443,9 @@ def fit(
                 fail(f"{signal} signal loss", signal_value)
             within = occam.max_density is None or record["density"] <= occam.max_density + 1e-9
             if hold_set is not None and within and (best is None or record["holdback_loss"] < best["loss"]):
-                # Occam's own copy of the model is kept by reference, not copied again: Occam replaces a
-                # snapshot, never changes one. fit holds one copy (this one) as plain training does, Occam
-                # at most one more.
-                state = occam.state_dict()
+                # fit holds one copy of the model (this one) as plain training does, Occam at most one more.
                 best = {"epoch": epoch, "loss": record["holdback_loss"], "model": _cpu_copy(model.state_dict()),
-                        "occam": {**_cpu_copy({k: v for k, v in state.items() if k != "snapshot"}),
-                                  "snapshot": state["snapshot"]}}
+                        "occam": _occam_copy(occam)}
             if epoch < epochs - 1:
                 record["rate"] = occam.step(signal_value)
                 record["action"] = occam.history[-1]["action"]
