@@ -68,3 +68,11 @@ def test_the_command_line_prints_it_in_its_summary(tmp_path, capsys):
     out, err = capsys.readouterr()
     assert "warning: Occam ended without pruning" in out  # the summary
     assert "occamgd: warning: Occam ended without pruning" in err  # said as it happened
+
+
+def test_a_wrapped_controller_is_named_with_its_phase():
+    occam = occamgd.Occam(_net(), schedule=occamgd.schedules.Every(occamgd.Guarded(warmup=10), 2))
+    for signal in (1.0, 0.9, 0.8, 0.7):
+        occam.step(signal)
+    reason = occam.unpruned_reason()
+    assert "the Guarded controller was still in its warm-up phase" in reason and "Every" not in reason

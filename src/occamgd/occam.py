@@ -638,19 +638,22 @@ class Occam:
             return None
         steps = len(self.history)
         actions = [r["action"] for r in self.history]
-        name = type(self.schedule).__name__
+        schedule, state = self.schedule, self.schedule_state
+        for field, attr in getattr(schedule, "nested_states", {}).items():  # a wrapper (Every): name what it wraps
+            schedule, state = getattr(schedule, attr), getattr(state, field)
+        name = type(schedule).__name__
         options = ("train longer or evaluate more often (more Occam steps), or use schedule='paper', which "
                    "prunes from the first step")
-        phase = getattr(self.schedule_state, "phase", actions[-1])
+        phase = getattr(state, "phase", actions[-1])
         if "rolled back" in actions:
             return (f"Occam ended without pruning: every prune of the {name} controller was rolled back in "
                     f"{steps} steps (the signal rose beyond its tolerance each time; phase {phase!r}); to prune "
                     f"anyway: a larger tolerance (e.g. {name}(tol=...)), a smaller first rate, or {options}")
         if phase == "warmup":
             waiting = ("the signal still improved by more than start_tol of its largest gain"
-                       if hasattr(self.schedule, "start_tol") else "it had not started")
+                       if hasattr(schedule, "start_tol") else "it had not started")
             sooner = (f"{name}(start_by=...), or pass the run's budget (Occam(budget=...)): it starts by "
-                      "start_by of it" if hasattr(self.schedule, "start_by") and self.budget is None
+                      "start_by of it" if hasattr(schedule, "start_by") and self.budget is None
                       else f"{name}(start_tol=..., warmup=...)")
             return (f"Occam ended without pruning: after {steps} steps the {name} controller was still in its "
                     f"warm-up phase ({waiting}); to let it prune: {options}, or start sooner (e.g. {sooner})")
