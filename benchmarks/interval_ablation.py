@@ -11,7 +11,7 @@ GD at two standard errors, paired seed by seed) and writes it with one plot to
 
 Run from the repository root on a quiet machine::
 
-    .venv/bin/python benchmarks/interval_ablation.py --out results/ablation             # tables + fashion-mlp
+    .venv/bin/python benchmarks/interval_ablation.py --out results/ablation --seeds 2,1  # tables (2 seeds) + fashion-mlp (1)
     .venv/bin/python benchmarks/interval_ablation.py --benches tabular --seeds 2 --datasets Glass,Sonar
     .venv/bin/python benchmarks/interval_ablation.py --benches char-gpt --criteria layerwise
 """
@@ -78,7 +78,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="runs", help="bench output root (default runs)")
     parser.add_argument("--benches", default="tabular,fashion-mlp", help=f"comma-separated, of {', '.join(BENCHES)}")
-    parser.add_argument("--seeds", type=int, default=2, help="seeds per bench (default 2)")
+    parser.add_argument("--seeds", default="2", help="seeds per bench: one number, or one per --benches entry "
+                        "(e.g. 2,1; default 2)")
     parser.add_argument("--datasets", help="tables to run (default: all bundled)")
     parser.add_argument("--rules", default=",".join(DEFAULT_RULES),
                         help=f"comma-separated, of {', '.join(RULES)} (default {','.join(DEFAULT_RULES)})")
@@ -90,17 +91,22 @@ def main() -> int:
         unknown = [g for g in given if g not in known]
         if unknown:
             parser.error(f"unknown {what} {unknown}; accepted: {', '.join(known)}")
-    if args.seeds < 1:
-        parser.error(f"--seeds must be at least 1, got {args.seeds}")
+    try:
+        seeds = [int(n) for n in args.seeds.split(",")]
+    except ValueError:
+        parser.error(f"--seeds must be integers, got {args.seeds!r}")
+    seeds = seeds * len(benches) if len(seeds) == 1 else seeds
+    if len(seeds) != len(benches) or min(seeds) < 1:
+        parser.error(f"--seeds must be one integer >= 1 or one per bench ({len(benches)}), got {args.seeds!r}")
     names = register(rules, criteria)
     for name, (task, _) in BENCHES.items():  # the ablation's methods run on the tasks it names
         TASKS[task] = _with_methods(TASKS[task], names)
 
     rows, series = [], {}
-    for bench in benches:
+    for bench, bench_seeds in zip(benches, seeds):
         task, budget = BENCHES[bench]
         options = {"datasets": args.datasets.split(",")} if bench == "tabular" and args.datasets else {}
-        root, task_obj, _, records = run_records(task, args.seeds, True, args.out, ["gd", *names],
+        root, task_obj, _, records = run_records(task, bench_seeds, True, args.out, ["gd", *names],
                                                  not args.quiet, budget, **options)
         score = task_obj.score[0]
         by: dict = {}
@@ -116,7 +122,7 @@ def main() -> int:
             rows.append([bench, rule, criterion, str(k), str(r0), f"{statistics.mean(means):.4f}",
                          f"{statistics.mean(gd):.4f}", wtl, f"{dens:.2f}"])
             series.setdefault((bench, rule, criterion, r0), []).append((k, statistics.mean(means)))
-        print(f"{bench}: {len(datasets)} dataset(s), {args.seeds} seed(s), records under {root}", file=sys.stderr)
+        print(f"{bench}: {len(datasets)} dataset(s), {bench_seeds} seed(s), records under {root}", file=sys.stderr)
 
     header = ["bench", "rule", "criterion", "every k", "r0", "mean score", "gd", "better/tied/worse vs gd",
               "median density"]
@@ -130,8 +136,10 @@ def main() -> int:
         for (b, rule, criterion, r0), points in sorted(series.items()):
             if b == bench:
                 ks, ys = zip(*sorted(points))
-                ax.plot(ks, ys, marker="o", label=f"{rule} {criterion} r0={r0}")
-        ax.set(title=bench, xlabel="prune every k steps", ylabel="mean score (lower is better)", xscale="log")
+                # Colour: r0; line: the criterion; marker: the rule.
+                ax.plot(ks, ys, color=f"C{RATES.index(r0)}", ls="-" if criterion == "layerwise" else "--",
+                        marker="o" if rule == "paper" else "s", label=f"{rule} {criterion} r0={r0}")
+        ax.set(title=bench, xlabel="prune every k steps", ylabel="mean score (lower is better)")
         ax.set_xticks(INTERVALS, [str(k) for k in INTERVALS])
         ax.legend(fontsize=6)
     fig.tight_layout()
