@@ -99,10 +99,12 @@ def _plot_loss_vs_density(task: Task, by_method: dict[str, list[dict]], path: Pa
         members = [r for r in rs if r.get("grid_score") and r.get("grid_density")]
         keys = [k for k in (members[0]["grid_score"] if members else {})
                 if all(m["grid_score"].get(k) is not None and m["grid_density"].get(k) is not None for m in members)]
-        if keys:
-            curve = sorted((statistics.mean(m["grid_density"][k] for m in members),
-                            statistics.mean(m["grid_score"][k] for m in members)) for k in keys)
-            ax.plot(*zip(*curve), ls="--", lw=1, color=colors.get(name), alpha=0.7,
+        # In the grid's own order; x is where each candidate's kept epoch was (GMP's best epoch may come
+        # before its target), and a grid whose candidates all keep one density (weight decays) is no curve.
+        curve = [(statistics.mean(m["grid_density"][k] for m in members),
+                  statistics.mean(m["grid_score"][k] for m in members)) for k in keys]
+        if len({round(x, 3) for x, _ in curve}) > 1:
+            ax.plot(*zip(*curve), ls="--", lw=1, marker=".", color=colors.get(name), alpha=0.7,
                     label=f"{name}: each candidate ({len(members)} seeds)")
     for name, rs in by_method.items():
         points = [(r["density"], r[score]) for r in rs if r["density"] is not None and r.get(score) is not None]
