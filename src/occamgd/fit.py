@@ -311,8 +311,8 @@ def fit(
     - ``holdback``: fraction of ``train`` held back (stratified for classification); its loss is
       the signal (``signal="holdback"``) and selects the best epoch. ``signal="train"`` reads the
       epoch's mean training loss, as the paper's reference does.
-    - ``schedule``: a preset name (``"search"``, ``"paper"``, ``"guarded"``, ``"planned"``) or a schedule object; ``None`` is
-      the default preset; ``Never()`` gives plain gradient descent.
+    - ``schedule``: a preset name (``"guarded"``, ``"paper"``, ``"search"``, ``"planned"``) or a schedule
+      object; ``None`` is the default preset (``"guarded"``); ``Never()`` gives plain gradient descent.
     - ``optimizer``: Adam(lr) by default, or a callable ``params -> Optimizer``.
     - ``checkpoint_dir``: after every epoch the full state is written atomically; calling
       ``fit`` again with the same arguments resumes exactly where it stopped.
