@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 import occamgd
 from occamgd.cli import EXIT_OK, main
@@ -52,7 +53,7 @@ def test_every_prune_rolled_back_is_named():
 def test_no_warning_once_something_is_pruned_or_for_plain_training():
     with warnings.catch_warnings():
         warnings.simplefilter("error", NotPrunedWarning)
-        occamgd.fit(_net(), _data(), epochs=4, schedule="paper", progress=False)
+        occamgd.fit(_net(), _data(), epochs=4, schedule="paper", keep_best=False, progress=False)  # returns a pruned model
         occamgd.fit(_net(), _data(), epochs=4, schedule=occamgd.Never(), progress=False)
     with pytest.warns(NotPrunedWarning, match="epochs=1 never prunes"):
         occamgd.fit(_net(), _data(), epochs=1, progress=False)
@@ -76,3 +77,17 @@ def test_a_wrapped_controller_is_named_with_its_phase():
         occam.step(signal)
     reason = occam.unpruned_reason()
     assert "the Guarded controller was still in its warm-up phase" in reason and "Every" not in reason
+
+
+def test_a_fit_that_pruned_but_kept_a_dense_epoch_says_so():
+    # The hold-back loss is lowest at epoch 0, before the first prune; every later epoch is pruned.
+    scale = [0.1, 10.0, 10.0, 10.0, 10.0, 10.0]
+    seen = []
+
+    def loss(out, target):
+        return F.cross_entropy(out, target) * scale[min(len(seen), len(scale) - 1)]
+
+    with pytest.warns(NotPrunedWarning, match=r"fit kept epoch 0, a dense one: it pruned later"):
+        result = occamgd.fit(_net(), _data(), epochs=6, loss=loss, schedule=occamgd.ConstantRate(0.3),
+                             on_epoch_end=seen.append, progress=False)
+    assert result.best_epoch == 0 and result.occam.density == 1.0 and "dense one" in result.history[-1]["warning"]

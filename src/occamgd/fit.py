@@ -470,6 +470,14 @@ def fit(
     reason = occam.unpruned_reason() if len(history) == epochs else None
     if epochs == 1 and type(schedule).__name__ != "Never":
         reason = "fit with epochs=1 never prunes: pruning happens after every epoch but the last; accepted: epochs >= 2"
+    if reason is None and keep_best and best is not None and history[best["epoch"]]["density"] >= 1.0 \
+            and type(schedule).__name__ != "Never" and min(r["density"] for r in history) < 1.0:
+        pruned = [r for r in history if r["density"] < 1.0 and r.get("holdback_loss") is not None]
+        lowest = min(pruned, key=lambda r: r["holdback_loss"]) if pruned else None
+        reason = (f"fit kept epoch {best['epoch']}, a dense one: it pruned later, but every pruned epoch had a higher "
+                  "hold-back loss" + (f" (the lowest, {lowest['holdback_loss']:.4f} at density {lowest['density']:.3f} "
+                                      f"in epoch {lowest['epoch']}, against {best['loss']:.4f})" if lowest else "")
+                  + "; the returned model is unpruned. To keep a pruned one: max_density=..., or keep_best=False")
     if reason is not None:
         # Said where the user looks: a warning now, and in the history the run returns (and saves).
         history[-1]["warning"] = reason
