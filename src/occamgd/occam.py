@@ -24,7 +24,7 @@ from .errors import InvalidTypeError, InvalidValueError
 from .criteria import Criterion, get_criterion
 from .masks import Selection, select_prunable, unwrapped_names
 from . import sharded as _sharded
-from .schedules import Decision, Schedule, check_signal, get_schedule, state_from_dict, state_to_dict
+from .schedules import Decision, Schedule, check_signal, get_schedule, init_state, state_from_dict, state_to_dict
 
 #: 2: the controller's state is its own dataclass (``schedules.state_to_dict``); 1 (occamgd 0.1) is refused.
 STATE_FORMAT = 2
@@ -81,17 +81,6 @@ def _check_bounds(budget: Any, min_density: Any, max_density: Any, max_params: A
             f"{'max_density' if max_density is not None else 'max_params'} needs the run's budget to plan the way "
             "down to it: Occam(..., budget=<how many times step() will be called>); occamgd.fit and the Lightning "
             "and Hugging Face callbacks pass it themselves")
-
-
-def _init_state(schedule: Schedule, budget: int | None) -> Any:
-    """``schedule.init(budget=...)``, or ``init()`` for a controller whose ``init`` takes no budget."""
-    import inspect
-
-    try:
-        takes = "budget" in inspect.signature(schedule.init).parameters
-    except (TypeError, ValueError):
-        takes = False
-    return schedule.init(budget=budget) if takes else schedule.init()
 
 
 class Occam:
@@ -172,7 +161,7 @@ class Occam:
         #: How many times ``step`` will be called in this run (``None``: unknown); the controller plans within it.
         self.budget = budget
         #: The controller's state: what ``schedule.decide`` read last and returned (see :mod:`occamgd.schedules`).
-        self.schedule_state = _init_state(self.schedule, budget)
+        self.schedule_state = init_state(self.schedule, budget)
         # DTensor (FSDP2) parameters get masks sharded like them and the exact sharded criteria
         # (occamgd.sharded); a mix of sharded and plain prunable tensors is refused there.
         self.masks = _sharded.make_masks(select_prunable(model, include, exclude))

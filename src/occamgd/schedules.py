@@ -682,10 +682,7 @@ class Search(Schedule):
                 out = self._rate(rate, density)
                 action = "pruned" if out > 0.0 else "stopped"
                 phase = phase if out > 0.0 else "settled"
-        if action == "rolled back":
-            previous = best
-        else:
-            previous = signal
+        previous = best if action == "rolled back" else signal  # after a return: the restored model's signal
         new = replace(state, epoch=state.epoch + 1, phase=phase, rate=rate, previous=previous, max_gain=max_gain,
                       best=best, worse=worse, restores=restores, pruned_last=out > 0.0,
                       best_density=density if save and not restore else state.best_density)
@@ -719,9 +716,7 @@ class Every(Schedule):
         return self.schedule.needs_snapshot
 
     def init(self, budget: int | None = None) -> Every.State:
-        takes = "budget" in inspect.signature(self.schedule.init).parameters
-        inner_budget = None if budget is None else max(1, budget // self.k)
-        return self.State(step=0, inner=self.schedule.init(budget=inner_budget) if takes else self.schedule.init())
+        return self.State(step=0, inner=init_state(self.schedule, None if budget is None else max(1, budget // self.k)))
 
     def decide(self, signal: float | None, density: float, state: Every.State) -> tuple[Decision, Every.State]:
         signal = check_signal(signal)
@@ -729,6 +724,15 @@ class Every(Schedule):
             return Decision("held", 0.0), replace(state, step=state.step + 1)
         decision, inner = self.schedule.decide(signal, density, state.inner)
         return decision, replace(state, step=state.step + 1, inner=inner)
+
+
+def init_state(schedule: Schedule, budget: int | None) -> Any:
+    """``schedule.init(budget=...)``, or ``init()`` for a controller whose ``init`` takes no budget."""
+    try:
+        takes = "budget" in inspect.signature(schedule.init).parameters
+    except (TypeError, ValueError):
+        takes = False
+    return schedule.init(budget=budget) if takes else schedule.init()
 
 
 # State as plain data ----------------------------------------------------------------------------
