@@ -401,6 +401,36 @@ def test_guarded_never_prunes_during_its_minimum_warmup_even_if_the_signal_is_fl
     assert g.decide(1.0, 1.0)[0] == "pruned"
 
 
+def test_guarded_with_a_budget_starts_by_start_by_of_it_while_the_signal_still_falls_fast():
+    falling = [1.0 - 0.1 * i for i in range(10)]  # every gain the largest: never "slowed"
+    g = Run(Guarded(start_by=0.5))
+    g.state = g.schedule.init(budget=8)
+    # Steps 0-2 warm up; step 3 is the 4th of 8, half the budget: the first prune.
+    assert decide_all(g, falling[:4]) == [("warmup", 0.0)] * 3 + [("pruned", 0.2)]
+    # Without a budget, or with start_by=None, it waits for the gain to slow, as before.
+    assert [a for a, _ in decide_all(Run(Guarded()), falling)] == ["warmup"] * 10
+    g = Run(Guarded(start_by=None))
+    g.state = g.schedule.init(budget=8)
+    assert [a for a, _ in decide_all(g, falling)] == ["warmup"] * 10
+
+
+def test_guarded_start_by_keeps_the_minimum_warmup_and_an_earlier_slowdown_starts_first():
+    g = Run(Guarded(warmup=3, start_by=0.0))
+    g.state = g.schedule.init(budget=10)
+    assert [a for a, _ in decide_all(g, [1.0, 0.9, 0.8, 0.7])] == ["warmup"] * 3 + ["pruned"]
+    g = Run(Guarded(start_by=0.9))
+    g.state = g.schedule.init(budget=10)
+    assert [a for a, _ in decide_all(g, [1.0, 0.8, 0.79])] == ["warmup", "warmup", "pruned"]
+
+
+def test_guarded_state_keeps_the_budget_through_json_and_old_states_load_without_it():
+    g = Guarded()
+    state = g.init(budget=12)
+    assert state_from_dict(g, json.loads(json.dumps(state_to_dict(state)))).budget == 12
+    old = {k: v for k, v in state_to_dict(g.init()).items() if k != "budget"}  # written before the budget
+    assert state_from_dict(g, old).budget is None
+
+
 def test_guarded_rate_grows_only_while_the_signal_falls_through_its_prunes_and_is_capped():
     g = Run(Guarded(r0=0.4, r_start=0.2, grow=1.5, tol=0.01, warmup=0))
     decide_all(g, [1.0, 1.0])  # epoch 0 warmup (no previous), epoch 1 starts: pruned at 0.2
@@ -471,7 +501,7 @@ def test_guarded_rejects_missing_or_non_finite_signals_without_changing_state(ba
     ({"r0": 1.0}, "r0"), ({"r0": 0.0}, "r0"), ({"r_start": 0.5}, "r_start"), ({"grow": 0.9}, "grow"),
     ({"shrink": 0.0}, "shrink"), ({"tol": -0.1}, "tol"), ({"start_tol": 1.0}, "start_tol"),
     ({"warmup": -1}, "warmup"), ({"max_rollbacks": 1.5}, "max_rollbacks"), ({"min_rate": 0.5}, "min_rate"),
-    ({"patience": -2}, "patience"),
+    ({"patience": -2}, "patience"), ({"start_by": 1.5}, "start_by"), ({"start_by": "half"}, "start_by"),
 ])
 def test_guarded_rejects_bad_configuration_naming_the_parameter(kwargs, name):
     with pytest.raises(ValueError, match=f"^{name} must be"):

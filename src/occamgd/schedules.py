@@ -9,7 +9,8 @@ epochs is a small frozen dataclass that goes in and comes out (the optax habit):
     decision.action, decision.rate, decision.restore             # e.g. ("pruned", 0.4, False)
 
 ``budget`` is how many times ``decide`` will be called in the run (``None`` when the loop does not
-know): a controller that plans within the run keeps it in its state; the others ignore it.
+know): a controller that uses it (the default :class:`Guarded` starts by a share of it; the
+planning ones plan within it) keeps it in its state; the others ignore it.
 ``decision.rate`` is the fraction of the *remaining* prunable weights to prune now, in [0, 1);
 ``decision.restore`` asks :class:`occamgd.Occam` to put back the model and masks it saved
 before the last prune (only a controller whose ``needs_snapshot`` is true may ask: Occam saves
@@ -324,7 +325,10 @@ class Guarded(Schedule):
     - **Start**: no pruning while the signal still improves by more than ``start_tol`` of the
       largest improvement it has made in one step: the dense network first learns what it can
       (``warmup`` steps at least). Comparing improvements with each other, not with the loss,
-      makes the start the same whether a step is an epoch or a few hundred optimizer steps.
+      makes the start the same whether a step is an epoch or a few hundred optimizer steps. With a
+      budget (the run's number of steps: ``fit``, the callbacks and ``Occam(budget=...)`` pass it)
+      pruning starts after ``start_by`` of it at the latest (``None``: only when the gain slows), so
+      a short run still finds a size.
     - **Push**: the first prune removes ``r_start`` (default ``r0 / 2``) of the weights; the rate grows by ``grow``
       (capped at ``r0``) only after a prune that the signal fell through, and is otherwise kept.
     - **Guard**: a prune after which the signal rose by more than ``tol`` (relative) over its
@@ -356,6 +360,10 @@ class Guarded(Schedule):
         since_best: int = 0
         pruned_last: bool = False
         rollbacks: int = 0
+        #: The run's number of steps (``None``: unknown).
+        budget: int | None = None
+        #: Fields a state written by an older occamgd lacks (they take their default).
+        ADDED: typing.ClassVar[tuple[str, ...]] = ("budget",)
 
         def __post_init__(self) -> None:
             if self.phase not in _GUARDED_PHASES:
@@ -363,7 +371,7 @@ class Guarded(Schedule):
 
     def __init__(self, r0: float = 0.4, r_start: float | None = None, grow: float = 1.5, shrink: float = 0.5,
                  tol: float = 0.02, start_tol: float = 0.1, warmup: int = 1, max_rollbacks: int = 3,
-                 min_rate: float = 0.02, patience: int = 5):
+                 min_rate: float = 0.02, patience: int = 5, start_by: float | None = 0.5):
         r_start = r0 / 2 if r_start is None and _is_real(r0) else r_start
         for name, value, low, high in (("r0", r0, 0.0, 1.0), ("r_start", r_start, 0.0, r0),
                                        ("shrink", shrink, 0.0, 1.0), ("min_rate", min_rate, 0.0, r0)):
@@ -380,10 +388,13 @@ class Guarded(Schedule):
                 raise InvalidValueError(f"{name} must be an integer >= 0, got {value!r}")
         self.r0, self.r_start, self.grow, self.shrink = float(r0), float(r_start), float(grow), float(shrink)
         self.tol, self.start_tol, self.min_rate = float(tol), float(start_tol), float(min_rate)
+        if start_by is not None and not (_is_real(start_by) and 0.0 <= start_by <= 1.0):
+            raise InvalidValueError(f"start_by must be a fraction of the budget in [0, 1] or None, got {start_by!r}")
         self.warmup, self.max_rollbacks, self.patience = int(warmup), int(max_rollbacks), int(patience)
+        self.start_by = None if start_by is None else float(start_by)
 
     def init(self, budget: int | None = None) -> Guarded.State:
-        return self.State(epoch=0, phase="warmup", rate=self.r_start)
+        return self.State(epoch=0, phase="warmup", rate=self.r_start, budget=_budget(budget))
 
     def decide(self, signal: float | None, density: float, state: Guarded.State) -> tuple[Decision, Guarded.State]:
         signal = check_signal(signal)
@@ -399,7 +410,9 @@ class Guarded(Schedule):
                 max_gain = max(max_gain, gain)
                 slowed = gain <= self.start_tol * max_gain
                 drift = max(0.0, -gain)
-            if state.epoch >= self.warmup and slowed:
+            due = (self.start_by is not None and state.budget is not None
+                   and state.epoch + 1 >= self.start_by * state.budget)
+            if state.epoch >= self.warmup and (slowed or due):
                 phase = "pruning"
                 action, rate = "pruned", next_rate
             else:
@@ -784,17 +797,20 @@ def _coerce(value: Any, hint: Any) -> Any:
 
 def state_from_dict(schedule: Schedule, data: Mapping[str, Any]) -> Any:
     """The state of ``schedule`` that :func:`state_to_dict` wrote: ``ValueError`` naming a missing,
-    unknown or mistyped field and what is accepted."""
+    unknown or mistyped field and what is accepted. A field the state class names in ``ADDED`` (added
+    after states were first written) may be missing: it takes its default."""
     kind = type(schedule).__name__
     cls = type(schedule.init())
     names = [f.name for f in dataclasses.fields(cls)]
-    if not isinstance(data, Mapping) or set(data) != set(names):
+    added = set(getattr(cls, "ADDED", ()))
+    if not isinstance(data, Mapping) or not set(names) - added <= set(data) <= set(names):
         got = sorted(data) if isinstance(data, Mapping) else type(data).__name__
-        raise InvalidValueError(f"{kind} state has fields {got}; accepted: exactly {names}")
+        but = f" (or without {sorted(added)})" if added else ""
+        raise InvalidValueError(f"{kind} state has fields {got}; accepted: exactly {names}{but}")
     hints = typing.get_type_hints(cls)
     nested = getattr(schedule, "nested_states", {})
     values = {}
-    for name in names:
+    for name in (n for n in names if n in data):
         if name in nested:  # a wrapped controller's state, read with its own fields
             values[name] = state_from_dict(getattr(schedule, nested[name]), data[name])
             continue
