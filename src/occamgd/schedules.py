@@ -371,7 +371,7 @@ class Guarded(Schedule):
 
     def __init__(self, r0: float = 0.4, r_start: float | None = None, grow: float = 1.5, shrink: float = 0.5,
                  tol: float = 0.02, start_tol: float = 0.1, warmup: int = 1, max_rollbacks: int = 3,
-                 min_rate: float = 0.02, patience: int = 5, start_by: float | None = 0.5):
+                 min_rate: float = 0.02, patience: int = 5, start_by: float | None = 0.75):
         r_start = r0 / 2 if r_start is None and _is_real(r0) else r_start
         for name, value, low, high in (("r0", r0, 0.0, 1.0), ("r_start", r_start, 0.0, r0),
                                        ("shrink", shrink, 0.0, 1.0), ("min_rate", min_rate, 0.0, r0)):
