@@ -1,5 +1,5 @@
-"""benchmarks/controller_cost.py and benchmarks/interval_ablation.py: they run end to end on small settings and
-print what they claim (figures from the runs they made, the table and plot of the ablation)."""
+"""benchmarks/controller_cost.py, interval_ablation.py and controller_variants.py: they run end to end on
+small settings and print what they claim (figures from the runs they made, the table and plot of the ablation)."""
 
 from __future__ import annotations
 
@@ -40,3 +40,19 @@ def test_the_interval_ablation_writes_one_table_and_one_plot(tmp_path):
                                                           (tmp_path / "tabular-quick").glob("*/*k2-r0.4/*.json")])
     with pytest.raises(subprocess.CalledProcessError):
         _run("interval_ablation.py", "--out", str(tmp_path), "--rules", "zeta")
+
+
+def test_controller_variants_trains_each_variant_and_pairs_it_against_gd(tmp_path):
+    out = _run("controller_variants.py", "--out", str(tmp_path), "--seeds", "2", "--datasets", "SklearnWine",
+               "--quiet", "g-tol0.1=tol=0.1,start_by=None")
+    rows = [line for line in out.splitlines() if line.startswith("| SklearnWine |")]
+    assert len(rows) == 1 and rows[0].count("±") == 1  # gd and the one variant, paired on 2 seeds
+    configs = [json.loads(p.read_text())["config"]["schedule"] for p in (tmp_path / "tabular-quick").glob(
+        "SklearnWine/g-tol0.1/*.json")]
+    assert len(configs) == 2 and all("tol=0.1," in c and "start_by=None" in c for c in configs)
+    for bad in (["nameonly"], ["x=tol=abc"], ["x=nosuch=1"], ["gd=tol=0.1"]):
+        with pytest.raises(subprocess.CalledProcessError) as info:
+            subprocess.run([sys.executable, str(ROOT / "benchmarks" / "controller_variants.py"), "--out",
+                            str(tmp_path / "bad"), *bad], capture_output=True, text=True, check=True, cwd=ROOT)
+        assert info.value.returncode == 2 and "error:" in info.value.stderr
+    assert not (tmp_path / "bad").exists()  # refused before anything was trained or written
