@@ -404,15 +404,11 @@ class Guarded(Schedule):
         drift, max_gain, since_best, rollbacks = state.drift, state.max_gain, state.since_best, state.rollbacks
         action, rate = "stopped", 0.0
         if phase == "warmup":
-            slowed = False
+            start_by = math.inf if self.start_by is None else self.start_by  # None: never due by the budget
+            start, max_gain = _may_start(signal, state, self.warmup, self.start_tol, start_by)
             if previous is not None:
-                gain = previous - signal
-                max_gain = max(max_gain, gain)
-                slowed = gain <= self.start_tol * max_gain
-                drift = max(0.0, -gain)
-            due = (self.start_by is not None and state.budget is not None
-                   and state.epoch + 1 >= self.start_by * state.budget)
-            if state.epoch >= self.warmup and (slowed or due):
+                drift = max(0.0, signal - previous)
+            if start:
                 phase = "pruning"
                 action, rate = "pruned", next_rate
             else:
@@ -461,9 +457,9 @@ def _check_plan(start_tol: Any, tol: Any, start_by: Any, end: Any) -> None:
 
 
 def _may_start(signal: float, state: Any, warmup: int, start_tol: float, start_by: float) -> tuple[bool, float]:
-    """Whether a warming-up planning controller starts after this step, and its largest one-step gain: the
-    gain has slowed to at most ``start_tol`` of the largest, or ``start_by`` of the budget is reached, and
-    ``warmup`` steps have passed."""
+    """Whether a warming-up controller (Guarded, Planned, Search) starts after this step, and its largest
+    one-step gain: the gain has slowed to at most ``start_tol`` of the largest, or ``start_by`` of the budget
+    is reached, and ``warmup`` steps have passed."""
     slowed, max_gain = False, state.max_gain
     if state.previous is not None:
         gain = state.previous - signal
