@@ -83,14 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     TASKS["tabular"] = dataclasses.replace(task, methods=(*task.methods, *variants))
     options = {"datasets": args.datasets.split(",")} if args.datasets else {}
     root, *_ = run_records("tabular", args.seeds, True, args.out, ["gd", *variants], not args.quiet, None, **options)
-    datasets = args.datasets.split(",") if args.datasets else None
-    print(yardstick.report(root, datasets, seeds=args.seeds))
-    if args.dev:
-        dev = [d for d in args.dev.split(",") if d]
-        check = sorted(set(yardstick.load(root, args.seeds)) - set(dev))
-        check = [d for d in check if datasets is None or d in datasets]
-        print(yardstick.report(root, dev, f"{root.name}, development tables", args.seeds))
-        print(yardstick.report(root, check, f"{root.name}, check tables", args.seeds))
+    print(yardstick.reports(root, options.get("datasets"), args.dev, args.seeds))
     return 0
 
 

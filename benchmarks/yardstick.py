@@ -103,6 +103,20 @@ def report(root: Path, datasets: list[str] | None = None, title: str | None = No
     return "\n".join(lines) + "\n"
 
 
+def reports(root: Path, datasets: list[str] | None = None, dev: str | None = None, seeds: int | None = None) -> str:
+    """The yardstick of ``root`` (its ``datasets``, or all), then, with ``dev`` (comma-separated tables),
+    the development and the other (check) tables apart."""
+    texts = [report(root, datasets, seeds=seeds)]
+    if dev:
+        dev_tables = [d.strip() for d in dev.split(",") if d.strip()]
+        check = sorted(set(load(root, seeds)) - set(dev_tables))
+        check = [d for d in check if datasets is None or d in datasets]
+        for group, tables in (("development", dev_tables), ("check", check)):
+            if tables:  # a group with no table is left out
+                texts.append(report(root, tables, f"{root.name}, {group} tables ({', '.join(tables)})", seeds))
+    return "\n".join(texts)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("roots", nargs="+", type=Path, help="bench directories (runs/tabular, runs/fashion-mlp, ...)")
@@ -111,12 +125,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, help="only seeds 0 .. SEEDS-1 (default: every seed found)")
     args = parser.parse_args(argv)
     for root in args.roots:
-        print(report(root, seeds=args.seeds))
-        if args.dev:
-            dev = [d.strip() for d in args.dev.split(",") if d.strip()]
-            check = sorted(set(load(root, args.seeds)) - set(dev))
-            print(report(root, dev, f"{root.name}, development tables ({', '.join(dev)})", args.seeds))
-            print(report(root, check, f"{root.name}, check tables ({', '.join(check)})", args.seeds))
+        print(reports(root, dev=args.dev, seeds=args.seeds))
 
 
 if __name__ == "__main__":
